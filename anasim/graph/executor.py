@@ -1,0 +1,231 @@
+"""Runs a :class:`~anasim.graph.ir.GraphIR` with NumPy.
+
+Op implementations are resolved from the registry once, when the graph is built, and
+bound with their attributes into frozen :class:`BoundNode` objects; running is a loop
+over nodes and a dict of values. The loop knows no op types: analog layers take over a
+Conv/Gemm/MatMul node by passing a replacement callable in ``overrides``.
+
+Debugging aids (environment variables): ``ANASIM_TRACE=1`` prints every node's output
+shape and value range; ``ANASIM_STOP_AFTER=<k>`` stops after the k-th node and returns
+all values computed so far.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..errors import AnasimError, ExecutionError, InputError
+from ..ops.registry import resolve
+from .ir import GraphIR, ValueInfo
+
+
+@dataclass(frozen=True)
+class BoundNode:
+    """A node ready to run: ``fn(*input_arrays)`` returns its output(s)."""
+
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    fn: Callable
+
+
+def bind(node, ir: GraphIR) -> BoundNode:
+    """Resolve ``node``'s op for the model's opset and bind its attributes."""
+    impl = resolve(node.domain, node.op_type, ir.opset(node.domain), node.name)
+    attrs = dict(node.attrs)
+    if impl.wants_n_outputs:
+        attrs["n_outputs"] = len(node.outputs)
+    fn = functools.partial(impl.fn, **attrs) if attrs else impl.fn
+    return BoundNode(node.name, node.op_type, tuple(node.inputs), tuple(node.outputs), fn)
+
+
+class Graph:
+    """An imported ONNX model, runnable with NumPy (ideal, digital arithmetic).
+
+    Create it with :func:`anasim.load`. ``graph.run({"input": x})`` returns a dict of
+    outputs; ``graph(x)`` is the shortcut for single-input, single-output models.
+
+    Attributes
+    ----------
+    inputs, outputs : list of ValueInfo
+        Name, dtype and shape (symbolic batch dimension kept as a string) of each.
+    analog_candidates : list of str
+        Node names of the Conv/Gemm/MatMul nodes whose weight is a constant; these are
+        the layers an analog simulation maps onto tiles.
+    """
+
+    def __init__(self, ir: GraphIR, overrides: Mapping[str, Callable] | None = None):
+        self.ir = ir
+        overrides = dict(overrides or {})
+        unknown = set(overrides) - {n.name for n in ir.nodes}
+        if unknown:
+            raise KeyError(f"overrides for unknown nodes: {sorted(unknown)}")
+        bound = []
+        for node in ir.nodes:
+            b = bind(node, ir)
+            if node.name in overrides:
+                b = BoundNode(b.name, b.op_type, b.inputs, b.outputs, overrides[node.name])
+            bound.append(b)
+        self.nodes: tuple[BoundNode, ...] = tuple(bound)
+        self._overrides = overrides
+        out_names = {o.name for o in ir.outputs}
+        last_use: dict[str, int] = {}
+        for k, n in enumerate(self.nodes):
+            for i in n.inputs:
+                if i:
+                    last_use[i] = k
+        # values that can be freed after node k (memory stays bounded on deep nets)
+        self._free_after: list[tuple[str, ...]] = [() for _ in self.nodes]
+        for name, k in last_use.items():
+            if name not in out_names and name not in ir.constants:
+                self._free_after[k] += (name,)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def inputs(self) -> list[ValueInfo]:
+        return self.ir.inputs
+
+    @property
+    def outputs(self) -> list[ValueInfo]:
+        return self.ir.outputs
+
+    @property
+    def analog_candidates(self) -> list[str]:
+        from .importer import analog_candidates
+
+        return analog_candidates(self.ir)
+
+    def with_overrides(self, overrides: Mapping[str, Callable]) -> "Graph":
+        """A copy of this graph in which the named nodes run ``overrides[name]`` instead."""
+        merged = dict(self._overrides)
+        merged.update(overrides)
+        return Graph(self.ir, merged)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(i.describe() for i in self.inputs)
+        outs = ", ".join(o.describe() for o in self.outputs)
+        return f"<anasim.Graph {self.ir.name!r}: {len(self.nodes)} nodes; inputs {ins}; outputs {outs}>"
+
+    # ------------------------------------------------------------------ running
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = {i.name: i for i in self.inputs}
+        unknown = [k for k in feeds if k not in expected]
+        if unknown:
+            raise InputError(f"Unknown input name(s) {unknown}; the model's inputs are {list(expected)}.")
+        missing = [k for k in expected if k not in feeds]
+        if missing:
+            raise InputError(
+                f"Missing input(s) {missing}; expected: " + "; ".join(expected[k].describe() for k in missing)
+            )
+        out = {}
+        for name, value in feeds.items():
+            info = expected[name]
+            arr = np.asarray(value)
+            want = np.dtype(info.dtype) if info.dtype is not None else arr.dtype
+            if arr.dtype != want:
+                same_kind = (arr.dtype.kind == "f" and want.kind == "f") or (
+                    arr.dtype.kind in "iu" and want.kind in "iu"
+                )
+                if not same_kind:
+                    raise InputError(
+                        f"Input {name!r} has dtype {arr.dtype}; expected {want} ({info.describe()})."
+                    )
+                arr = arr.astype(want)
+            if info.shape is not None:
+                if arr.ndim != len(info.shape):
+                    raise InputError(
+                        f"Input {name!r} has rank {arr.ndim} (shape {arr.shape}); expected rank "
+                        f"{len(info.shape)} ({info.describe()})."
+                    )
+                for axis, (d, got) in enumerate(zip(info.shape, arr.shape)):
+                    if isinstance(d, int) and d != got:
+                        raise InputError(
+                            f"Input {name!r} has shape {arr.shape}; dimension {axis} must be {d} "
+                            f"({info.describe()})."
+                        )
+            out[name] = np.ascontiguousarray(arr)
+        return out
+
+    def _run_once(self, feeds: dict[str, np.ndarray], want: list[str]) -> dict[str, np.ndarray]:
+        values: dict[str, np.ndarray] = dict(self.ir.constants)
+        values.update(feeds)
+        trace = os.environ.get("ANASIM_TRACE", "") not in ("", "0")
+        stop = os.environ.get("ANASIM_STOP_AFTER")
+        stop_after = int(stop) if stop else -1
+        for k, node in enumerate(self.nodes):
+            args = [values[i] if i else None for i in node.inputs]
+            try:
+                result = node.fn(*args)
+            except AnasimError:
+                raise
+            except Exception as exc:  # pragma: no cover - message path tested via bad models
+                shapes = [None if a is None else getattr(a, "shape", None) for a in args]
+                raise ExecutionError(
+                    f"Node {node.name!r} ({node.op_type}) failed on input shapes {shapes}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(result, tuple):
+                result = (result,)
+            for name, val in zip(node.outputs, result):
+                if name:
+                    values[name] = val
+            if trace:
+                for name in node.outputs:
+                    v = values.get(name)
+                    if isinstance(v, np.ndarray) and v.size and v.dtype.kind in "fiu":
+                        print(f"[anasim] {k:4d} {node.op_type:>18s} {name}: {v.shape} {v.dtype} "
+                              f"min {v.min():.5g} max {v.max():.5g}", file=sys.stderr)
+            if k == stop_after:
+                return values
+            for name in self._free_after[k]:
+                values.pop(name, None)
+        return {n: values[n] for n in want}
+
+    def run(self, feeds: Mapping[str, np.ndarray], batch_size: int | None = None,
+            outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model.
+
+        Parameters
+        ----------
+        feeds : dict of str to array
+            One array per model input, by name. Float inputs are cast to the declared
+            float type; other dtype, rank or fixed-dimension mismatches raise InputError.
+        batch_size : int, optional
+            If given, the inputs are split along axis 0 into chunks of at most this many
+            samples, run one after the other and the outputs concatenated; bounds peak
+            memory for large batches. Default: the whole batch at once.
+        outputs : list of str, optional
+            Names of the outputs to return (default: all model outputs).
+        """
+        feeds = self._check_feeds(feeds)
+        want = outputs or [o.name for o in self.outputs]
+        if batch_size is None or not feeds:
+            return self._run_once(feeds, want)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer; got {batch_size}.")
+        n = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
+        if len(n) != 1:
+            raise InputError(f"batch_size needs all inputs to share the batch dimension; got sizes {sorted(n)}.")
+        total = n.pop()
+        parts = [
+            self._run_once({k: v[s:s + batch_size] for k, v in feeds.items()}, want)
+            for s in range(0, total, batch_size)
+        ]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in want}
+
+    def __call__(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Run a single-input, single-output model on ``x`` and return the output array."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise InputError(
+                f"graph(x) needs a model with one input and one output; this one has inputs "
+                f"{[i.name for i in self.inputs]} and outputs {[o.name for o in self.outputs]}. "
+                "Use graph.run({name: array}) instead."
+            )
+        return self.run({self.inputs[0].name: x}, batch_size=batch_size)[self.outputs[0].name]
