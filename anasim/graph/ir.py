@@ -39,6 +39,8 @@ class Node:
     inputs: list[str]
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Importer notes that are not op attributes (e.g. ``folded_batchnorm``)."""
 
 
 @dataclass

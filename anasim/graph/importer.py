@@ -1,0 +1,235 @@
+"""ONNX → :class:`~anasim.graph.ir.GraphIR` → runnable :class:`~anasim.graph.executor.Graph`.
+
+``load`` reads the model (path, bytes or ``onnx.ModelProto``), runs the ONNX checker and
+shape inference, converts it to the IR and applies the passes in :mod:`.passes`:
+constant folding (Constant, ConstantOfShape, Shape chains with static shapes, Cast of
+initializers, any node whose inputs are all constant), BatchNormalization folding into a
+preceding Conv/Gemm, and removal of Identity/Dropout and dead nodes.
+
+Every problem with the file itself is reported as :class:`~anasim.errors.ModelLoadError`
+naming the file and the reason; an op anasim does not implement as
+:class:`~anasim.errors.UnsupportedOpError` naming node, op, domain and opset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import ModelLoadError
+from .executor import Graph
+from .ir import GraphIR, Node, ValueInfo
+from . import passes
+
+MAX_OPSET = 21
+"""Highest default-domain opset whose semantics anasim implements and tests."""
+
+ANALOG_OPS = ("Conv", "Gemm", "MatMul")
+"""Op types that become analog layers when their weight operand is a constant."""
+
+
+def _read(model, name_hint: str | None) -> tuple[onnx.ModelProto, bytes, str, str | None]:
+    """Return (proto, serialized bytes, display name, base directory for external data)."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.SerializeToString(), name_hint or "<ModelProto>", None
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        data, where, base = bytes(model), name_hint or "<bytes>", None
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        where, base = str(path), str(path.resolve().parent)
+        if not path.exists():
+            raise ModelLoadError(f"Cannot load model {where!r}: no such file.")
+        if path.is_dir():
+            raise ModelLoadError(f"Cannot load model {where!r}: it is a directory, not an ONNX file.")
+        data = path.read_bytes()
+    else:
+        raise ModelLoadError(
+            f"anasim.load expects a path, bytes or onnx.ModelProto; got {type(model).__name__}."
+        )
+    if not data:
+        raise ModelLoadError(f"Cannot load model {where!r}: the file is empty.")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelLoadError(
+            f"Cannot load model {where!r}: not an ONNX file, or truncated ({type(exc).__name__}: {exc})."
+        ) from None
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise ModelLoadError(
+            f"Cannot load model {where!r}: the file parsed but holds no ONNX graph (is it an ONNX model?)."
+        )
+    return proto, data, where, base
+
+
+def _load_external_data(proto: onnx.ModelProto, base: str | None, where: str) -> None:
+    """Resolve tensors stored outside the file, refusing locations outside the model's folder."""
+    from onnx.external_data_helper import uses_external_data
+
+    tensors = [t for t in _all_tensors(proto) if uses_external_data(t)]
+    if not tensors:
+        return
+    if base is None:
+        raise ModelLoadError(
+            f"Model {where!r} stores tensors in external files; load it from its path so they can be found."
+        )
+    root = os.path.realpath(base)
+    for t in tensors:
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        target = os.path.realpath(os.path.join(root, loc))
+        if os.path.isabs(loc) or not (target == root or target.startswith(root + os.sep)):
+            raise ModelLoadError(
+                f"Model {where!r}: tensor {t.name!r} refers to external data {loc!r} outside the "
+                "model's folder; refused (external data must live beside the model)."
+            )
+        if not os.path.isfile(target):
+            raise ModelLoadError(f"Model {where!r}: external data file {loc!r} for tensor {t.name!r} is missing.")
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        size = os.path.getsize(target)
+        if offset < 0 or offset > size or (length is not None and offset + int(length) > size):
+            raise ModelLoadError(
+                f"Model {where!r}: external data for tensor {t.name!r} lies beyond the end of {loc!r}."
+            )
+    try:
+        onnx.external_data_helper.load_external_data_for_model(proto, root)
+    except Exception as exc:
+        raise ModelLoadError(f"Model {where!r}: cannot read external data ({exc}).") from None
+
+
+def _all_tensors(proto: onnx.ModelProto):
+    yield from proto.graph.initializer
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+
+
+def _np_dtype(elem_type: int):
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else None
+    except Exception:
+        return None
+
+
+def _value_info(vi: onnx.ValueInfoProto) -> ValueInfo:
+    t = vi.type.tensor_type
+    shape = None
+    if t.HasField("shape"):
+        dims = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return ValueInfo(vi.name, _np_dtype(t.elem_type), shape)
+
+
+def _attr_value(a: onnx.AttributeProto, where: str):
+    if a.type == onnx.AttributeProto.TENSOR:
+        return _tensor_to_array(a.t, where)
+    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        return a  # subgraphs: only meaningful to ops that support them (none yet)
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, list):
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v]
+    return v
+
+
+def _tensor_to_array(t: onnx.TensorProto, where: str) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as exc:
+        raise ModelLoadError(f"Model {where!r}: tensor {t.name!r} cannot be decoded ({exc}).") from None
+
+
+def to_ir(proto: onnx.ModelProto, where: str, sha256: str) -> GraphIR:
+    """Convert a checked, shape-inferred ModelProto to the IR (no passes)."""
+    g = proto.graph
+    constants = {t.name: _tensor_to_array(t, where) for t in g.initializer}
+    inputs = [_value_info(v) for v in g.input if v.name not in constants]
+    outputs = [_value_info(v) for v in g.output]
+    value_info = {v.name: _value_info(v) for v in list(g.value_info) + list(g.input) + list(g.output)}
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): int(o.version) for o in proto.opset_import}
+    nodes, seen = [], set()
+    for k, n in enumerate(g.node):
+        name = n.name or f"{n.op_type}_{k}"
+        if name in seen:
+            name = f"{name}_{k}"
+        seen.add(name)
+        attrs = {a.name: _attr_value(a, where) for a in n.attribute}
+        nodes.append(Node(name, n.op_type, n.domain, list(n.input), list(n.output), attrs))
+    return GraphIR(g.name or "graph", nodes, inputs, outputs, constants, value_info, opsets, sha256, where)
+
+
+def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | None = None) -> Graph:
+    """Load an ONNX model and return a runnable :class:`~anasim.graph.executor.Graph`.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, bytes or onnx.ModelProto
+        The model. External data files must lie in the model's folder.
+    check : bool, default True
+        Run ``onnx.checker`` (full check with shape inference) before importing.
+    fold_batchnorm : bool, default True
+        Fold BatchNormalization nodes that follow a Conv/Gemm with constant weights into
+        that node's weight and bias (what a deployed analog chip stores). With False they
+        stay separate, digital nodes (what aihwkit does with an unfused PyTorch model).
+    name : str, optional
+        Name used in messages for bytes/ModelProto input.
+
+    Raises
+    ------
+    ModelLoadError
+        Not a file / not ONNX / truncated / checker or shape-inference failure /
+        external data outside the model's folder; the message names the file.
+    UnsupportedOpError
+        An op (or op version) anasim does not implement; names node, op, domain, opset.
+    """
+    proto, data, where, base = _read(model, name)
+    _load_external_data(proto, base, where)
+    if check:
+        try:
+            onnx.checker.check_model(proto)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            raise ModelLoadError(
+                f"Model {where!r} fails the ONNX checker: {' '.join(msg[:3])}"
+            ) from None
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise ModelLoadError(f"Model {where!r} does not import the default ONNX domain (no opset).")
+    if opset > MAX_OPSET:
+        warnings.warn(
+            f"Model {where!r} uses opset {opset}; anasim implements opsets up to {MAX_OPSET}. "
+            "Ops are run with their latest implemented version.", stacklevel=2)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False)
+    except Exception as exc:
+        raise ModelLoadError(f"Model {where!r}: ONNX shape inference failed: {exc}") from None
+    ir = to_ir(proto, where, hashlib.sha256(data).hexdigest())
+    ir = passes.run_all(ir, fold_batchnorm=fold_batchnorm)
+    return Graph(ir)
+
+
+def analog_candidates(ir: GraphIR) -> list[str]:
+    """Names of Conv/Gemm/MatMul nodes whose weight (input 1) is a constant, in graph order."""
+    out = []
+    for n in ir.nodes:
+        if n.domain in ("", "ai.onnx") and n.op_type in ANALOG_OPS and len(n.inputs) > 1:
+            w = ir.constants.get(n.inputs[1])
+            if w is not None and (n.op_type != "MatMul" or w.ndim == 2):
+                out.append(n.name)
+    return out

@@ -1,0 +1,238 @@
+"""Graph rewrites applied on import, each a function ``GraphIR -> GraphIR``.
+
+* :func:`validate_and_sort` — topological order, refusing cycles, dangling inputs and
+  values produced twice (with the node and value named).
+* :func:`fold_constants` — evaluate every node whose inputs are all constants with the
+  op registry (this covers Constant, ConstantOfShape, Cast of float16 initializers, and
+  Shape/Gather/Concat chains), plus Shape/Size of values whose shape is fully static.
+* :func:`remove_identities` — drop Identity and inference-mode Dropout.
+* :func:`fold_batchnorm` — fold BatchNormalization into the preceding Conv/Gemm when exact.
+* :func:`remove_dead_nodes` — drop nodes that no graph output depends on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import AnasimError, ModelLoadError
+from ..ops.registry import resolve
+from .ir import GraphIR, Node
+
+FOLD_LIMIT_BYTES = 64 * 2**20
+"""Constant-folded results larger than this stay as run-time nodes (bounded memory)."""
+
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+               "Bernoulli"}
+
+
+def run_all(ir: GraphIR, fold_batchnorm: bool = True) -> GraphIR:
+    ir = validate_and_sort(ir)
+    ir = remove_identities(ir)
+    ir = fold_constants(ir)
+    if fold_batchnorm:
+        ir = globals()["fold_batchnorm"](ir)
+    ir = remove_dead_nodes(ir)
+    return ir
+
+
+def validate_and_sort(ir: GraphIR) -> GraphIR:
+    """Return ``ir`` with nodes in topological order; raise ModelLoadError on broken graphs."""
+    available = set(ir.constants) | {i.name for i in ir.inputs} | {""}
+    produced: dict[str, str] = {}
+    for n in ir.nodes:
+        for o in n.outputs:
+            if not o:
+                continue
+            if o in produced or o in ir.constants or o in {i.name for i in ir.inputs}:
+                raise ModelLoadError(
+                    f"Model {ir.source!r}: value {o!r} is produced twice (by node {n.name!r} and "
+                    f"{produced.get(o, 'an initializer or graph input')!r})."
+                )
+            produced[o] = n.name
+    for n in ir.nodes:
+        for i in n.inputs:
+            if i not in available and i not in produced:
+                raise ModelLoadError(
+                    f"Model {ir.source!r}: node {n.name!r} ({n.op_type}) reads {i!r}, which no node, "
+                    "initializer or graph input provides."
+                )
+    for o in ir.outputs:
+        if o.name not in available and o.name not in produced:
+            raise ModelLoadError(f"Model {ir.source!r}: graph output {o.name!r} is produced by no node.")
+    # Kahn's algorithm, stable with respect to the file's order
+    done = set(available)
+    order: list[Node] = []
+    pending = list(ir.nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in done for i in n.inputs):
+                order.append(n)
+                done.update(o for o in n.outputs if o)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            names = ", ".join(repr(n.name) for n in rest[:5])
+            raise ModelLoadError(f"Model {ir.source!r}: the graph has a cycle through node(s) {names}.")
+        pending = rest
+    ir.nodes = order
+    return ir
+
+
+def _rename_uses(ir: GraphIR, old: str, new: str) -> None:
+    for n in ir.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+
+
+def remove_identities(ir: GraphIR) -> GraphIR:
+    """Remove Identity and Dropout (inference) nodes whose output is not a graph output."""
+    outputs = {o.name for o in ir.outputs}
+    consumers = ir.consumers()
+    keep = []
+    for n in ir.nodes:
+        if n.op_type in ("Identity", "Dropout") and n.domain in ("", "ai.onnx"):
+            mask_used = n.op_type == "Dropout" and len(n.outputs) > 1 and n.outputs[1] and (
+                n.outputs[1] in consumers or n.outputs[1] in outputs)
+            if not mask_used and n.outputs[0] not in outputs:
+                _rename_uses(ir, n.outputs[0], n.inputs[0])
+                continue
+        keep.append(n)
+    ir.nodes = keep
+    return ir
+
+
+def _static_shape(ir: GraphIR, name: str):
+    vi = ir.value_info.get(name)
+    if vi is None or vi.shape is None or not all(isinstance(d, int) for d in vi.shape):
+        return None
+    return vi.shape
+
+
+def fold_constants(ir: GraphIR) -> GraphIR:
+    """Evaluate nodes whose inputs are all constant; fold Shape/Size of static shapes."""
+    keep = []
+    for n in ir.nodes:
+        if n.op_type in _NEVER_FOLD or not n.outputs:
+            keep.append(n)
+            continue
+        ins = [i for i in n.inputs if i]
+        if n.op_type in ("Shape", "Size") and n.inputs and n.inputs[0] not in ir.constants:
+            shape = _static_shape(ir, n.inputs[0])
+            if shape is None:
+                keep.append(n)
+                continue
+            arr = np.array(shape, dtype=np.int64)
+            if n.op_type == "Shape":
+                start = n.attrs.get("start", 0)
+                end = n.attrs.get("end", None)
+                arr = arr[start:end]
+            else:
+                arr = np.array(int(np.prod(shape)), dtype=np.int64)
+            ir.constants[n.outputs[0]] = arr
+            continue
+        if not all(i in ir.constants for i in ins):
+            keep.append(n)
+            continue
+        impl = resolve(n.domain, n.op_type, ir.opset(n.domain), n.name)
+        attrs = dict(n.attrs)
+        if impl.wants_n_outputs:
+            attrs["n_outputs"] = len(n.outputs)
+        try:
+            result = impl.fn(*[ir.constants[i] if i else None for i in n.inputs], **attrs)
+        except AnasimError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Model {ir.source!r}: node {n.name!r} ({n.op_type}) fails on its constant inputs: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        result = result if isinstance(result, tuple) else (result,)
+        if sum(np.asarray(r).nbytes for r in result) > FOLD_LIMIT_BYTES:
+            keep.append(n)
+            continue
+        for o, r in zip(n.outputs, result):
+            if o:
+                ir.constants[o] = np.asarray(r)
+    ir.nodes = keep
+    return ir
+
+
+def fold_batchnorm(ir: GraphIR) -> GraphIR:
+    """Fold BatchNormalization(Conv/Gemm(x, W, b)) into W and b where exact.
+
+    Conditions: the Conv/Gemm weight and bias and all BN parameters are constants, the
+    Conv/Gemm output feeds only this BN and is not a graph output, BN is in inference
+    mode, and (Gemm) the bias is absent or 1-D. Computed in float64, stored as float32.
+    """
+    consumers = ir.consumers()
+    producers = ir.producers()
+    outputs = {o.name for o in ir.outputs}
+    remove: set[int] = set()
+    for bn in ir.nodes:
+        if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx"):
+            continue
+        if bn.attrs.get("training_mode", 0) or len([o for o in bn.outputs if o]) != 1:
+            continue
+        if ir.opset("") < 9 and not bn.attrs.get("spatial", 1):
+            continue
+        x, params = bn.inputs[0], bn.inputs[1:5]
+        if not all(p in ir.constants for p in params):
+            continue
+        prod = producers.get(x)
+        if prod is None or prod.op_type not in ("Conv", "Gemm") or x in outputs:
+            continue
+        if len(consumers.get(x, [])) != 1 or len(prod.inputs) < 2 or prod.inputs[1] not in ir.constants:
+            continue
+        bias_name = prod.inputs[2] if len(prod.inputs) > 2 and prod.inputs[2] else None
+        if bias_name is not None and bias_name not in ir.constants:
+            continue
+        scale, beta, mean, var = (ir.constants[p].astype(np.float64) for p in params)
+        eps = float(bn.attrs.get("epsilon", 1e-5))
+        s = scale / np.sqrt(var + eps)
+        w = ir.constants[prod.inputs[1]].astype(np.float64)
+        if prod.op_type == "Conv":
+            if w.shape[0] != s.shape[0]:
+                continue
+            w_new = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+            b = ir.constants[bias_name].astype(np.float64) if bias_name else np.zeros(w.shape[0])
+            b_new = (b - mean) * s + beta
+        else:  # Gemm: Y = alpha * A' @ B' + beta * C
+            trans_b = prod.attrs.get("transB", 0)
+            m = w.shape[0] if trans_b else w.shape[1]
+            if w.ndim != 2 or m != s.shape[0]:
+                continue
+            w_new = w * (s[:, None] if trans_b else s[None, :])
+            gbeta = float(prod.attrs.get("beta", 1.0))
+            if bias_name:
+                c = ir.constants[bias_name].astype(np.float64)
+                if c.ndim > 1 and c.shape[0] != 1 or c.size not in (1, m):
+                    continue
+                c = np.broadcast_to(c.reshape(-1), (m,)) * gbeta
+            else:
+                c = np.zeros(m)
+            b_new = (c - mean) * s + beta
+            prod.attrs["beta"] = 1.0
+        w_name = f"{prod.name}::weight_bnfolded"
+        b_name = f"{prod.name}::bias_bnfolded"
+        ir.constants[w_name] = w_new.astype(np.float32)
+        ir.constants[b_name] = b_new.astype(np.float32)
+        prod.inputs = [prod.inputs[0], w_name, b_name]
+        prod.outputs = [bn.outputs[0]]
+        prod.meta["folded_batchnorm"] = bn.name
+        remove.add(id(bn))
+    if remove:
+        ir.nodes = [n for n in ir.nodes if id(n) not in remove]
+    return ir
+
+
+def remove_dead_nodes(ir: GraphIR) -> GraphIR:
+    """Drop nodes whose outputs no graph output depends on, and unused constants."""
+    needed = {o.name for o in ir.outputs}
+    keep = []
+    for n in reversed(ir.nodes):
+        if any(o in needed for o in n.outputs if o):
+            keep.append(n)
+            needed.update(i for i in n.inputs if i)
+    ir.nodes = keep[::-1]
+    ir.constants = {k: v for k, v in ir.constants.items() if k in needed}
+    return ir

@@ -1,0 +1,62 @@
+"""Shared fixtures: paths of ../shared (tests skip cleanly when it is absent) and data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(os.environ.get("ANASIM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+MODELS = SHARED / "models"
+DATA = SHARED / "data"
+GOLDEN = SHARED / "golden"
+
+CIFAR_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+CIFAR_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared, or skip the calling test if it is not there."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not available (../shared is absent)")
+    return p
+
+
+def cifar10_test(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10 test images preprocessed as the shared models expect (N×3×32×32 float32)."""
+    d = np.load(shared_path("data", "cifar10_test1000.npz"))
+    x, y = d["x"][:n], d["y"][:n]
+    x = (x.astype(np.float32) / 255.0 - CIFAR_MEAN) / CIFAR_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
+
+
+def fmnist_test(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST test images preprocessed as the shared models expect (N×1×32×32)."""
+    d = np.load(shared_path("data", "fashion_mnist_test.npz"))
+    x, y = d["x"][:n], d["y"][:n]
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
+    x = (x - 0.2860) / 0.3530
+    return np.ascontiguousarray(x[:, None]), y
+
+
+MODEL_DATA = {
+    "resnet20_cifar10.onnx": cifar10_test,
+    "resnet32_cifar10.onnx": cifar10_test,
+    "resnet44_cifar10.onnx": cifar10_test,
+    "resnet56_cifar10.onnx": cifar10_test,
+    "resnet18_fmnist.onnx": fmnist_test,
+    "resnet34_fmnist.onnx": fmnist_test,
+    "vgg16_fmnist.onnx": fmnist_test,
+    "mobilenet_v2_fmnist.onnx": fmnist_test,
+}
+
+
+def ort_session(path, threads: int = 2):
+    ort = pytest.importorskip("onnxruntime")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
