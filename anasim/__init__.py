@@ -23,11 +23,11 @@ __all__ = [
 ]
 
 
-def load(model, *, check: bool = True):
+def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | None = None):
     """Load an ONNX model (path, bytes or ``onnx.ModelProto``) into a runnable :class:`Graph`.
 
-    See :func:`anasim.graph.importer.load` for details.
+    See :func:`anasim.graph.importer.load` for the parameters and errors.
     """
     from .graph.importer import load as _load
 
-    return _load(model, check=check)
+    return _load(model, check=check, fold_batchnorm=fold_batchnorm, name=name)

@@ -23,8 +23,8 @@ def _model(nodes, inputs, outputs, inits=(), opset=OPSET):
 
 def _conv_bn_model(rng, with_bias=True, gemm=False):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8] if not gemm else ["N", 12])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     c = 4
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, 8, 8] if not gemm else ["N", c])
     inits = [numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3) if not gemm else (c, 12)).astype(np.float32), "W")]
     ins = ["x", "W"]
     if with_bias:

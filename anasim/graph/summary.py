@@ -50,7 +50,7 @@ def format_summary(graph: Graph) -> str:
     rows = summarize(graph)
     ir = graph.ir
     lines = [f"Model: {ir.source}", f"SHA-256: {ir.sha256}",
-             f"Opsets: {', '.join(f'{d or 'ai.onnx'} {v}' for d, v in sorted(ir.opsets.items()))}"]
+             "Opsets: " + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in sorted(ir.opsets.items()))]
     lines += ["Inputs:  " + "; ".join(i.describe() for i in graph.inputs),
               "Outputs: " + "; ".join(o.describe() for o in graph.outputs), ""]
     w_name = max([len(r.name) for r in rows] + [4])
