@@ -5,24 +5,35 @@ declared with :func:`param`, which records the default, the unit, the valid valu
 (an :class:`Interval` or a tuple of choices) and a one-paragraph meaning. Validation is
 generic (``Section.__post_init__``) and speaks one language::
 
-    The 'out_noise' parameter of [forward] must be a float in the range [0, inf). Got -0.1 instead.
+    The 'out_noise' parameter of [forward] must be a float in the range [0.0, inf). Got -0.1 instead.
 
-``anasim params`` is generated from these records; nothing is kept by hand.
+Cross-field rules live in one place per section, :meth:`Section.check`.
+``anasim params`` is generated from these records (:func:`field_records`); nothing is
+kept by hand. Sections written elsewhere (device models, drift compensation) use the
+same machinery and plug into the configuration file through
+:func:`anasim.config.register_section`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+import numpy as np
 
 from ..errors import ConfigError, closest
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A numeric range; ``None`` means unbounded. ``kind`` is "float" or "int"."""
+    """A numeric range; ``None`` means unbounded. ``kind`` is "float" or "int".
+
+    Values must be finite (NaN and ±inf are always refused).
+    """
 
     low: float | None = None
     high: float | None = None
@@ -53,9 +64,15 @@ def param(default: Any, doc: str, *, unit: str = "", valid: Any = None, **extra)
     ----------
     default : the default value (lists/dicts are copied per instance).
     doc : meaning of the parameter, one or a few sentences.
-    unit : physical or logical unit ("µS", "s", "steps", "" for dimensionless).
+    unit : physical or logical unit ("µS", "s", "steps", "1" for dimensionless,
+        "flag" for booleans, "choice" for enumerations).
     valid : an :class:`Interval`, a tuple of allowed values, ``bool``, ``str`` or a
-        callable ``f(value) -> str | None`` returning an error text.
+        callable ``f(value) -> str | None`` returning an error text (its docstring's
+        first line describes what is valid).
+    extra : further metadata, e.g. ``aihwkit="IOParameters.out_noise = 0.06"`` (the
+        aihwkit name and default, shown by ``anasim params``) and, for a callable
+        ``valid``, ``invalid=(...)``: example values it must refuse (the meta-test in
+        ``tests/test_config.py`` checks them; for the other kinds it generates its own).
     """
     meta = {"doc": doc, "unit": unit, "valid": valid, **extra}
     if isinstance(default, (list, dict)):
@@ -78,11 +95,26 @@ def describe_valid(valid: Any) -> str:
     return "any value"
 
 
+def _choice_key(value: str) -> str:
+    return value.lower().replace("_", "").replace("-", "").replace(" ", "")
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (calling its factory if it has one)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
 class Section:
     """Base class of configuration sections (dataclasses of :func:`param` fields).
 
-    Subclasses set ``section`` (the TOML table name). Construction validates every
-    field and coerces ints to floats where a float is expected; a bad value raises
+    Subclasses set ``section`` (the TOML table name) and are usually
+    ``@dataclass(frozen=True)``. Construction validates every field, coerces ints to
+    floats where a float is expected (and NumPy scalars to Python ones), then runs
+    :meth:`check` for cross-field rules; a bad value raises
     :class:`~anasim.errors.ConfigError` naming the section, the field and what is valid.
     """
 
@@ -97,40 +129,57 @@ class Section:
         self.check()
 
     def check(self) -> None:
-        """Cross-field rules; override in subclasses (raise ConfigError)."""
+        """Cross-field rules; override in subclasses (raise ConfigError via :meth:`fail`)."""
+
+    def fail(self, message: str) -> None:
+        """Raise a ConfigError for a cross-field rule of this section."""
+        raise ConfigError(f"Invalid [{self.section}]: {message}")
 
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: dict, where: str | None = None):
-        """Build the section from a dict, refusing unknown keys with the closest match."""
+    def check_keys(cls, data: Any, where: str | None = None) -> None:
+        """Refuse a non-dict or unknown keys, naming the closest valid key."""
         where = where or cls.section
         if not isinstance(data, dict):
-            raise ConfigError(f"[{where}] must be a table (dict) of parameters; got {type(data).__name__}.")
+            raise ConfigError(
+                f"[{where}] must be a table (dict) of parameters; got {type(data).__name__}."
+            )
         names = cls.field_names()
         for key in data:
             if key not in names:
                 raise ConfigError(
-                    f"Unknown parameter {key!r} in [{where}].{closest(key, names)} "
+                    f"Unknown parameter {key!r} in [{where}].{closest(str(key), names)} "
                     f"Valid names: {', '.join(names)}."
                 )
+
+    @classmethod
+    def check_partial(cls, data: Any, where: str | None = None) -> dict:
+        """Validate the keys and values of a partial dict (an override); return it coerced."""
+        cls.check_keys(data, where)
+        meta = {f.name: f.metadata.get("valid") for f in dataclasses.fields(cls)}
+        return {k: check_value(where or cls.section, k, v, meta[k]) for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str | None = None):
+        """Build the section from a dict, refusing unknown keys with the closest match."""
+        cls.check_keys(data, where)
         return cls(**data)
 
     def to_dict(self, only_changed: bool = False) -> dict:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if only_changed:
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                if v == default:
-                    continue
+            if only_changed and v == field_default(f):
+                continue
             out[f.name] = v
         return out
 
     def replace(self, **changes):
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again; unknown names refused)."""
+        self.check_keys(changes)
         return dataclasses.replace(self, **changes)
 
     def __str__(self) -> str:
@@ -144,35 +193,42 @@ def check_value(section: str, name: str, value: Any, valid: Any) -> Any:
 
     original = value
 
-    def fail(expect: str):
+    def fail(expect: str, hint: str = ""):
         raise ConfigError(
-            f"The {name!r} parameter of [{section}] must be {expect}. Got {original!r} instead."
+            f"The {name!r} parameter of [{section}] must be {expect}. Got {original!r} instead.{hint}"
         )
 
     if valid is None:
         return value
     if isinstance(valid, Interval):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or _is_numpy_bool(value) or not isinstance(value, numbers.Real):
             fail(describe_valid(valid))
         if valid.kind == "int":
-            if isinstance(value, float):
-                if not value.is_integer():
+            if not isinstance(value, numbers.Integral):
+                if not (math.isfinite(value) and float(value).is_integer()):
                     fail(describe_valid(valid))
-                value = int(value)
+            value = int(value)
         else:
             value = float(value)
-        if math.isnan(value) or not valid.contains(value):
+            if not math.isfinite(value):
+                fail("a finite float" + describe_valid(valid)[len("a float"):])
+        if not valid.contains(value):
             fail(describe_valid(valid))
         return value
     if isinstance(valid, tuple):
-        if value not in valid:
+        if isinstance(value, str):
+            value = str(value)  # NumPy str_ -> str
+        if isinstance(value, str) and value not in valid:
+            # accept aihwkit's enum spellings: "AbsMax", "ABS_MAX", "abs-max" -> "abs_max"
+            keyed = {_choice_key(v): v for v in valid if isinstance(v, str)}
+            value = keyed.get(_choice_key(value), value)
+        if value not in valid or type(value) is not type(next(v for v in valid if v == value)):
             hint = closest(str(value), [str(v) for v in valid]) if isinstance(value, str) else ""
-            raise ConfigError(
-                f"The {name!r} parameter of [{section}] must be {describe_valid(valid)}. "
-                f"Got {value!r} instead.{hint}"
-            )
+            fail(describe_valid(valid), hint)
         return value
     if valid is bool:
+        if _is_numpy_bool(value):
+            return bool(value)
         if not isinstance(value, bool):
             fail(describe_valid(valid))
         return value
@@ -186,3 +242,88 @@ def check_value(section: str, name: str, value: Any, valid: Any) -> Any:
             fail(msg)
         return value
     raise TypeError(f"bad 'valid' specification for {section}.{name}: {valid!r}")
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    return isinstance(value, np.bool_)
+
+
+def type_name(f: dataclasses.Field) -> str:
+    """A short type name for a field, for ``anasim params``."""
+    valid = f.metadata.get("valid")
+    if isinstance(valid, Interval):
+        return valid.kind
+    if isinstance(valid, tuple):
+        return "choice"
+    if valid is bool:
+        return "bool"
+    if valid is str:
+        return "str"
+    return str(f.type).replace("typing.", "")
+
+
+def format_default(value: Any) -> str:
+    """A default as it would be written in a TOML file."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "(unset)"
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class ParamRecord:
+    """One configuration parameter as ``anasim params`` prints it."""
+
+    section: str
+    name: str
+    type: str
+    default: Any
+    unit: str
+    valid: str
+    meaning: str
+    aihwkit: str = ""
+    variant: str = ""  # for typed sections: the ``type = "..."`` value that selects the class
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def field_records(cls: type, section: str | None = None, variant: str = "") -> list[ParamRecord]:
+    """Records (section, name, type, default, unit, valid, meaning) of every field of ``cls``."""
+    section = section or getattr(cls, "section", cls.__name__)
+    out = []
+    for f in dataclasses.fields(cls):
+        md = f.metadata
+        out.append(
+            ParamRecord(
+                section=section,
+                name=f.name,
+                type=type_name(f),
+                default=field_default(f),
+                unit=md.get("unit", ""),
+                valid=describe_valid(md.get("valid")),
+                meaning=" ".join(str(md.get("doc", "")).split()),
+                aihwkit=md.get("aihwkit", ""),
+                variant=variant,
+            )
+        )
+    return out
+
+
+def documented(cls: type) -> type:
+    """Class decorator (after ``@dataclass``): append a numpydoc ``Parameters`` list built
+    from the field records, so ``help(cls)`` shows meaning, unit, default and range."""
+    lines = [inspect.cleandoc(cls.__doc__ or ""), "", "Parameters", "----------"]
+    for r in field_records(cls):
+        unit = f" [{r.unit}]" if r.unit else ""
+        lines.append(f"{r.name} : {r.type}, default {format_default(r.default)}{unit}")
+        lines.append(f"    {r.meaning} Valid: {r.valid}.")
+        if r.aihwkit:
+            lines.append(f"    aihwkit: {r.aihwkit}.")
+    cls.__doc__ = "\n".join(lines) + "\n"
+    return cls
