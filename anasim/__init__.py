@@ -14,6 +14,9 @@ from .errors import (  # noqa: E402
 __all__ = [
     "__version__",
     "load",
+    "analog",
+    "load_config",
+    "preset",
     "AnasimError",
     "ConfigError",
     "ExecutionError",
@@ -31,3 +34,20 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     from .graph.importer import load as _load
 
     return _load(model, check=check, fold_batchnorm=fold_batchnorm, name=name)
+
+
+from . import analog  # noqa: E402  (a callable module: anasim.analog(graph, config, seed))
+
+
+def load_config(source):
+    """Load an analog configuration (TOML/JSON path, dict, preset name); see :mod:`anasim.config`."""
+    from .config import load_config as _load_config
+
+    return _load_config(source)
+
+
+def preset(name: str):
+    """A named configuration preset: ``ideal``, ``aihwkit``, ``hwa-standard``; see :mod:`anasim.config`."""
+    from .config import preset as _preset
+
+    return _preset(name)

@@ -220,7 +220,16 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     except Exception as exc:
         raise ModelLoadError(f"Model {where!r}: ONNX shape inference failed: {exc}") from None
     ir = to_ir(proto, where, hashlib.sha256(data).hexdigest())
+    ir.has_batchnorm = any(n.op_type == "BatchNormalization" for n in ir.nodes)
+    ir.fold_batchnorm = fold_batchnorm
     ir = passes.run_all(ir, fold_batchnorm=fold_batchnorm)
+
+    def reload(**kwargs) -> Graph:
+        options = {"check": check, "fold_batchnorm": fold_batchnorm, "name": name}
+        options.update(kwargs)
+        return load(model, **options)
+
+    ir.reload = reload
     return Graph(ir)
 
 

@@ -56,6 +56,12 @@ class GraphIR:
     opsets: dict[str, int]
     sha256: str = ""
     source: str = "<memory>"
+    fold_batchnorm: bool = True
+    """Whether BatchNormalization nodes were folded into the preceding Conv/Gemm on import."""
+    has_batchnorm: bool = False
+    """Whether the imported model had any BatchNormalization node."""
+    reload: Any = None
+    """``reload(**load_kwargs) -> Graph``: import the same model again with other options."""
 
     def opset(self, domain: str) -> int:
         domain = "" if domain == "ai.onnx" else domain

@@ -1,0 +1,160 @@
+"""An ONNX Conv / Gemm / MatMul node made analog.
+
+An :class:`AnalogLayer` holds the layer's weight as one :class:`~anasim.analog.tile.AnalogMatrix`
+per convolution group (a single one for Gemm/MatMul) and is called by the executor in
+place of the node's digital implementation, with the node's own inputs. It turns the
+input into rows (im2col for convolutions), gives every row a global *row id* —
+``(sample index in the data set) × (rows per sample) + (row within the sample)`` — so
+the random numbers of the tile model do not depend on batch size or order, runs the
+rows through the tiles and turns the result back into the node's output layout.
+
+Digital parts stay digital: the Gemm ``alpha`` is folded into the weight, a 1-D bias is
+the layer's (digital by default) bias, any other Gemm ``C`` is added after the tiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError, UnsupportedOpError
+from ..graph.ir import GraphIR, Node
+from ..ops.conv import cols_to_output, conv_geometry, im2col
+from .tile import AnalogMatrix
+
+
+@dataclass
+class RunContext:
+    """Shared, mutable state of one simulator run, read by every analog layer."""
+
+    sample_offset: int = 0
+    """Index in the data set of the first sample of the current batch."""
+    epoch: int = 0
+    """Monte-Carlo repetition; part of the key of the forward-noise random streams."""
+
+
+@dataclass
+class AnalogLayer:
+    """One analog node: its tiles (``matrices``, one per conv group) and geometry."""
+
+    name: str
+    op_type: str
+    index: int
+    """Position among the model's analog layers (part of the random-stream key)."""
+    weight_shape: tuple
+    matrices: list[AnalogMatrix]
+    attrs: dict
+    context: RunContext
+    extra_bias: np.ndarray | None = None
+    """Gemm ``beta·C`` that is not a per-output vector; added digitally after the tiles."""
+    states: dict = field(default_factory=dict, repr=False)
+    """Programmed device state per (matrix, tile) — filled by the simulator."""
+
+    # ------------------------------------------------------------------ info
+    @property
+    def n_tiles(self) -> int:
+        return sum(len(m.tiles) for m in self.matrices)
+
+    @property
+    def tile_grid(self) -> tuple[int, int, int]:
+        """(groups, input chunks, output chunks) — the tiles of one group form a grid."""
+        m = self.matrices[0]
+        return len(self.matrices), m.n_in_chunks, m.n_out_chunks
+
+    @property
+    def tile_shapes(self) -> list[tuple[int, int]]:
+        """(rows, columns) = (inputs, outputs) of every physical tile, in order."""
+        return [(t.n_in, t.n_out) for m in self.matrices for t in m.tiles]
+
+    def describe(self) -> str:
+        g, i, o = self.tile_grid
+        grid = f"{i}x{o} tiles" + (f" x {g} groups" if g > 1 else "")
+        rows, cols = self.tile_shapes[0]
+        return f"{self.name} ({self.op_type}, weight {'x'.join(map(str, self.weight_shape))}): {grid} of {rows}x{cols}"
+
+    def __repr__(self) -> str:
+        return f"<AnalogLayer {self.describe()}>"
+
+    # ------------------------------------------------------------------ running
+    def _row_ids(self, n_samples: int, rows_per_sample: int) -> np.ndarray:
+        first = (self.context.sample_offset) * rows_per_sample
+        return np.arange(first, first + n_samples * rows_per_sample, dtype=np.int64)
+
+    def _run_rows(self, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
+        if len(self.matrices) == 1:
+            return self.matrices[0].forward(rows, row_ids, self.context.epoch)
+        k = self.matrices[0].in_size
+        return np.concatenate(
+            [m.forward(rows[:, g * k:(g + 1) * k], row_ids, self.context.epoch) for g, m in enumerate(self.matrices)],
+            axis=1,
+        )
+
+    def __call__(self, *inputs):
+        if self.op_type == "Conv":
+            return self._conv(inputs[0])
+        if self.op_type == "Gemm":
+            return self._gemm(inputs[0])
+        return self._matmul(inputs[0])
+
+    def _conv(self, x: np.ndarray) -> np.ndarray:
+        a = self.attrs
+        geom = conv_geometry(x.shape, self.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
+                             a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
+        cols = im2col(np.ascontiguousarray(x, dtype=np.float32), geom)
+        per_sample = int(np.prod(geom.out_shape))
+        y = self._run_rows(cols, self._row_ids(x.shape[0], per_sample))
+        return cols_to_output(y, x.shape[0], geom)
+
+    def _gemm(self, a: np.ndarray) -> np.ndarray:
+        if self.attrs.get("transA", 0):
+            a = a.T
+        if a.ndim != 2:
+            raise InputError(f"Gemm node {self.name!r} expects a 2-D input; got shape {a.shape}.")
+        y = self._run_rows(a, self._row_ids(a.shape[0], 1))
+        if self.extra_bias is not None:
+            y = y + self.extra_bias
+        return y
+
+    def _matmul(self, a: np.ndarray) -> np.ndarray:
+        k = self.matrices[0].in_size
+        if a.shape[-1] != k:
+            raise InputError(f"MatMul node {self.name!r}: input's last dimension is {a.shape[-1]}, weight has {k} rows.")
+        if a.ndim == 1:
+            return self._run_rows(a[None, :], self._row_ids(1, 1))[0]
+        lead = a.shape[:-1]
+        per_sample = int(np.prod(lead[1:])) if len(lead) > 1 else 1
+        rows = a.reshape(-1, k)
+        y = self._run_rows(rows, self._row_ids(lead[0], per_sample))
+        return y.reshape(*lead, -1)
+
+
+def layer_matrix(node: Node, ir: GraphIR) -> tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray | None]:
+    """The (out × in) weight matrices (one per group), their biases and an extra digital bias."""
+    w = np.asarray(ir.constants[node.inputs[1]], dtype=np.float32)
+    b_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    if b_name is not None and b_name not in ir.constants:
+        raise UnsupportedOpError(
+            f"Node {node.name!r} ({node.op_type}): its bias {b_name!r} is computed at run time; an analog "
+            "layer needs a constant bias. Keep this layer digital with [[layers]] match = "
+            f"{node.name!r}, digital = true.")
+    b = None if b_name is None else np.asarray(ir.constants[b_name], dtype=np.float32)
+    if node.op_type == "Conv":
+        group = int(node.attrs.get("group", 1))
+        oc = w.shape[0]
+        mats = np.split(w.reshape(oc, -1), group, axis=0)
+        biases = [None] * group if b is None else np.split(b, group)
+        return mats, biases, None
+    if node.op_type == "Gemm":
+        alpha = np.float32(node.attrs.get("alpha", 1.0))
+        beta = np.float32(node.attrs.get("beta", 1.0))
+        mat = (w if node.attrs.get("transB", 0) else w.T) * alpha
+        extra = None
+        if b is not None:
+            c = b * beta
+            if c.size in (1, mat.shape[0]) and (c.ndim <= 1 or c.shape[0] == 1):
+                b = np.broadcast_to(c.reshape(-1), (mat.shape[0],)).astype(np.float32)
+            else:
+                b, extra = None, c
+        return [np.ascontiguousarray(mat)], [b], extra
+    return [np.ascontiguousarray(w.T)], [None], None

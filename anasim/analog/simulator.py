@@ -1,0 +1,298 @@
+"""The analog simulator: a graph whose analog layers run on simulated tiles.
+
+>>> graph = anasim.load("resnet20.onnx")
+>>> sim = anasim.analog(graph, anasim.preset("aihwkit"), seed=0)
+>>> sim.program(repetition=0)      # programming noise (if the config has a noise model)
+>>> sim.drift(3600.0)              # drift + read noise + compensation at t = 1 h
+>>> logits = sim(x)
+
+Reproducibility: every random number is keyed by (seed, layer, tile, purpose, repetition)
+and indexed by (global row id, element); the global row id comes from the sample's index
+in the data set (``sample_offset`` + position in the batch). The same seed, repetition,
+time and sample indices give bit-identical outputs whatever the batch size, thread count
+or evaluation order. The forward-pass noise of one repetition is the same at every
+t_inference (common random numbers: differences between times are due to the devices).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+from ..config import AnalogConfig, load_config, unmatched_patterns
+from ..errors import ConfigError, InputError
+from ..graph.executor import Graph
+from .layer import AnalogLayer, RunContext, layer_matrix
+from .tile import AnalogMatrix
+
+_GROUP_STRIDE = 1 << 20
+"""Layer id of group g of analog layer i is i * _GROUP_STRIDE + g (random-stream key)."""
+
+
+class AnalogSimulator:
+    """A :class:`~anasim.graph.executor.Graph` with its analog layers on simulated tiles.
+
+    Create it with :func:`anasim.analog`. Call it like the graph: ``sim(x)`` or
+    ``sim.run({name: x})``.
+
+    Attributes
+    ----------
+    graph : Graph — the digital model (unchanged).
+    config : AnalogConfig — the hardware configuration.
+    seed : int — master seed of every random stream.
+    layers : list of AnalogLayer — the analog layers with their tile grids.
+    digital_layers : list of str — Conv/Gemm/MatMul nodes kept digital by the config.
+    repetition : int — the Monte-Carlo repetition last programmed (0 initially).
+    t_inference : float — seconds since programming of the current weights (0 initially).
+    """
+
+    def __init__(self, graph: Graph, config=None, seed: int = 0, *, strict_patterns: bool = True):
+        if not isinstance(graph, Graph):
+            raise InputError(f"anasim.analog expects a Graph from anasim.load; got {type(graph).__name__}.")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
+        self.config: AnalogConfig = load_config(config) if config is not None else AnalogConfig()
+        graph = _graph_for(graph, self.config)
+        self.graph = graph
+        self.seed = int(seed)
+        self.context = RunContext()
+        candidates = graph.analog_candidates
+        bad = unmatched_patterns(self.config, candidates)
+        if bad:
+            msg = (f"[[layers]] pattern(s) {bad} match no analog layer of this model. Analog layers: "
+                   f"{candidates[:8]}{' ...' if len(candidates) > 8 else ''}")
+            if strict_patterns:
+                raise ConfigError(msg)
+            warnings.warn(msg, stacklevel=3)
+        nodes = {n.name: n for n in graph.ir.nodes}
+        self.layers: list[AnalogLayer] = []
+        self.digital_layers: list[str] = []
+        for name in candidates:
+            lc = self.config.for_layer(name)
+            if lc.digital:
+                self.digital_layers.append(name)
+                continue
+            node = nodes[name]
+            index = len(self.layers)
+            mats, biases, extra = layer_matrix(node, graph.ir)
+            matrices = [
+                AnalogMatrix(w, b, lc.forward, lc.mapping, key=(self.seed, index * _GROUP_STRIDE + g))
+                for g, (w, b) in enumerate(zip(mats, biases))
+            ]
+            shape = tuple(graph.ir.constants[node.inputs[1]].shape)
+            self.layers.append(AnalogLayer(name, node.op_type, index, shape, matrices, dict(node.attrs),
+                                           self.context, extra))
+        self._layer_configs = {layer.name: self.config.for_layer(layer.name) for layer in self.layers}
+        self._executor = graph.with_overrides({layer.name: layer for layer in self.layers})
+        self.repetition = 0
+        self.t_inference = 0.0
+        self._programmed = False
+        if any(_device_model(lc) is not None for lc in self._layer_configs.values()):
+            self.program(0)
+
+    # ------------------------------------------------------------------ devices
+    def program(self, repetition: int = 0) -> "AnalogSimulator":
+        """Program every analog tile for Monte-Carlo ``repetition`` (0, 1, 2, ...).
+
+        Draws programming noise and drift exponents from the configured noise model
+        (a new, independent draw for each repetition — every repetition is a freshly
+        programmed chip), and resets the time to t_inference = 0. Without a noise model
+        the tiles hold their target weights. Deterministic in (seed, repetition).
+        """
+        from ..devices import build_faults, program_weights, rng_factory
+
+        repetition = _check_repetition(repetition)
+        for layer in self.layers:
+            lc = self._layer_configs[layer.name]
+            model = _device_model(lc)
+            layer.states.clear()
+            for g, m in enumerate(layer.matrices):
+                if model is None:
+                    m.set_tile_weights([t.target for t in m.tiles])
+                    m.set_post_scales([1.0] * len(m.tiles))
+                    continue
+                converter = lc.sections.get("converter") or _default_converter()
+                faults = build_faults(_section_dict(lc, "device_faults"))
+                weights = []
+                for t in m.tiles:
+                    rngs = rng_factory(self.seed, layer.index * _GROUP_STRIDE + g, t.index, repetition)
+                    state = program_weights(t.target, converter, model, rngs, faults)
+                    layer.states[(g, t.index)] = state
+                    weights.append(state.weights(converter))
+                m.set_tile_weights(weights)
+                m.set_post_scales([1.0] * len(m.tiles))
+        self.repetition = repetition
+        self.context.epoch = repetition
+        self.t_inference = 0.0
+        self._programmed = True
+        self._references = None
+        return self
+
+    def drift(self, t_inference: float) -> "AnalogSimulator":
+        """Set the tiles to their state ``t_inference`` seconds after programming.
+
+        Applies the noise model's drift and read noise to the programmed conductances
+        and the configured drift compensation (one factor per tile, or per column,
+        from a readout at programming time and at ``t_inference``). Deterministic in
+        (seed, repetition, t_inference); ``t_inference = 0`` restores the programmed
+        state. Layers without a noise model are unaffected.
+        """
+        from ..devices import drifted_weights, rng_factory
+
+        t = float(t_inference)
+        if not np.isfinite(t) or t < 0:
+            raise InputError(f"t_inference must be a finite number of seconds >= 0; got {t_inference!r}.")
+        for layer in self.layers:
+            lc = self._layer_configs[layer.name]
+            model = _device_model(lc)
+            if model is None:
+                continue
+            converter = lc.sections.get("converter") or _default_converter()
+            comp = lc.sections.get("drift_compensation")
+            for g, m in enumerate(layer.matrices):
+                weights, scales = [], []
+                for tile in m.tiles:
+                    state = layer.states[(g, tile.index)]
+                    rngs = rng_factory(self.seed, layer.index * _GROUP_STRIDE + g, tile.index, self.repetition)
+                    w_t = drifted_weights(state, t, converter, model, rngs)
+                    weights.append(w_t)
+                    if comp is not None and comp.enabled and t > 0:
+                        ref = comp.readout_weights(state.weights(converter))
+                        scales.append(np.asarray(comp.factor(ref, comp.readout_weights(w_t)), np.float32))
+                    else:
+                        scales.append(np.float32(1.0))
+                m.set_tile_weights(weights)
+                m.set_post_scales(scales)
+        self.t_inference = t
+        return self
+
+    # ------------------------------------------------------------------ running
+    @property
+    def inputs(self):
+        return self.graph.inputs
+
+    @property
+    def outputs(self):
+        return self.graph.outputs
+
+    def run(self, feeds: Mapping[str, np.ndarray], batch_size: int | None = None,
+            sample_offset: int = 0, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the analog model; arguments as :meth:`Graph.run`, plus:
+
+        sample_offset : int, default 0
+            Index, in the whole data set, of the first sample in ``feeds``. Evaluations
+            that feed a data set in batches pass each batch's offset so that every
+            sample draws the same noise whatever the batch size.
+        """
+        if isinstance(sample_offset, bool) or not isinstance(sample_offset, (int, np.integer)) or sample_offset < 0:
+            raise InputError(f"sample_offset must be a non-negative integer; got {sample_offset!r}.")
+        feeds = self._executor._check_feeds(feeds)
+        want = outputs or [o.name for o in self.outputs]
+        total = next(iter(feeds.values())).shape[0] if feeds else 0
+        step = batch_size or max(total, 1)
+        if step < 1:
+            raise InputError(f"batch_size must be a positive integer; got {batch_size}.")
+        parts = []
+        for s in range(0, max(total, 1), step):
+            self.context.sample_offset = int(sample_offset) + s
+            chunk = {k: v[s:s + step] for k, v in feeds.items()} if batch_size else feeds
+            parts.append(self._executor._run_once(chunk, want))
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in want}
+
+    def __call__(self, x: np.ndarray, batch_size: int | None = None, sample_offset: int = 0) -> np.ndarray:
+        """Single-input, single-output shortcut of :meth:`run`."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise InputError("sim(x) needs a model with one input and one output; use sim.run({...}).")
+        return self.run({self.inputs[0].name: x}, batch_size, sample_offset)[self.outputs[0].name]
+
+    def layer(self, name: str) -> AnalogLayer:
+        """The analog layer of node ``name`` (exact name or a glob matching exactly one)."""
+        hits = [layer for layer in self.layers if layer.name == name] or [
+            layer for layer in self.layers if fnmatch.fnmatchcase(layer.name, name)]
+        if len(hits) != 1:
+            from ..errors import closest
+            raise KeyError(f"{name!r} matches {len(hits)} analog layers.{closest(name, [x.name for x in self.layers])}")
+        return hits[0]
+
+    def summary(self) -> str:
+        """One line per analog layer with its tile grid, plus the digital Conv/Gemm/MatMul."""
+        lines = [f"{len(self.layers)} analog layers, {sum(x.n_tiles for x in self.layers)} tiles "
+                 f"(seed {self.seed}, repetition {self.repetition}, t_inference {self.t_inference:g} s)"]
+        lines += ["  " + x.describe() for x in self.layers]
+        if self.digital_layers:
+            lines.append(f"kept digital: {', '.join(self.digital_layers)}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<anasim.AnalogSimulator {self.graph.ir.name!r}: {len(self.layers)} analog layers>"
+
+
+def _check_repetition(repetition) -> int:
+    if isinstance(repetition, bool) or not isinstance(repetition, (int, np.integer)) or repetition < 0:
+        raise InputError(f"repetition must be a non-negative integer; got {repetition!r}.")
+    return int(repetition)
+
+
+def _device_model(lc):
+    model = lc.sections.get("noise_model")
+    if model is None or getattr(model, "type_name", None) == "none":
+        return None
+    return model
+
+
+def _default_converter():
+    from ..devices import build_converter
+
+    return build_converter({"type": "single_pair"})
+
+
+def _section_dict(lc, name):
+    value = lc.sections.get(name)
+    if value is None:
+        return None
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
+
+
+def _graph_for(graph: Graph, config: AnalogConfig) -> Graph:
+    """The graph with BatchNormalization folded or not, as ``config.mapping.fold_batchnorm`` says."""
+    want = bool(getattr(config.mapping, "fold_batchnorm", True))
+    if graph.ir.fold_batchnorm == want or not graph.ir.has_batchnorm:
+        return graph
+    if graph.ir.reload is None:
+        raise ConfigError(
+            f"mapping.fold_batchnorm = {str(want).lower()} but the graph was loaded with fold_batchnorm="
+            f"{graph.ir.fold_batchnorm}; load it with anasim.load(..., fold_batchnorm={want}).")
+    return graph.ir.reload(fold_batchnorm=want)
+
+
+def analog(graph, config=None, seed: int = 0, **kwargs) -> AnalogSimulator:
+    """Map ``graph``'s Conv/Gemm/MatMul layers onto simulated analog tiles.
+
+    Parameters
+    ----------
+    graph : Graph, or anything :func:`anasim.load` accepts (path, bytes, ModelProto).
+    config : AnalogConfig, dict, path of a TOML/JSON file, or a preset name; default
+        the ``ideal`` preset (no non-idealities: outputs equal the digital graph's).
+    seed : int, default 0. Master seed of all random numbers.
+    strict_patterns : bool, default True. A ``[[layers]]`` pattern that matches no
+        analog layer is an error (False: a warning).
+
+    If the configuration has a device noise model, the tiles are programmed for
+    repetition 0 right away (t_inference = 0); call :meth:`AnalogSimulator.program`
+    and :meth:`AnalogSimulator.drift` for other repetitions and times.
+    """
+    if not isinstance(graph, Graph):
+        from ..graph.importer import load
+
+        fold = True
+        if config is not None:
+            fold = bool(getattr(load_config(config).mapping, "fold_batchnorm", True))
+        graph = load(graph, fold_batchnorm=fold)
+    return AnalogSimulator(graph, config, seed, **kwargs)
