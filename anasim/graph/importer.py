@@ -104,6 +104,35 @@ def _load_external_data(proto: onnx.ModelProto, base: str | None, where: str) ->
         raise ModelLoadError(f"Model {where!r}: cannot read external data ({exc}).") from None
 
 
+LARGE_TENSOR_BYTES = 1024
+"""Initializers above this size are replaced by typed graph inputs for the checker and
+shape inference (which otherwise serialize every weight several times)."""
+
+
+def _without_large_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` whose large initializers are declared as graph inputs instead.
+
+    Checker and shape inference see the same names, types and shapes but not the weight
+    bytes; small initializers (shape vectors, axes...) stay, since shape inference reads
+    their values. The weights themselves are decoded and checked by the importer.
+    """
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    g = light.graph
+    declared = {i.name for i in g.input}
+    keep = []
+    for t in g.initializer:
+        if t.ByteSize() > LARGE_TENSOR_BYTES and not t.external_data:
+            if t.name not in declared:
+                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            keep.append(t)
+    if len(keep) != len(g.initializer):
+        g.ClearField("initializer")
+        g.initializer.extend(keep)
+    return light
+
+
 def _all_tensors(proto: onnx.ModelProto):
     yield from proto.graph.initializer
     for node in proto.graph.node:
@@ -200,9 +229,10 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     """
     proto, data, where, base = _read(model, name)
     _load_external_data(proto, base, where)
+    light = _without_large_initializers(proto)
     if check:
         try:
-            onnx.checker.check_model(proto)
+            onnx.checker.check_model(light)
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             raise ModelLoadError(
@@ -216,9 +246,11 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
             f"Model {where!r} uses opset {opset}; anasim implements opsets up to {MAX_OPSET}. "
             "Ops are run with their latest implemented version.", stacklevel=2)
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
     except Exception as exc:
         raise ModelLoadError(f"Model {where!r}: ONNX shape inference failed: {exc}") from None
+    proto.graph.ClearField("value_info")
+    proto.graph.value_info.extend(inferred.graph.value_info)
     ir = to_ir(proto, where, hashlib.sha256(data).hexdigest())
     ir.has_batchnorm = any(n.op_type == "BatchNormalization" for n in ir.nodes)
     ir.fold_batchnorm = fold_batchnorm
