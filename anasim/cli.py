@@ -25,6 +25,39 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _cmd_params(args) -> int:
+    from .config import describe_parameters, format_parameters
+    from .errors import ConfigError, closest
+
+    records = describe_parameters()
+    if args.name:
+        wanted = args.name
+        if "." in wanted:
+            section, _, field = wanted.partition(".")
+            hits = [r for r in records if r.section == section and r.name == field]
+        else:
+            hits = [r for r in records if r.section == wanted] or [r for r in records if r.name == wanted]
+        if not hits:
+            names = sorted({f"{r.section}.{r.name}" for r in records} | {r.section for r in records})
+            raise ConfigError(f"No parameter or section {wanted!r}.{closest(wanted, names)} "
+                              "Run 'anasim params' for the full list.")
+        records = hits
+    print(format_parameters(records))
+    return 0
+
+
+def _cmd_presets(args) -> int:
+    from .config import list_presets, preset
+
+    for name, text in list_presets().items():
+        print(f"{name}\n    {text}")
+        if args.verbose:
+            toml = preset(name).to_toml(only_changed=True)
+            print("    " + toml.replace("\n", "\n    ").rstrip())
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anasim",
@@ -38,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-batchnorm", action="store_true",
                    help="do not fold BatchNormalization into the preceding Conv/Gemm")
     s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("params", help="every hardware/noise parameter: default, unit, valid range, meaning")
+    s.add_argument("name", nargs="?", help="a section (forward, mapping, noise_model, ...) or section.parameter")
+    s.set_defaults(func=_cmd_params)
+
+    s = sub.add_parser("presets", help="list the configuration presets and what they set")
+    s.add_argument("-v", "--verbose", action="store_true", help="print each preset's settings as TOML")
+    s.set_defaults(func=_cmd_presets)
     return p
 
 
@@ -54,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"anasim: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and friends
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("anasim: interrupted", file=sys.stderr)
         return 130

@@ -1,8 +1,9 @@
 """anasim (ideal) agrees with onnxruntime on every shared model and its real test data.
 
 Tolerance per batch: max |Δ| <= 1e-4 × max |reference|; top-1 identical on >= 99.9 %
-of samples. CI uses the first ``ANASIM_PARITY_SAMPLES`` images (default: all 1000
-CIFAR-10 images, 1000 Fashion-MNIST images); set it to 0 for the full test sets.
+of samples. CI uses all 1000 CIFAR-10 images and the first ``ANASIM_PARITY_SAMPLES``
+Fashion-MNIST images (default 300: the four Fashion-MNIST networks are ~20x heavier);
+set it to 0 for the full 10 000.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import pytest
 import anasim
 from conftest import MODEL_DATA, ort_session, shared_path
 
-N = int(os.environ.get("ANASIM_PARITY_SAMPLES", "1000")) or None
-BATCH = 250
+N_FMNIST = int(os.environ.get("ANASIM_PARITY_SAMPLES", "300")) or None
+BATCH = 100
 
 
 @pytest.mark.parametrize("model", sorted(MODEL_DATA))
 def test_shared_model_matches_onnxruntime(model):
     path = shared_path("models", model)
-    x, y = MODEL_DATA[model](N)
+    x, y = MODEL_DATA[model](None if "cifar" in model else N_FMNIST)
     graph = anasim.load(path)
     sess = ort_session(path)
     agree = total = 0
