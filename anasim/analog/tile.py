@@ -1,0 +1,490 @@
+"""The tile model: one analog layer's weight matrix on physical crossbar tiles.
+
+:class:`AnalogMatrix` takes a logical weight matrix W (out × in), maps it onto tiles the
+way aihwkit 1.2 does (``TileModuleArray`` equal-chunk splitting, per-tile weight scaling
+ω, digital or analog bias) and computes ``y = W x + b`` through the analog periphery of
+DESIGN.md "The tile model", step 4, for a batch of input vectors.
+
+Semantics follow aihwkit's CPU simulator (``ForwardBackwardPassIOManaged::forwardVector``
+in ``src/rpucuda/rpu_forward_backward_pass.cpp``) operation by operation in float32, so
+that deterministic settings reproduce aihwkit up to BLAS summation order (checked on
+``shared/golden/aihwkit_tiles.npz``). Where a choice was made it is noted at the code.
+
+Per tile and input vector x (the tile's slice of the layer input):
+
+1. noise management α (abs_max / max / constant / none) and the input scale
+   s = (1/α)/red, red the bound-management reduction (1, 2, 4, ...);
+2. DAC: v = clip(rint((x·s)/Δin)·Δin, ±inp_bound) (or stochastic rounding), + inp_noise ξ;
+3. MVM y = W_tile ṽ (BLAS);
+4. IR drop, output-referred weight noise, non-linearity, out_noise, ADC
+   rint(y/Δout)·Δout and clipping at ±out_bound;
+5. iterative bound management re-runs only the saturated vectors with red doubled
+   (a vector is saturated if an output exceeded +out_bound, or -out_bound when
+   ``bm_test_negative_bound``; aihwkit's CUDA semantics, see ``cpu.finalize_output``)
+   until none is, or ``red`` passes ``max_bm_factor`` or ``max_bm_res / Δin``;
+6. y · (out_scale/s) · mapping scale · post scale, summed over the input tiles, + bias.
+
+The per-tile effective weights live in ``tiles[k].weight`` (programmed conductances
+converted back to weights); device models replace them with :meth:`set_tile_weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..kernels import cpu
+from ..kernels.rng import normals_numpy, stream_key
+
+__all__ = ["AnalogMatrix", "PhysicalTile", "split_sizes", "Periphery"]
+
+_NM = {"none": cpu.NM_NONE, "abs_max": cpu.NM_ABS_MAX, "max": cpu.NM_MAX, "constant": cpu.NM_CONSTANT}
+_WN = {"none": cpu.WN_NONE, "additive_constant": cpu.WN_ADDITIVE, "pcm_read": cpu.WN_PCM_READ}
+_BM = {"none": False, "iterative": True}
+
+
+def _choice(value, table, name):
+    """Normalise an enum-like value (str, Enum with str value or name) to a table entry."""
+    key = getattr(value, "value", value)
+    if not isinstance(key, str):
+        key = getattr(value, "name", str(value))
+    key = str(key).lower()
+    if key not in table:
+        raise ValueError(f"{name} must be one of {sorted(table)}; got {value!r}")
+    return table[key]
+
+
+def split_sizes(size: int, max_size: int) -> list[int]:
+    """aihwkit's equal-chunk split (``TileModuleArray.get_split_sizes``).
+
+    ``n = ceil(size / max_size)`` chunks; the first ``size mod n`` get one element more.
+    ``max_size <= 0`` means no split. E.g. 1152 / 512 -> [384, 384, 384]; 70 / 32 ->
+    [24, 23, 23].
+    """
+    if max_size <= 0 or size <= max_size:
+        return [size]
+    n = (size + max_size - 1) // max_size
+    base, extra = divmod(size, n)
+    return [base + (i < extra) for i in range(n)]
+
+
+def _step(res, bound) -> np.float32:
+    """aihwkit's converter step: ``checkRes(res) * 2 * bound`` in float32.
+
+    ``checkRes``: negative -> 0, > 1 -> 1/res (a number of steps), else unchanged
+    (``detail::checkAndSetRes`` in ``rpu_pulsed_meta_parameter.cpp``). <= 0 means no
+    quantization.
+    """
+    r = np.float32(res)
+    r = np.float32(0.0) if r < 0 else r
+    if r > 1:
+        r = np.float32(1.0) / r
+    return np.float32(r * (np.float32(2.0) * np.float32(bound)))
+
+
+@dataclass(frozen=True)
+class Periphery:
+    """Forward parameters normalised to what the kernels need (float32, codes)."""
+
+    perfect: bool
+    nm_type: int
+    nm_thres: np.float32
+    inp_step: np.float32
+    inp_bound: np.float32
+    inp_noise: np.float32
+    inp_sto_round: bool
+    out_step: np.float32
+    out_bound: np.float32
+    out_noise: np.float32
+    out_noise_std: np.float32
+    out_sto_round: bool
+    wn_type: int
+    w_noise: np.float32
+    ir_drop: np.float32
+    ir_drop_g_ratio: np.float32
+    out_nonlinearity: np.float32
+    out_nonlinearity_std: np.float32
+    slope_calibration: np.float32
+    bm: bool
+    bm_test_negative_bound: bool
+    max_bm_factor: int
+    max_bm_res: np.float32
+    out_scale: np.float32
+
+    @classmethod
+    def from_params(cls, fp) -> "Periphery":
+        """Read an aihwkit-named forward-parameter object (duck typed)."""
+        g = lambda name, default: getattr(fp, name, default)  # noqa: E731
+        for name in ("v_offset_std", "r_series", "inp_asymmetry", "out_asymmetry", "w_read_asymmetry_dtod"):
+            if float(g(name, 0.0)) != 0.0:
+                raise NotImplementedError(
+                    f"forward parameter {name!r} != 0 is not supported by the tile model"
+                )
+        nm_type = _choice(g("noise_management", "abs_max"), _NM, "noise_management")
+        inp_bound = float(g("inp_bound", 1.0))
+        out_bound = float(g("out_bound", 12.0))
+        return cls(
+            perfect=bool(g("is_perfect", False)),
+            nm_type=nm_type,
+            # aihwkit zeroes nm_thres when noise management is off (initializeForForward)
+            nm_thres=np.float32(g("nm_thres", 0.0) if nm_type != cpu.NM_NONE else 0.0),
+            inp_step=_step(g("inp_res", 1 / 126), inp_bound),
+            inp_bound=np.float32(inp_bound if inp_bound > 0 else np.inf),
+            inp_noise=np.float32(g("inp_noise", 0.0)),
+            inp_sto_round=bool(g("inp_sto_round", False)),
+            out_step=_step(g("out_res", 1 / 510), out_bound),
+            out_bound=np.float32(out_bound if out_bound > 0 else np.inf),
+            out_noise=np.float32(g("out_noise", 0.06)),
+            out_noise_std=np.float32(g("out_noise_std", 0.0)),
+            out_sto_round=bool(g("out_sto_round", False)),
+            wn_type=_choice(g("w_noise_type", "none"), _WN, "w_noise_type"),
+            w_noise=np.float32(g("w_noise", 0.0)),
+            ir_drop=np.float32(g("ir_drop", 0.0)),
+            ir_drop_g_ratio=np.float32(g("ir_drop_g_ratio", 1.0 / 0.35 / 5e-6)),
+            out_nonlinearity=np.float32(g("out_nonlinearity", 0.0)),
+            out_nonlinearity_std=np.float32(g("out_nonlinearity_std", 0.0)),
+            slope_calibration=np.float32(g("slope_calibration", 0.0)),
+            bm=_choice(g("bound_management", "iterative"), _BM, "bound_management"),
+            bm_test_negative_bound=bool(g("bm_test_negative_bound", True)),
+            max_bm_factor=int(g("max_bm_factor", 1000)),
+            max_bm_res=np.float32(g("max_bm_res", 0.25)),
+            out_scale=np.float32(g("out_scale", 1.0)),
+        )
+
+    def bm_limit_reached(self, red: np.float32) -> bool:
+        """aihwkit's stop rule, checked after a pass at reduction ``red``.
+
+        ``(int)red > max_bm_factor || (inp_res > 0 && red > max_bm_res / inp_res)``
+        with ``inp_res`` the scaled DAC step (``forwardVector``).
+        """
+        if int(red) > self.max_bm_factor:
+            return True
+        return bool(self.inp_step > 0 and np.float32(red) > np.float32(self.max_bm_res / self.inp_step))
+
+
+@dataclass
+class PhysicalTile:
+    """One crossbar tile: a chunk of the (ω-scaled) weight matrix and its digital scales.
+
+    Attributes
+    ----------
+    index : tile number k = in_chunk * n_out_chunks + out_chunk (aihwkit ``array[i][j]``).
+    in_start, in_stop, out_start, out_stop : the chunk in the layer's input / output.
+    target : (n_out, n_in) float32, the weights to program (after ω scaling), read-only.
+    weight : (n_out, n_in) float32, the effective weights the MVM uses (= target until
+        a device model replaces them).
+    mapping_scale : (n_out,) float32 digital output factor from ω scaling (ones if none).
+    post_scale : (n_out,) float32 further digital factor applied after the mapping scale
+        (drift compensation); ones by default.
+    """
+
+    index: int
+    in_start: int
+    in_stop: int
+    out_start: int
+    out_stop: int
+    target: np.ndarray
+    weight: np.ndarray
+    mapping_scale: np.ndarray
+    post_scale: np.ndarray
+    nl_vec: np.ndarray | None = None
+    noise_vec: np.ndarray | None = None
+    nlf: np.float32 = np.float32(1.0)
+    _abs: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_in(self) -> int:
+        return self.in_stop - self.in_start
+
+    @property
+    def n_out(self) -> int:
+        return self.out_stop - self.out_start
+
+    @property
+    def abs_weight(self) -> np.ndarray:
+        """|weight| (cached; used by pcm_read weight noise and IR drop)."""
+        if self._abs is None:
+            self._abs = np.abs(self.weight)
+        return self._abs
+
+
+class AnalogMatrix:
+    """An analog layer's weight matrix on tiles, with aihwkit's forward periphery.
+
+    Parameters
+    ----------
+    weight : (out, in) array, the logical weight W (y = W x + b).
+    bias : (out,) array or None.
+    forward : forward parameters with aihwkit ``IOParameters`` names (duck typed;
+        missing fields take aihwkit's defaults).
+    mapping : mapping parameters (``max_input_size``, ``max_output_size``,
+        ``digital_bias``, ``weight_scaling_omega``, ``weight_scaling_columnwise``).
+    key : (seed, layer_index) of the random streams.
+
+    Mapping (aihwkit 1.2):
+
+    * splitting (``TileModuleArray``): the layer is split only if
+      ``in > max_input_size`` or ``out > max_output_size``, into equal chunks
+      (:func:`split_sizes`); a split layer's bias is always digital.
+    * weight scaling ω (``TileWithPeriphery.apply_weight_scaling``), per *tile* (each
+      tile of a split layer scales its own chunk): α = max|W| / ω (per output row if
+      ``weight_scaling_columnwise``), α = 1 where it is 0; the tile holds W/α and its
+      output is multiplied by α in digital.
+    * ``digital_bias=False`` on an unsplit layer: the bias is an extra weight column
+      fed by a constant input 1.0 (aihwkit ``forwardVectorBias``), so it goes through
+      ω scaling, noise management, DAC and ADC like any weight.
+    """
+
+    def __init__(self, weight, bias=None, forward=None, mapping=None, key=(0, 0)):
+        w = np.asarray(weight, dtype=np.float32)
+        if w.ndim != 2:
+            raise ValueError(f"weight must be 2-D (out x in), got shape {w.shape}")
+        self.out_size, self.in_size = w.shape
+        self.forward_params = forward
+        self.periphery = Periphery.from_params(forward if forward is not None else object())
+        self.seed, self.layer = int(key[0]), int(key[1])
+        g = lambda name, default: getattr(mapping, name, default)  # noqa: E731
+        self.in_sizes = split_sizes(self.in_size, int(g("max_input_size", 512)))
+        self.out_sizes = split_sizes(self.out_size, int(g("max_output_size", 512)))
+        split = len(self.in_sizes) > 1 or len(self.out_sizes) > 1
+        b = None if bias is None else np.asarray(bias, dtype=np.float32).reshape(self.out_size)
+        self.analog_bias = b is not None and not split and not bool(g("digital_bias", True))
+        self.bias = None if (b is None or self.analog_bias) else b
+        if self.analog_bias:
+            w = np.concatenate([w, b[:, None]], axis=1)
+            self.in_sizes = [self.in_size + 1]
+        omega = float(g("weight_scaling_omega", 0.0) or 0.0)
+        columnwise = bool(g("weight_scaling_columnwise", False))
+        self.tiles: list[PhysicalTile] = []
+        i0 = 0
+        for n_in in self.in_sizes:
+            o0 = 0
+            for n_out in self.out_sizes:
+                chunk = w[o0:o0 + n_out, i0:i0 + n_in]
+                target, scale = _weight_scaling(chunk, omega, columnwise)
+                target.setflags(write=False)
+                tile = PhysicalTile(
+                    index=len(self.tiles), in_start=i0, in_stop=i0 + n_in, out_start=o0,
+                    out_stop=o0 + n_out, target=target, weight=target, mapping_scale=scale,
+                    post_scale=np.ones(n_out, np.float32),
+                )
+                self._init_fixed_variation(tile)
+                self.tiles.append(tile)
+                o0 += n_out
+            i0 += n_in
+        self._keys: dict = {}
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def n_in_chunks(self) -> int:
+        return len(self.in_sizes)
+
+    @property
+    def n_out_chunks(self) -> int:
+        return len(self.out_sizes)
+
+    def tile_weights(self) -> list[np.ndarray]:
+        """The effective weights of every tile (list in tile order)."""
+        return [t.weight for t in self.tiles]
+
+    def set_tile_weights(self, weights) -> None:
+        """Replace the effective weights of every tile (e.g. after programming / drift).
+
+        ``weights`` is a list with one (n_out, n_in) array per tile, in tile order.
+        """
+        weights = list(weights)
+        if len(weights) != len(self.tiles):
+            raise ValueError(f"expected {len(self.tiles)} tile weights, got {len(weights)}")
+        for t, wk in zip(self.tiles, weights):
+            wk = np.ascontiguousarray(wk, dtype=np.float32)
+            if wk.shape != (t.n_out, t.n_in):
+                raise ValueError(f"tile {t.index}: expected shape {(t.n_out, t.n_in)}, got {wk.shape}")
+            t.weight = wk
+            t._abs = None
+
+    def set_post_scales(self, scales) -> None:
+        """Set the per-tile digital factors applied after the mapping scales (list of (n_out,))."""
+        scales = list(scales)
+        if len(scales) != len(self.tiles):
+            raise ValueError(f"expected {len(self.tiles)} scale vectors, got {len(scales)}")
+        for t, s in zip(self.tiles, scales):
+            t.post_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(s, np.float32), (t.n_out,)))
+
+    def effective_weight(self) -> np.ndarray:
+        """The logical (out × in) matrix the tiles currently represent (scales applied)."""
+        w = np.zeros((self.out_size, sum(self.in_sizes)), np.float32)
+        for t in self.tiles:
+            w[t.out_start:t.out_stop, t.in_start:t.in_stop] = (
+                t.weight * (t.mapping_scale * t.post_scale)[:, None]
+            )
+        return w[:, : self.in_size]
+
+    def _init_fixed_variation(self, t: PhysicalTile) -> None:
+        """Per-output constants drawn once per tile (aihwkit ``populateFBParameter``)."""
+        p = self.periphery
+        if p.perfect:
+            return
+        idx = np.arange(t.n_out)
+        if p.out_nonlinearity > 0:
+            ob = p.out_bound if 0 < p.out_bound < np.inf else np.float32(1.0)
+            g = np.zeros(t.n_out, np.float32)
+            if p.out_nonlinearity_std > 0:
+                g = normals_numpy(0, idx, stream_key(self.seed, self.layer, t.index, "out_nonlinearity"))
+            std = max(p.out_nonlinearity_std, np.float32(0.0))
+            t.nl_vec = np.abs(p.out_nonlinearity / ob * (np.float32(1.0) + std * g)).astype(np.float32)
+            if p.slope_calibration > 0:
+                mean_nl = np.float32(np.abs(t.nl_vec).sum() / np.float32(t.n_out))
+                f = np.float32(1.0) + mean_nl * p.slope_calibration * ob
+                t.nlf = np.float32(f * f)
+        if p.out_noise > 0 or p.out_noise_std > 0:
+            if p.out_noise_std > 0:
+                g = normals_numpy(0, idx, stream_key(self.seed, self.layer, t.index, "out_noise_std"))
+                t.noise_vec = np.abs(p.out_noise * (np.float32(1.0) + p.out_noise_std * g)).astype(np.float32)
+            else:
+                t.noise_vec = np.full(t.n_out, p.out_noise, np.float32)
+
+    def stream_keys(self, tile: int, epoch: int) -> dict:
+        """Philox keys of one tile's random streams for one epoch (cached)."""
+        k = (tile, epoch)
+        if k not in self._keys:
+            self._keys[k] = {
+                name: stream_key(self.seed, self.layer, tile, name, epoch)
+                for name in ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
+            }
+        return self._keys[k]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, row_ids=None, epoch: int = 0) -> np.ndarray:
+        """y = W x + b through the analog tiles, for every row of ``x``.
+
+        Parameters
+        ----------
+        x : (M, in) float32 input vectors (one per row).
+        row_ids : (M,) int64 global ids of the rows (counters of the random numbers);
+            default ``arange(M)``. Give the same ids to get the same noise regardless
+            of batch composition.
+        epoch : repetition index (part of the random-stream key).
+
+        Returns
+        -------
+        (M, out) float32.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.in_size:
+            raise ValueError(f"x must have shape (M, {self.in_size}), got {x.shape}")
+        m = x.shape[0]
+        if row_ids is None:
+            row_ids = np.arange(m, dtype=np.int64)
+        row_ids = np.ascontiguousarray(row_ids, dtype=np.int64)
+        if row_ids.shape != (m,):
+            raise ValueError(f"row_ids must have shape ({m},), got {row_ids.shape}")
+        if self.analog_bias:
+            x = np.concatenate([x, np.ones((m, 1), np.float32)], axis=1)
+        acc = np.zeros((m, self.out_size), np.float32)
+        if m:
+            if self.periphery.perfect:
+                self._forward_perfect(x, acc)
+            else:
+                for i in range(self.n_in_chunks):
+                    cache = {}
+                    for j in range(self.n_out_chunks):
+                        t = self.tiles[i * self.n_out_chunks + j]
+                        self._forward_tile(t, x, row_ids, epoch, acc, cache)
+        if self.bias is not None:
+            acc += self.bias
+        return acc
+
+    __call__ = forward
+
+    def _forward_perfect(self, x, acc) -> None:
+        """is_perfect: plain product per tile, then out_scale and the digital scales."""
+        p = self.periphery
+        for t in self.tiles:
+            y = x[:, t.in_start:t.in_stop] @ t.weight.T
+            if p.out_scale != 1:
+                y *= p.out_scale
+            y *= t.mapping_scale
+            y *= t.post_scale
+            acc[:, t.out_start:t.out_stop] += y
+
+    def _prepare(self, t, x, col0, row_ids, keys, red, rnd):
+        p = self.periphery
+        return cpu.prepare_input(
+            x, col0, t.n_in, row_ids, nm_type=p.nm_type, nm_thres=p.nm_thres, res=p.inp_step,
+            bound=p.inp_bound, inp_noise=p.inp_noise, sto_round=p.inp_sto_round, red=red, rnd=rnd,
+            noise_key=keys["inp_noise"], sto_key=keys["inp_sto_round"],
+            want_norm=p.wn_type == cpu.WN_ADDITIVE and p.w_noise > 0,
+            want_sq=p.wn_type == cpu.WN_PCM_READ and p.w_noise > 0,
+            want_ir=p.ir_drop > 0,
+        )
+
+    def _analog(self, t, prep, row_ids, keys, rnd, acc=None, scale=None):
+        """MVM + output processing of prepared inputs; returns (y, fail)."""
+        p = self.periphery
+        y = prep["xt"] @ t.weight.T
+        extra = {}
+        if p.ir_drop > 0:
+            extra.update(
+                ir_drop=p.ir_drop, a_scale=np.float32(np.float32(t.n_in) / p.ir_drop_g_ratio),
+                cur=prep["xabs"] @ t.abs_weight.T, irm=prep["xir"] @ t.weight.T,
+            )
+        if p.w_noise > 0 and p.wn_type == cpu.WN_ADDITIVE:
+            extra.update(wn_type=p.wn_type, w_noise=p.w_noise, xnorm=prep["xnorm"])
+        elif p.w_noise > 0 and p.wn_type == cpu.WN_PCM_READ:
+            extra.update(wn_type=p.wn_type, w_noise=p.w_noise, pw=prep["xsq"] @ t.abs_weight.T)
+        if acc is not None:
+            extra.update(acc=acc, col0=t.out_start, scale=scale, out_scale=p.out_scale,
+                         ms=t.mapping_scale, post=t.post_scale)
+        fail = cpu.finalize_output(
+            y, prep["skip"], row_ids, res=p.out_step, bound=p.out_bound, bm=p.bm,
+            test_neg=p.bm_test_negative_bound, nl_vec=t.nl_vec, nlf=t.nlf, noise_vec=t.noise_vec,
+            sto_round=p.out_sto_round, rnd=rnd, noise_key=keys["out_noise"], w_key=keys["w_noise"],
+            sto_key=keys["out_sto_round"], **extra,
+        )
+        return y, fail
+
+    def _forward_tile(self, t, x, row_ids, epoch, acc, cache) -> None:
+        p = self.periphery
+        keys = self.stream_keys(t.index, epoch)
+        deterministic_input = p.inp_noise <= 0 and not p.inp_sto_round
+        prep = cache.get("prep") if deterministic_input else None
+        if prep is None:
+            prep = self._prepare(t, x, t.in_start, row_ids, keys, np.float32(1.0), 0)
+            if deterministic_input:
+                cache["prep"] = prep  # same for every output chunk of this input chunk
+        if not p.bm:
+            self._analog(t, prep, row_ids, keys, 0, acc=acc, scale=prep["scale"])
+            return
+        y, fail = self._analog(t, prep, row_ids, keys, 0)
+        scale = prep["scale"].copy()
+        idx = np.arange(x.shape[0])
+        red, rnd = np.float32(1.0), 0
+        while not p.bm_limit_reached(red):
+            sub = np.flatnonzero(fail)
+            if sub.size == 0:
+                break
+            idx = idx[sub]
+            red, rnd = np.float32(red * 2), rnd + 1
+            xs = np.ascontiguousarray(x[idx, t.in_start:t.in_stop])
+            rs = row_ids[idx]
+            prep2 = self._prepare(t, xs, 0, rs, keys, red, rnd)
+            y2, fail = self._analog(t, prep2, rs, keys, rnd)
+            y[idx] = y2
+            scale[idx] = prep2["scale"]
+        cpu.accumulate_output(y, scale, acc, t.out_start, out_scale=p.out_scale,
+                              ms=t.mapping_scale, post=t.post_scale)
+
+
+def _weight_scaling(w, omega, columnwise):
+    """aihwkit ``apply_weight_scaling``: returns (W/α as C-contiguous float32, α per output)."""
+    n_out = w.shape[0]
+    if omega > 0:
+        if columnwise:
+            wmax = np.abs(w).max(axis=1) if w.size else np.zeros(n_out, np.float32)
+        else:
+            wmax = np.full(n_out, np.abs(w).max() if w.size else 0, np.float32)
+        alpha = (wmax.astype(np.float32) / np.float32(omega)).astype(np.float32)
+        alpha[alpha == 0] = 1
+        return np.ascontiguousarray(w / alpha[:, None], dtype=np.float32), alpha
+    return np.ascontiguousarray(w, dtype=np.float32).copy(), np.ones(n_out, np.float32)

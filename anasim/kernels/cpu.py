@@ -1,0 +1,531 @@
+"""CPU (Numba) kernels of the tile periphery: input preparation and output processing.
+
+The analog matrix-vector product itself is a BLAS call (``np.matmul`` on float32) made by
+:mod:`anasim.analog.tile`; the kernels here do everything around it, one pass each:
+
+* :func:`prepare_input` -- per input vector and tile slice: noise management (the scale
+  α), input scaling (1/α, bound-management reduction), DAC quantization
+  (round-half-even or stochastic) and clipping, input noise, and the by-products the
+  output-referred non-idealities need (‖x̃‖₂, x̃², |x̃|, the IR-drop weighted x̃).
+* :func:`finalize_output` -- per output: IR-drop correction, output-referred weight
+  noise, S-shaped non-linearity, output noise, ADC quantization and clipping, the
+  bound-management saturation test; optionally also the digital rescaling and the
+  accumulation into the layer output (:func:`accumulate_output` does that alone).
+
+Arithmetic is float32 in the same order as aihwkit's CPU ``ForwardBackwardPassIOManaged``
+(``src/rpucuda/rpu_forward_backward_pass.cpp``), so that deterministic settings reproduce
+aihwkit bit for bit apart from BLAS summation order (the bound-management test is the
+one deliberate difference, see :func:`finalize_output`).
+
+Random numbers are those of :mod:`anasim.kernels.rng` at (key, row id, element, round):
+parallel loops run over blocks of ``_ROWS`` rows, and each block draws its numbers from
+the counters alone, so results do not depend on batch size, order or thread count. For
+speed the CPU kernels evaluate Philox structure-of-arrays over a block (the inner loop
+vectorises) and the normal quantile in two passes (central rational function for all
+values, tails where needed) -- the same numbers as the scalar ``normal4`` / ``uniform4``
+that CUDA kernels call (about 7 ns per normal instead of 20).
+
+Public wrappers validate and convert; the ``_`` kernels assume valid input. Caution:
+Numba's cache tracks only this file; after editing ``rng.py`` delete
+``anasim/kernels/__pycache__``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .rng import (
+    _A0, _A1, _A2, _A3, _A4, _A5, _B0, _B1, _B2, _B3, _B4, _M0, _M1, _MASK32, _P_LOW, _S32,
+    _TWO_M24, _TWO_M32, _W0, _W1, _tail,
+)
+
+__all__ = [
+    "NM_NONE", "NM_ABS_MAX", "NM_MAX", "NM_CONSTANT",
+    "WN_NONE", "WN_ADDITIVE", "WN_PCM_READ",
+    "prepare_input", "finalize_output", "accumulate_output", "warmup",
+]
+
+NM_NONE, NM_ABS_MAX, NM_MAX, NM_CONSTANT = 0, 1, 2, 3
+WN_NONE, WN_ADDITIVE, WN_PCM_READ = 0, 1, 2
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_FHALF = np.float32(0.5)
+_C005 = np.float32(0.05)
+_C02 = np.float32(0.2)
+
+
+_ROWS = 32  # rows per parallel work item (amortises the scratch buffer)
+_I31 = np.int32(0x7FFFFFFF)
+_S31 = np.int32(31)
+
+
+@njit(inline="always")
+def _abs_max(xr):
+    """Bit pattern (int32) of max |x| of a row: |x| bits order like |x| (vectorises)."""
+    xi = xr.view(np.int32)
+    a = np.int32(0)
+    for j in range(xi.size):
+        a = max(a, xi[j] & _I31)
+    return a
+
+
+@njit(inline="always")
+def _max(xr):
+    """Bit pattern (int32) of max x of a row, via order-preserving integer keys."""
+    xi = xr.view(np.int32)
+    a = np.int32(-2147483648)
+    for j in range(xi.size):
+        v = xi[j]
+        a = max(a, v ^ ((v >> _S31) & _I31))
+    return a ^ ((a >> _S31) & _I31)
+
+
+@njit(inline="always")
+def _philox_soa(c0, c1, c2, c3, cnt, k0, k1):
+    """Philox-4x32-10 on ``cnt`` counters held structure-of-arrays, in place.
+
+    The same rounds as :func:`anasim.kernels.rng.philox4x32_10`, with the rounds as the
+    outer loop so that the inner loop over counters vectorises (AVX2/AVX-512); the
+    numbers are identical.
+    """
+    for _ in range(10):
+        for i in range(cnt):
+            p0 = _M0 * c0[i]
+            p1 = _M1 * c2[i]
+            n0 = (p1 >> _S32) ^ c1[i] ^ k0
+            n2 = (p0 >> _S32) ^ c3[i] ^ k1
+            c0[i] = n0
+            c1[i] = p1 & _MASK32
+            c2[i] = n2
+            c3[i] = p0 & _MASK32
+        k0 = (k0 + _W0) & _MASK32
+        k1 = (k1 + _W1) & _MASK32
+
+
+@njit(inline="always")
+def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
+    """out[0:r1-r0, 0:n] = the normals (or uniforms) of elements 0..n-1 of rows r0..r1.
+
+    Element e of a row is word ``e & 3`` of the Philox block with counter
+    ``(e >> 2, rnd, row & 0xffffffff, row >> 32)`` -- the numbers of
+    :func:`~anasim.kernels.rng.normal4` / :func:`~anasim.kernels.rng.uniform4`, made
+    in vectorisable passes: counters, Philox, then per output word the central
+    rational approximation for every value and the tail formula where needed.
+    ``ws`` is a (4, >= rows*nb) uint64 and ``tmp`` a (>= rows*nb,) float64 scratch.
+    """
+    nb = (n + 3) >> 2
+    c0 = ws[0]
+    c1 = ws[1]
+    c2 = ws[2]
+    c3 = ws[3]
+    rr = np.uint64(rnd) & _MASK32
+    cnt = 0
+    for r in range(r0, r1):
+        row = np.uint64(row_ids[r])
+        lo = row & _MASK32
+        hi = row >> _S32
+        for b in range(nb):
+            c0[cnt] = np.uint64(b)
+            c1[cnt] = rr
+            c2[cnt] = lo
+            c3[cnt] = hi
+            cnt += 1
+    _philox_soa(c0, c1, c2, c3, cnt, k0, k1)
+    for w in range(4):
+        cw = ws[w]
+        if normal:
+            for i in range(cnt):
+                p = (np.float64(np.int64(cw[i])) + 0.5) * _TWO_M32
+                q = p - 0.5
+                t = q * q
+                tmp[i] = ((((((_A0 * t + _A1) * t + _A2) * t + _A3) * t + _A4) * t + _A5) * q) / (
+                    ((((_B0 * t + _B1) * t + _B2) * t + _B3) * t + _B4) * t + 1.0
+                )
+            for i in range(cnt):
+                p = (np.float64(np.int64(cw[i])) + 0.5) * _TWO_M32
+                if p < _P_LOW:
+                    tmp[i] = _tail(p)
+                elif p > 1.0 - _P_LOW:
+                    tmp[i] = -_tail(1.0 - p)
+        else:
+            for i in range(cnt):
+                tmp[i] = np.float64(np.float32(cw[i] >> np.uint64(8)) * _TWO_M24)
+        i = 0
+        for rl in range(r1 - r0):
+            o = out[rl]
+            for b in range(nb):
+                e = 4 * b + w
+                if e < n:
+                    o[e] = np.float32(tmp[i])
+                i += 1
+
+
+@njit(parallel=True, cache=True)
+def _prepare_input(
+    x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
+    kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
+    xt, scale, skip, xnorm, xsq, xabs, xir,
+):
+    m, k = xt.shape
+    nm_on = nm_type != NM_NONE
+    kf = np.float32(k)
+    use_u = res > _F0 and sto_round
+    use_g = inp_noise > _F0
+    nb = (k + 3) >> 2
+    for blk in prange((m + _ROWS - 1) // _ROWS):
+        r0 = blk * _ROWS
+        r1 = min(m, r0 + _ROWS)
+        bits = np.empty(1, np.int32)  # to reinterpret an int32 bit pattern as float32
+        fbits = bits.view(np.float32)
+        ws = np.empty((4, _ROWS * nb if (use_u or use_g) else 0), np.uint64)
+        tmp = np.empty(ws.shape[1], np.float64)
+        ub = np.empty((_ROWS if use_u else 0, k), np.float32)
+        gb = np.empty((_ROWS if use_g else 0, k), np.float32)
+        if use_u:
+            _random_rows(row_ids, r0, r1, k, rnd, ks0, ks1, False, ws, tmp, ub)
+        if use_g:
+            _random_rows(row_ids, r0, r1, k, rnd, kn0, kn1, True, ws, tmp, gb)
+        for r in range(r0, r1):
+            xr = x[r, c0:c0 + k]
+            xtr = xt[r]
+            # --- noise management (computeNoiseManagement) -----------------------
+            nmv = _F1
+            if nm_type == NM_ABS_MAX:
+                bits[0] = _abs_max(xr)
+                amax = fbits[0]
+                nmv = min(amax, nm_thres) if nm_thres > _F0 else amax
+            elif nm_type == NM_MAX:
+                bits[0] = _max(xr)
+                mx = fbits[0]
+                nmv = min(mx, nm_thres) if nm_thres > _F0 else mx
+            elif nm_type == NM_CONSTANT:
+                nmv = nm_thres if nm_thres > _F0 else _F1
+            if nm_on and nmv <= _F0 and inp_noise <= _F0:
+                # aihwkit's short cut: the tile output is exactly zero
+                skip[r] = True
+                scale[r] = _F1
+                for j in range(k):
+                    xtr[j] = _F0
+                if want_norm:
+                    xnorm[r] = _F0
+                continue
+            skip[r] = False
+            s = _F1
+            if nm_on and nmv > _F0:
+                s = s / nmv
+            s = s / red  # red == 1 without bound management: exact
+            scale[r] = s
+            # --- scale, DAC, clip (prepareInputImplStage4) ---------------------------
+            if use_u:
+                ur = ub[r - r0]
+                for j in range(k):
+                    v = np.rint((xr[j] * s) / res + (ur[j] - _FHALF)) * res
+                    xtr[j] = min(max(v, -bound), bound)
+            elif res > _F0:
+                for j in range(k):
+                    v = np.rint((xr[j] * s) / res) * res
+                    xtr[j] = min(max(v, -bound), bound)
+            else:
+                for j in range(k):
+                    xtr[j] = min(max(xr[j] * s, -bound), bound)
+            # --- input noise, after the DAC and the bound -----------------------------
+            if use_g:
+                gr = gb[r - r0]
+                for j in range(k):
+                    xtr[j] = xtr[j] + inp_noise * gr[j]
+            # --- by-products for the output-referred non-idealities ---------------------
+            if want_norm:
+                ssq = 0.0
+                for j in range(k):
+                    ssq += float(xtr[j]) * float(xtr[j])
+                xnorm[r] = np.float32(np.sqrt(ssq))
+            if want_sq:
+                xsqr = xsq[r]
+                for j in range(k):
+                    xsqr[j] = xtr[j] * xtr[j]
+            if want_ir:
+                xabsr = xabs[r]
+                xirr = xir[r]
+                for j in range(k):
+                    v = xtr[j]
+                    p = _F1 - np.float32(j) / kf
+                    xabsr[j] = abs(v)
+                    xirr[j] = v * (_F1 - p * p)
+
+
+@njit(parallel=True, cache=True)
+def _finalize_output(
+    y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
+    nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
+    wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
+    kn0, kn1, kw0, kw1, ks0, ks1, fail,
+    accumulate, scale, out_scale, ms, post, acc, c0,
+):
+    m, n = y.shape
+    use_w = wn_type != WN_NONE
+    use_u = res > _F0 and sto_round
+    nb = (n + 3) >> 2
+    for blk in prange((m + _ROWS - 1) // _ROWS):
+        r0 = blk * _ROWS
+        r1 = min(m, r0 + _ROWS)
+        ws = np.empty((4, _ROWS * nb if (use_w or noise_on or use_u) else 0), np.uint64)
+        tmp = np.empty(ws.shape[1], np.float64)
+        zb = np.empty((_ROWS if (use_w or noise_on or use_u) else 0, n), np.float32)
+        # applyNonIdealities: IR drop, then output-referred weight noise
+        if ir_drop > _F0:
+            for r in range(r0, r1):
+                yr = y[r]
+                curr = cur[r]
+                irmr = irm[r]
+                for i in range(n):
+                    a = a_scale * curr[i]
+                    c = a * (a * (_C005 * a - _C02) + _FHALF)
+                    yr[i] = yr[i] - c * (ir_drop * irmr[i])
+        if use_w:
+            _random_rows(row_ids, r0, r1, n, rnd, kw0, kw1, True, ws, tmp, zb)
+            for r in range(r0, r1):
+                yr = y[r]
+                zr = zb[r - r0]
+                if wn_type == WN_ADDITIVE:
+                    wstd = w_noise * xnorm[r]
+                    for i in range(n):
+                        yr[i] = yr[i] + wstd * zr[i]
+                else:
+                    pwr = pw[r]
+                    for i in range(n):
+                        yr[i] = yr[i] + w_noise * np.sqrt(pwr[i]) * zr[i]
+        # finalizeOutputImplStage5: NL, output noise, ADC, bound test
+        if nl_on:
+            for r in range(r0, r1):
+                yr = y[r]
+                for i in range(n):
+                    v = yr[i]
+                    yr[i] = nlf * v / (_F1 + abs(nl_vec[i] * v))
+        if noise_on:
+            _random_rows(row_ids, r0, r1, n, rnd, kn0, kn1, True, ws, tmp, zb)
+            for r in range(r0, r1):
+                yr = y[r]
+                zr = zb[r - r0]
+                for i in range(n):
+                    yr[i] = yr[i] + noise_vec[i] * zr[i]
+        if use_u:
+            _random_rows(row_ids, r0, r1, n, rnd, ks0, ks1, False, ws, tmp, zb)
+        for r in range(r0, r1):
+            yr = y[r]
+            if skip[r]:
+                for i in range(n):
+                    yr[i] = _F0
+                fail[r] = False
+                continue  # contributes exactly 0 to the digital sum
+            if use_u:
+                zr = zb[r - r0]
+                for i in range(n):
+                    yr[i] = np.rint(yr[i] / res + (zr[i] - _FHALF)) * res
+            elif res > _F0:
+                for i in range(n):
+                    yr[i] = np.rint(yr[i] / res) * res
+            hi = 0
+            lo = 0
+            for i in range(n):
+                v = yr[i]
+                hi += v > bound
+                lo += v < -bound
+                yr[i] = min(max(v, -bound), bound)
+            fail[r] = bm_on and (hi > 0 or (test_neg and lo > 0))
+            if accumulate:
+                f = out_scale / scale[r]
+                ar = acc[r, c0:c0 + n]
+                for i in range(n):
+                    ar[i] += ((yr[i] * f) * ms[i]) * post[i]
+
+
+@njit(parallel=True, cache=True)
+def _accumulate_output(y, scale, out_scale, ms, post, acc, c0):
+    m, n = y.shape
+    for r in prange(m):
+        f = out_scale / scale[r]
+        yr = y[r]
+        ar = acc[r, c0:c0 + n]
+        for i in range(n):
+            ar[i] += ((yr[i] * f) * ms[i]) * post[i]
+
+
+# --------------------------------------------------------------------------------------
+# public wrappers
+
+_EMPTY2 = np.zeros((0, 0), dtype=np.float32)
+_EMPTY1 = np.zeros(0, dtype=np.float32)
+
+
+def _f32_2d(a, name):
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    return a
+
+
+def _vec(a, n, name, dtype=np.float32):
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    return a
+
+
+def prepare_input(
+    x, col0, ncols, row_ids, *, nm_type=NM_ABS_MAX, nm_thres=0.0, res=0.0, bound=1.0,
+    inp_noise=0.0, sto_round=False, red=1.0, rnd=0, noise_key=(0, 0), sto_key=(0, 0),
+    want_norm=False, want_sq=False, want_ir=False,
+):
+    """Prepare the inputs of one tile: columns ``col0 .. col0+ncols`` of ``x``.
+
+    Parameters
+    ----------
+    x : (M, K) float32, the layer input (only the tile's columns are read).
+    col0, ncols : the tile's input slice.
+    row_ids : (M,) int64 global row ids (random-number counters).
+    nm_type : ``NM_*`` code; nm_thres : aihwkit ``nm_thres``.
+    res : DAC step in the scaled domain (aihwkit's ``inp_res`` after initialisation,
+        i.e. resolution × 2 × inp_bound); <= 0 disables quantization.
+    bound : input clip bound (``inf`` for none).
+    inp_noise : std of the additive input noise; sto_round : stochastic DAC rounding.
+    red : bound-management reduction factor; rnd : bound-management round (counter).
+    noise_key, sto_key : Philox keys of the input-noise and stochastic-rounding streams.
+    want_norm, want_sq, want_ir : also return ‖x̃‖₂ per row, x̃², and (|x̃|, IR-weighted x̃).
+
+    Returns
+    -------
+    dict with ``xt`` (M, ncols) prepared input, ``scale`` (M,) the applied input scale
+    (1/α/red, float32), ``skip`` (M,) bool rows whose output is exactly zero, and
+    ``xnorm``, ``xsq``, ``xabs``, ``xir`` when requested.
+    """
+    x = _f32_2d(x, "x")
+    m, kfull = x.shape
+    if not (0 <= col0 and ncols > 0 and col0 + ncols <= kfull):
+        raise ValueError(f"tile columns {col0}..{col0 + ncols} outside x with {kfull} columns")
+    row_ids = _vec(row_ids, m, "row_ids", np.int64)
+    xt = np.empty((m, ncols), dtype=np.float32)
+    scale = np.empty(m, dtype=np.float32)
+    skip = np.empty(m, dtype=np.bool_)
+    xnorm = np.empty(m, dtype=np.float32) if want_norm else _EMPTY1
+    xsq = np.empty((m, ncols), dtype=np.float32) if want_sq else _EMPTY2
+    xabs = np.empty((m, ncols), dtype=np.float32) if want_ir else _EMPTY2
+    xir = np.empty((m, ncols), dtype=np.float32) if want_ir else _EMPTY2
+    _prepare_input(
+        x, np.int64(col0), np.int64(nm_type), np.float32(nm_thres), np.float32(res),
+        np.float32(bound), np.float32(inp_noise), bool(sto_round), np.float32(red),
+        np.int64(rnd), row_ids, np.uint64(noise_key[0]), np.uint64(noise_key[1]),
+        np.uint64(sto_key[0]), np.uint64(sto_key[1]), bool(want_norm), bool(want_sq),
+        bool(want_ir), xt, scale, skip, xnorm, xsq, xabs, xir,
+    )
+    out = {"xt": xt, "scale": scale, "skip": skip}
+    if want_norm:
+        out["xnorm"] = xnorm
+    if want_sq:
+        out["xsq"] = xsq
+    if want_ir:
+        out["xabs"], out["xir"] = xabs, xir
+    return out
+
+
+def finalize_output(
+    y, skip, row_ids, *, res=0.0, bound=np.inf, bm=False, test_neg=True,
+    nl_vec=None, nlf=1.0, noise_vec=None, sto_round=False,
+    wn_type=WN_NONE, w_noise=0.0, xnorm=None, pw=None,
+    ir_drop=0.0, a_scale=0.0, cur=None, irm=None, rnd=0,
+    noise_key=(0, 0), w_key=(0, 0), sto_key=(0, 0),
+    acc=None, col0=0, scale=None, out_scale=1.0, ms=None, post=None,
+):
+    """Process the raw analog outputs ``y`` (M, N) of one tile in place.
+
+    Applies, per output and in aihwkit's order: IR drop (needs ``cur`` = |x̃|·|W|ᵀ,
+    ``irm`` = x̃_ir·Wᵀ, ``a_scale`` = n / ir_drop_g_ratio), weight noise (additive:
+    needs ``xnorm``; pcm_read: needs ``pw`` = x̃²·|W|ᵀ), the non-linearity
+    ``nlf·v/(1+|nl_i v|)`` (``nl_vec``), output noise (std per output ``noise_vec``),
+    ADC quantization with step ``res`` and clipping at ``±bound``. With ``bm`` a row
+    fails if any output exceeded ``+bound`` (strictly, after the ADC), or ``-bound``
+    when ``test_neg``. (aihwkit's CUDA batch kernels do exactly this; its CPU loop
+    instead lets a later negative saturation reset the flag when ``test_neg`` is off,
+    an order-dependent quirk anasim does not copy.)
+
+    If ``acc`` is given, also adds ``((y·out_scale/scale)·ms)·post`` into
+    ``acc[:, col0:col0+N]`` (the digital periphery and the accumulation over tiles).
+
+    Returns the (M,) bool array of rows that failed the bound test.
+    """
+    if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.ndim == 2 and y.flags.c_contiguous):
+        raise ValueError("y must be a C-contiguous 2-D float32 array (it is modified in place)")
+    m, n = y.shape
+    skip = _vec(skip, m, "skip", np.bool_)
+    row_ids = _vec(row_ids, m, "row_ids", np.int64)
+    nl_on = nl_vec is not None
+    nl_vec = _vec(nl_vec, n, "nl_vec") if nl_on else _EMPTY1
+    noise_on = noise_vec is not None
+    noise_vec = _vec(noise_vec, n, "noise_vec") if noise_on else _EMPTY1
+    wn_type = int(wn_type) if w_noise > 0 else WN_NONE
+    xnorm = _vec(xnorm, m, "xnorm") if wn_type == WN_ADDITIVE else _EMPTY1
+    pw = _f32_2d(pw, "pw") if wn_type == WN_PCM_READ else _EMPTY2
+    if ir_drop > 0:
+        cur, irm = _f32_2d(cur, "cur"), _f32_2d(irm, "irm")
+        if cur.shape != y.shape or irm.shape != y.shape:
+            raise ValueError("cur and irm must have the shape of y")
+    else:
+        cur = irm = _EMPTY2
+    if wn_type == WN_PCM_READ and pw.shape != y.shape:
+        raise ValueError("pw must have the shape of y")
+    accumulate = acc is not None
+    if accumulate:
+        if not (acc.dtype == np.float32 and acc.ndim == 2 and acc.flags.c_contiguous):
+            raise ValueError("acc must be a C-contiguous 2-D float32 array")
+        if acc.shape[0] != m or col0 < 0 or col0 + n > acc.shape[1]:
+            raise ValueError("acc does not fit y at col0")
+        scale = _vec(scale, m, "scale")
+        ms = _vec(np.ones(n, np.float32) if ms is None else ms, n, "ms")
+        post = _vec(np.ones(n, np.float32) if post is None else post, n, "post")
+    else:
+        acc, scale, ms, post = _EMPTY2, _EMPTY1, _EMPTY1, _EMPTY1
+    fail = np.empty(m, dtype=np.bool_)
+    _finalize_output(
+        y, skip, cur, irm, pw, xnorm, np.float32(res), np.float32(bound), bool(bm),
+        bool(test_neg), nl_on, nl_vec, np.float32(nlf), noise_vec, noise_on,
+        bool(sto_round), np.int64(wn_type), np.float32(w_noise), np.float32(ir_drop),
+        np.float32(a_scale), row_ids, np.int64(rnd),
+        np.uint64(noise_key[0]), np.uint64(noise_key[1]), np.uint64(w_key[0]),
+        np.uint64(w_key[1]), np.uint64(sto_key[0]), np.uint64(sto_key[1]), fail,
+        accumulate, scale, np.float32(out_scale), ms, post, acc, np.int64(col0),
+    )
+    return fail
+
+
+def accumulate_output(y, scale, acc, col0=0, *, out_scale=1.0, ms=None, post=None):
+    """``acc[:, col0:col0+N] += ((y · out_scale/scale) · ms) · post`` (float32, row-parallel)."""
+    y = _f32_2d(y, "y")
+    m, n = y.shape
+    if not (acc.dtype == np.float32 and acc.ndim == 2 and acc.flags.c_contiguous):
+        raise ValueError("acc must be a C-contiguous 2-D float32 array")
+    if acc.shape[0] != m or col0 < 0 or col0 + n > acc.shape[1]:
+        raise ValueError("acc does not fit y at col0")
+    scale = _vec(scale, m, "scale")
+    ms = _vec(np.ones(n, np.float32) if ms is None else ms, n, "ms")
+    post = _vec(np.ones(n, np.float32) if post is None else post, n, "post")
+    _accumulate_output(y, scale, np.float32(out_scale), ms, post, acc, np.int64(col0))
+
+
+def warmup() -> None:
+    """Compile (or load from cache) every kernel on tiny data, with all features on."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    rows = np.arange(3, dtype=np.int64)
+    p = prepare_input(x, 0, 8, rows, res=1 / 127, inp_noise=0.1, sto_round=True,
+                      want_norm=True, want_sq=True, want_ir=True)
+    w = rng.standard_normal((4, 8)).astype(np.float32)
+    y = p["xt"] @ w.T
+    acc = np.zeros((3, 4), np.float32)
+    finalize_output(
+        y, p["skip"], rows, res=0.01, bound=10.0, bm=True, nl_vec=np.ones(4, np.float32),
+        noise_vec=np.ones(4, np.float32), sto_round=True, wn_type=WN_PCM_READ, w_noise=0.1,
+        pw=p["xsq"] @ np.abs(w).T, ir_drop=1.0, a_scale=1e-3, cur=p["xabs"] @ np.abs(w).T,
+        irm=p["xir"] @ w.T, acc=acc, scale=p["scale"],
+    )
+    accumulate_output(y, p["scale"], acc)

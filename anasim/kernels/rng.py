@@ -1,0 +1,289 @@
+"""Counter-based random numbers: Philox-4x32-10, keyed streams, normals and uniforms.
+
+Every random number anasim draws is a pure function of *where* it is used, never of
+how the work is scheduled::
+
+    key     = stream_key(seed, layer, tile, purpose, epoch)      -> (k0, k1), 2 x uint32
+    counter = (element >> 2, round, row_id & 0xffffffff, row_id >> 32)
+    block   = philox4x32_10(counter, key)                         -> 4 x uint32
+    value   = lane (element & 3) of the block, turned into a normal or a uniform
+
+``row_id`` is the global index of one input vector (sample index x output positions,
+given by the caller), ``element`` the index of the input or output line inside the
+tile, ``round`` the bound-management re-run (0 for the first pass). One Philox call
+yields four numbers, so a kernel that walks a row in element order calls the generator
+once per four elements. Nothing depends on batch size, thread count or order.
+
+The scalar functions below are written for two compilers at once: they are plain
+Python (callable from Python for tests), and decorated with
+:func:`numba.extending.register_jitable`, so ``@njit`` CPU kernels and
+``@numba.cuda.jit`` kernels both inline them. They use only ``np.uint64`` arithmetic
+on values held below 2**32 (the 32 x 32 -> 64 bit product is exact in uint64, so the
+high word of Philox's multiply is ``p >> 32``), ``math`` functions and no NumPy calls
+on arrays. :func:`philox_numpy` is an independent vectorised NumPy implementation
+used as the reference in tests and by the slow NumPy twin of the tile model.
+
+Caution: Numba's on-disk cache (``cache=True``) tracks only the file of the cached
+kernel; after editing this file, delete ``anasim/kernels/__pycache__`` so the CPU
+kernels are recompiled with the new bodies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba.extending import register_jitable
+
+__all__ = [
+    "PURPOSE",
+    "stream_key",
+    "philox4x32_10",
+    "normal4",
+    "uniform4",
+    "philox_numpy",
+    "normals_numpy",
+    "uniforms_numpy",
+]
+
+# Philox-4x32 constants (Salmon et al., SC'11; Random123 philox.h).
+_M0 = np.uint64(0xD2511F53)
+_M1 = np.uint64(0xCD9E8D57)
+_W0 = np.uint64(0x9E3779B9)
+_W1 = np.uint64(0xBB67AE85)
+_MASK32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+_TWO_M32 = 2.3283064365386963e-10  # 2**-32
+_TWO_M24 = np.float32(5.9604645e-08)  # 2**-24
+_S8 = np.uint64(8)
+
+#: Purpose codes that separate the random streams of one tile.
+PURPOSE = {
+    "inp_noise": 1,
+    "out_noise": 2,
+    "w_noise": 3,
+    "inp_sto_round": 4,
+    "out_sto_round": 5,
+    "out_nonlinearity": 6,  # fixed per-output variation, drawn once per tile
+    "out_noise_std": 7,  # fixed per-output out_noise variation, drawn once per tile
+    # 16 and above: device models (programming noise, drift, read noise, ...)
+    "programming": 16,
+    "drift": 17,
+    "read_noise": 18,
+}
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    """SplitMix64 finaliser (Steele, Lea & Flood 2014) on a Python int, 64-bit wrap."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def stream_key(seed: int, layer: int, tile: int, purpose: int | str, epoch: int = 0) -> tuple[int, int]:
+    """The Philox key (k0, k1) of one random stream.
+
+    Mixing: ``h = splitmix64(seed)``, then for each of ``layer, tile, purpose, epoch``
+    in this order ``h = splitmix64(h ^ (value & 2**64-1))``; ``k0`` is the low and
+    ``k1`` the high 32-bit word of the final ``h``. Each field changes every bit of
+    the key with probability ~1/2 (SplitMix64 is a bijective avalanche mixer), so
+    nearby seeds, layers or tiles give unrelated streams. Pure Python integers: the
+    key is computed once on the host per kernel launch.
+
+    Parameters
+    ----------
+    seed, layer, tile, epoch : non-negative (or negative, taken mod 2**64) integers.
+        ``epoch`` is the repetition / Monte-Carlo draw.
+    purpose : int or a name from :data:`PURPOSE`.
+    """
+    if isinstance(purpose, str):
+        purpose = PURPOSE[purpose]
+    h = _splitmix64(int(seed) & _MASK64)
+    for v in (layer, tile, purpose, epoch):
+        h = _splitmix64(h ^ (int(v) & _MASK64))
+    return h & 0xFFFFFFFF, h >> 32
+
+
+@register_jitable
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox-4x32-10 block function. All arguments np.uint64 holding 32-bit values.
+
+    Returns the four 32-bit output words (as np.uint64). Matches Random123's
+    ``philox4x32_R(10, ctr, key)``: ten rounds of
+    ``(c0, c1, c2, c3) <- (hi(M1 c2) ^ c1 ^ k0, lo(M1 c2), hi(M0 c0) ^ c3 ^ k1, lo(M0 c0))``
+    with the Weyl key bump ``k += (W0, W1)`` between rounds.
+    """
+    for _ in range(10):
+        p0 = _M0 * c0
+        p1 = _M1 * c2
+        n0 = (p1 >> _S32) ^ c1 ^ k0
+        n1 = p1 & _MASK32
+        n2 = (p0 >> _S32) ^ c3 ^ k1
+        n3 = p0 & _MASK32
+        c0 = n0
+        c1 = n1
+        c2 = n2
+        c3 = n3
+        k0 = (k0 + _W0) & _MASK32
+        k1 = (k1 + _W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+# Acklam's rational approximation of the standard normal quantile (relative error
+# < 1.15e-9 over (0, 1)): a central rational function on [P_LOW, 1 - P_LOW] and a tail
+# rational function of sqrt(-2 ln p). Only the tails (4.85 % of draws) need log / sqrt.
+_A0, _A1, _A2 = -3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02
+_A3, _A4, _A5 = 1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00
+_B0, _B1, _B2 = -5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02
+_B3, _B4 = 6.680131188771972e01, -1.328068155288572e01
+_C0, _C1, _C2 = -7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00
+_C3, _C4, _C5 = -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00
+_D0, _D1, _D2, _D3 = 7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00
+_P_LOW = 0.02425
+
+
+@register_jitable
+def _tail(p):
+    q = math.sqrt(-2.0 * math.log(p))
+    return (((((_C0 * q + _C1) * q + _C2) * q + _C3) * q + _C4) * q + _C5) / (
+        (((_D0 * q + _D1) * q + _D2) * q + _D3) * q + 1.0
+    )
+
+
+@register_jitable
+def _normal_from_word(w):
+    """Standard normal (float64) from one uint32 word: Φ⁻¹((w + 0.5) 2**-32).
+
+    p is never 0 or 1, so the result is finite: |z| <= 6.3613. 1 - p is exact in
+    float64 (p has at most 33 significant bits), so the two tails are symmetric.
+    """
+    p = (float(w) + 0.5) * _TWO_M32
+    if p < _P_LOW:
+        return _tail(p)
+    if p > 1.0 - _P_LOW:
+        return -_tail(1.0 - p)
+    q = p - 0.5
+    r = q * q
+    return ((((((_A0 * r + _A1) * r + _A2) * r + _A3) * r + _A4) * r + _A5) * q) / (
+        ((((_B0 * r + _B1) * r + _B2) * r + _B3) * r + _B4) * r + 1.0
+    )
+
+
+@register_jitable
+def normal4(block, rnd, row, k0, k1):
+    """Four float32 standard normals for elements 4*block .. 4*block+3 of a row.
+
+    ``block`` (element >> 2) and ``rnd`` must fit in 32 bits; ``row`` is the int64 row
+    id (its two's-complement words form counter words 2 and 3). Lane ``e & 3`` of the
+    result is the normal of element ``e``, the inverse normal CDF of output word
+    ``e & 3`` (see :func:`_normal_from_word`).
+    """
+    r = np.uint64(row)
+    x0, x1, x2, x3 = philox4x32_10(
+        np.uint64(block) & _MASK32, np.uint64(rnd) & _MASK32, r & _MASK32, r >> _S32,
+        np.uint64(k0), np.uint64(k1),
+    )
+    return (
+        np.float32(_normal_from_word(x0)),
+        np.float32(_normal_from_word(x1)),
+        np.float32(_normal_from_word(x2)),
+        np.float32(_normal_from_word(x3)),
+    )
+
+
+@register_jitable
+def uniform4(block, rnd, row, k0, k1):
+    """Four float32 uniforms in [0, 1) for elements 4*block .. 4*block+3 of a row.
+
+    Each is ``(word >> 8) * 2**-24``: exactly representable, 2**24 equally spaced
+    values, never 1.0.
+    """
+    r = np.uint64(row)
+    x0, x1, x2, x3 = philox4x32_10(
+        np.uint64(block) & _MASK32, np.uint64(rnd) & _MASK32, r & _MASK32, r >> _S32,
+        np.uint64(k0), np.uint64(k1),
+    )
+    return (
+        np.float32(x0 >> _S8) * _TWO_M24,
+        np.float32(x1 >> _S8) * _TWO_M24,
+        np.float32(x2 >> _S8) * _TWO_M24,
+        np.float32(x3 >> _S8) * _TWO_M24,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Vectorised NumPy reference (independent implementation, used by tests and the twin)
+
+
+def philox_numpy(counter, key) -> np.ndarray:
+    """Philox-4x32-10 on arrays.
+
+    Parameters
+    ----------
+    counter : array-like (..., 4) of unsigned 32-bit values.
+    key : array-like (..., 2), broadcastable against ``counter[..., :2]``.
+
+    Returns
+    -------
+    (..., 4) uint32 array of output words.
+    """
+    c = np.asarray(counter, dtype=np.uint64)
+    k = np.asarray(key, dtype=np.uint64)
+    c0, c1, c2, c3 = (c[..., i].copy() for i in range(4))
+    k0 = np.broadcast_to(k[..., 0], c0.shape).copy()
+    k1 = np.broadcast_to(k[..., 1], c0.shape).copy()
+    m = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c0
+        p1 = np.uint64(0xCD9E8D57) * c2
+        c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & m, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & m
+        k0 = (k0 + np.uint64(0x9E3779B9)) & m
+        k1 = (k1 + np.uint64(0xBB67AE85)) & m
+    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
+
+
+def _counters(rows, elements, rnd):
+    rows = np.asarray(rows, dtype=np.int64).astype(np.uint64)
+    el = np.asarray(elements, dtype=np.uint64)
+    rows, el = np.broadcast_arrays(rows, el)
+    ctr = np.empty(rows.shape + (4,), dtype=np.uint64)
+    ctr[..., 0] = el >> np.uint64(2)
+    ctr[..., 1] = np.uint64(rnd)
+    ctr[..., 2] = rows & np.uint64(0xFFFFFFFF)
+    ctr[..., 3] = rows >> np.uint64(32)
+    return ctr, (el & np.uint64(3)).astype(np.intp)
+
+
+def normals_numpy(rows, elements, key, rnd: int = 0) -> np.ndarray:
+    """Standard normals (float32) at (row id, element), broadcasting rows against elements.
+
+    Same numbers as :func:`normal4`: Φ⁻¹((w + 0.5) 2**-32) of word ``element & 3`` of
+    block ``element >> 2``, with the same float64 operations in the same order.
+    """
+    ctr, lane = _counters(rows, elements, rnd)
+    w = philox_numpy(ctr, np.asarray(key, dtype=np.uint64))
+    word = np.take_along_axis(w, lane[..., None], axis=-1)[..., 0]
+    p = (word.astype(np.float64) + 0.5) * _TWO_M32
+    z = np.empty_like(p)
+    lo, hi = p < _P_LOW, p > 1.0 - _P_LOW
+    mid = ~(lo | hi)
+    for mask, pp, sign in ((lo, p[lo], 1.0), (hi, 1.0 - p[hi], -1.0)):
+        q = np.sqrt(-2.0 * np.log(pp))
+        num = ((((_C0 * q + _C1) * q + _C2) * q + _C3) * q + _C4) * q + _C5
+        z[mask] = sign * (num / ((((_D0 * q + _D1) * q + _D2) * q + _D3) * q + 1.0))
+    q = p[mid] - 0.5
+    r = q * q
+    num = (((((_A0 * r + _A1) * r + _A2) * r + _A3) * r + _A4) * r + _A5) * q
+    z[mid] = num / (((((_B0 * r + _B1) * r + _B2) * r + _B3) * r + _B4) * r + 1.0)
+    return z.astype(np.float32)
+
+
+def uniforms_numpy(rows, elements, key, rnd: int = 0) -> np.ndarray:
+    """Uniforms in [0, 1) (float32) at (row id, element); same numbers as :func:`uniform4`."""
+    ctr, lane = _counters(rows, elements, rnd)
+    w = philox_numpy(ctr, np.asarray(key, dtype=np.uint64))
+    word = np.take_along_axis(w, lane[..., None], axis=-1)[..., 0]
+    return (word >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
