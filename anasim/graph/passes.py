@@ -108,6 +108,17 @@ def _static_shape(ir: GraphIR, name: str):
     return vi.shape
 
 
+def _declared_bytes(ir: GraphIR, node: Node) -> int:
+    """Size of ``node``'s outputs as declared by shape inference (0 where unknown)."""
+    total = 0
+    for o in node.outputs:
+        vi = ir.value_info.get(o)
+        if vi is not None and vi.shape is not None and all(isinstance(d, int) for d in vi.shape):
+            itemsize = vi.dtype.itemsize if vi.dtype is not None else 4
+            total += int(np.prod([max(d, 0) for d in vi.shape], dtype=np.float64)) * itemsize
+    return total
+
+
 def fold_constants(ir: GraphIR) -> GraphIR:
     """Evaluate nodes whose inputs are all constant; fold Shape/Size of static shapes."""
     keep = []
@@ -130,7 +141,7 @@ def fold_constants(ir: GraphIR) -> GraphIR:
                 arr = np.array(int(np.prod(shape)), dtype=np.int64)
             ir.constants[n.outputs[0]] = arr
             continue
-        if not all(i in ir.constants for i in ins):
+        if not all(i in ir.constants for i in ins) or _declared_bytes(ir, n) > FOLD_LIMIT_BYTES:
             keep.append(n)
             continue
         impl = resolve(n.domain, n.op_type, ir.opset(n.domain), n.name)
