@@ -152,3 +152,20 @@ def test_different_streams_uncorrelated():
     c = rng.normals_numpy(rows, el, rng.stream_key(1, 0, 0, "out_noise"), rnd=1).ravel()
     for other in (b, c):
         assert abs(np.corrcoef(a, other)[0, 1]) < 5 / math.sqrt(a.size)
+
+
+def test_normal_transform_is_an_accurate_inverse_cdf():
+    """Φ⁻¹((w + 0.5)/2**32) to ~1e-9 (Acklam), symmetric in w <-> 2**32-1-w, finite."""
+    g = np.random.default_rng(5)
+    words = np.concatenate([[0, 1, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1],
+                            g.integers(0, 2**32, 300), g.integers(0, 2**26, 100)])
+    for w in words:
+        z = rng._normal_from_word(np.uint64(w))
+        p = (float(w) + 0.5) * 2.0**-32
+        ref = z
+        for _ in range(3):  # Newton on Φ(z) = p, in float64 with erfc
+            err = 0.5 * math.erfc(-ref / math.sqrt(2.0)) - p
+            ref -= err * math.sqrt(2 * math.pi) * math.exp(0.5 * ref * ref)
+        assert abs(z - ref) <= 2e-8 * max(1.0, abs(ref)), (int(w), z, ref)
+        assert z == -rng._normal_from_word(np.uint64(2**32 - 1 - int(w)))
+    assert abs(rng._normal_from_word(np.uint64(0))) < 6.4

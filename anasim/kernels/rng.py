@@ -6,7 +6,14 @@ how the work is scheduled::
     key     = stream_key(seed, layer, tile, purpose, epoch)      -> (k0, k1), 2 x uint32
     counter = (element >> 2, round, row_id & 0xffffffff, row_id >> 32)
     block   = philox4x32_10(counter, key)                         -> 4 x uint32
-    value   = lane (element & 3) of the block, turned into a normal or a uniform
+    value   = word (element & 3) of the block, turned into a normal or a uniform
+
+A word w becomes a uniform ``(w >> 8) 2**-24`` in [0, 1) or a standard normal
+``Φ⁻¹((w + 0.5) 2**-32)``: the inverse normal CDF by Acklam's rational approximation
+(relative error < 1.15e-9, |z| <= 6.36). One normal per word, no pairing as in
+Box–Muller, and no transcendental function in 95 % of the draws: about twice as fast as
+Box–Muller here, and exactly reproducible wherever IEEE float64 +, ×, / are (log and
+sqrt only in the 5 % tails).
 
 ``row_id`` is the global index of one input vector (sample index x output positions,
 given by the caller), ``element`` the index of the input or output line inside the
