@@ -51,3 +51,13 @@ def preset(name: str):
     from .config import preset as _preset
 
     return _preset(name)
+
+
+def __getattr__(name):
+    # Heavier submodules load on first use: anasim.snapshot (h5py), anasim.datasets,
+    # anasim.experiment.
+    if name in ("snapshot", "datasets", "experiment", "config", "devices"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'anasim' has no attribute {name!r}")

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 from numba import njit, prange
-from numpy.lib.stride_tricks import as_strided
 
 from ..errors import UnsupportedOpError
 
@@ -631,15 +630,16 @@ def _conv2d_gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvG
         m = s1 - s0
         if padded:
             xp[:m, :, ph:ph + h, pw:pw + wd] = x[s0:s1]
-            src = xp
+            src, base = xp, 0
         else:
-            src = x[s0:s1]
+            src, base = x, s0 * c * hp * wp * it
         for j0 in range(0, oh, rb):
             j1 = min(oh, j0 + rb)
             cols_n = m * (j1 - j0) * ow
             cols = colbuf[:k_rows * cols_n].reshape(k_rows, cols_n)
-            view = as_strided(src[:, :, j0 * sh:], shape=(c, kh, kw, m, j1 - j0, ow),
-                              strides=(hp * wp * it, dh * wp * it, dw * it, c * hp * wp * it, sh * wp * it, sw * it))
+            # patches as a strided view (np.ndarray is much cheaper than as_strided)
+            view = np.ndarray((c, kh, kw, m, j1 - j0, ow), dtype, src, base + j0 * sh * wp * it,
+                              (hp * wp * it, dh * wp * it, dw * it, c * hp * wp * it, sh * wp * it, sw * it))
             np.copyto(cols[:k_rows - ones].reshape(c, kh, kw, m, j1 - j0, ow), view)
             if ones:
                 cols[k_rows - 1] = 1
