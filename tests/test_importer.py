@@ -202,3 +202,19 @@ def test_cli_inspect(capsys):
     assert "20 analog layers" in out and "Gemm" in out and "N" in out
     assert main(["inspect", "/nonexistent/model.onnx"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_nan_weights_and_inputs_are_reported():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    w = np.ones((3, 4), np.float32)
+    w[1, 2] = np.nan
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)], [x], [y],
+               [numpy_helper.from_array(w, "w")])
+    with pytest.raises(ModelLoadError, match=r"'w' \(used by 'fc' \(Gemm\)\) contains 1 NaN"):
+        anasim.load(m)
+    g = _relu_graph()
+    bad = np.zeros((3, 3, 4), np.float32)
+    bad[2, 0, 0] = np.inf
+    with pytest.raises(InputError, match=r"1 NaN/infinite value.*sample\(s\) \[2\]"):
+        g(bad)

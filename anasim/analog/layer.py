@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError, UnsupportedOpError
+from ..errors import ExecutionError, InputError, UnsupportedOpError
 from ..graph.ir import GraphIR, Node
 from ..ops.conv import cols_to_output, conv_geometry, im2col
 from .tile import AnalogMatrix
@@ -92,10 +92,18 @@ class AnalogLayer:
 
     def __call__(self, *inputs):
         if self.op_type == "Conv":
-            return self._conv(inputs[0])
-        if self.op_type == "Gemm":
-            return self._gemm(inputs[0])
-        return self._matmul(inputs[0])
+            y = self._conv(inputs[0])
+        elif self.op_type == "Gemm":
+            y = self._gemm(inputs[0])
+        else:
+            y = self._matmul(inputs[0])
+        if not np.isfinite(y).all():
+            src = "its input" if not np.isfinite(inputs[0]).all() else "the tile model"
+            raise ExecutionError(
+                f"Analog layer {self.name!r} ({self.op_type}) produced {int((~np.isfinite(y)).sum())} "
+                f"NaN/infinite output(s); they come from {src}. Check the data and the configuration "
+                "(e.g. a zero bound or an extreme noise scale).")
+        return y
 
     def _conv(self, x: np.ndarray) -> np.ndarray:
         a = self.attrs

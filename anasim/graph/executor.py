@@ -150,6 +150,12 @@ class Graph:
                             f"Input {name!r} has shape {arr.shape}; dimension {axis} must be {d} "
                             f"({info.describe()})."
                         )
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                bad = ~np.isfinite(arr)
+                where = np.unique(np.nonzero(bad.reshape(len(arr), -1) if arr.ndim else bad.reshape(1, 1))[0])
+                raise InputError(
+                    f"Input {name!r} contains {int(bad.sum())} NaN/infinite value(s) (in sample(s) "
+                    f"{where[:10].tolist()}{' ...' if len(where) > 10 else ''}); fix or drop those samples.")
             out[name] = np.ascontiguousarray(arr)
         return out
 

@@ -254,6 +254,7 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     ir = to_ir(proto, where, hashlib.sha256(data).hexdigest())
     ir.has_batchnorm = any(n.op_type == "BatchNormalization" for n in ir.nodes)
     ir.fold_batchnorm = fold_batchnorm
+    _check_finite_constants(ir)
     ir = passes.run_all(ir, fold_batchnorm=fold_batchnorm)
 
     def reload(**kwargs) -> Graph:
@@ -263,6 +264,25 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
 
     ir.reload = reload
     return Graph(ir)
+
+
+def _check_finite_constants(ir: GraphIR) -> None:
+    """NaN in a weight is an error naming the tensor and its layers; ±inf a warning."""
+    consumers = ir.consumers()
+    for name, arr in ir.constants.items():
+        if arr.dtype.kind != "f" or arr.size == 0:
+            continue
+        finite = np.isfinite(arr)
+        if finite.all():
+            continue
+        users = ", ".join(f"{n.name!r} ({n.op_type})" for n in consumers.get(name, [])) or "no node"
+        n_nan = int(np.isnan(arr).sum())
+        if n_nan:
+            raise ModelLoadError(
+                f"Model {ir.source!r}: tensor {name!r} (used by {users}) contains {n_nan} NaN value(s) "
+                f"of {arr.size}; the model is broken (re-export it from a healthy checkpoint).")
+        warnings.warn(f"Model {ir.source!r}: tensor {name!r} (used by {users}) contains "
+                      f"{int((~finite).sum())} infinite value(s).", stacklevel=3)
 
 
 def analog_candidates(ir: GraphIR) -> list[str]:
