@@ -2,6 +2,14 @@
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# One setting governs every thread pool: ANASIM_NUM_THREADS sets the BLAS/OpenMP thread
+# counts (read when NumPy loads, so only if NumPy is not loaded yet) and Numba's.
+if _os.environ.get("ANASIM_NUM_THREADS", "").isdigit():
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        _os.environ.setdefault(_var, _os.environ["ANASIM_NUM_THREADS"])
+
 from .errors import (  # noqa: E402
     AnasimError,
     ConfigError,

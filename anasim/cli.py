@@ -58,6 +58,439 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- experiments
+DEFAULT_TIMES = "0,1h,1d,1y"
+DEMO_LIMIT = 1000
+DEMO_REPEATS = 3
+_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
+          "w": 7 * 86400.0, "y": 365 * 86400.0}
+
+
+def parse_times(text: str) -> list[float]:
+    """``"0,1,3600,1d,1y"`` -> seconds. Units: s, min, h, d, w, y (365 d); none = seconds."""
+    import re
+
+    from .errors import ConfigError
+
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"([0-9.eE+-]+)\s*([a-z]*)", part)
+        if not m or (m.group(2) and m.group(2) not in _UNITS):
+            raise ConfigError(f"--times: cannot read {part!r}; give seconds or a number with a unit "
+                              f"({', '.join(_UNITS)}), e.g. --times 0,3600,1d,1y.")
+        try:
+            value = float(m.group(1)) * _UNITS.get(m.group(2) or "s")
+        except ValueError:
+            raise ConfigError(f"--times: cannot read {part!r} as a number of seconds.") from None
+        out.append(value)
+    return out
+
+
+def _repo_data():
+    """The folder of the bundled default model and data (None if absent)."""
+    from pathlib import Path
+
+    for folder in (Path(__file__).resolve().parents[1] / "data", Path.cwd() / "data"):
+        if (folder / "fmnist_cnn.onnx").is_file() and (folder / "fmnist_test.npz").is_file():
+            return folder
+    return None
+
+
+def _short_path(path):
+    """``path`` relative to the working directory when it lies below it."""
+    import os
+    from pathlib import Path
+
+    rel = os.path.relpath(path)
+    return Path(rel) if not rel.startswith("..") else Path(path)
+
+
+def _sidecar_preprocessing(model_path) -> "tuple[dict, str] | None":
+    """The ``preprocessing`` table of ``MODEL.json`` beside the model (the bundled model's metadata)."""
+    import json
+    from pathlib import Path
+
+    from .datasets import Preprocessing
+
+    side = Path(model_path).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pre = meta.get("preprocessing") if isinstance(meta, dict) else None
+    if not isinstance(pre, dict):
+        return None
+    fields = set(Preprocessing.field_names())
+    return {k: v for k, v in pre.items() if k in fields}, str(side)
+
+
+def _preprocessing(args, model_path):
+    """Preprocessing from --preprocess/--mean/... or MODEL.json; returns (Preprocessing, note)."""
+    from .datasets import Preprocessing, as_preprocessing
+
+    fields = {}
+    if args.scale is not None:
+        fields["scale"] = _number(args.scale, "--scale")
+    for name in ("mean", "std"):
+        v = getattr(args, name)
+        if v is not None:
+            vals = [_number(x, f"--{name}") for x in v.split(",")]
+            fields[name] = vals[0] if len(vals) == 1 else tuple(vals)
+    for name in ("pad", "center_crop", "channels"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    if args.layout is not None:
+        fields["layout"] = args.layout
+    if args.input_layout is not None:
+        fields["input_layout"] = args.input_layout
+    if args.preprocess is not None or fields:
+        base = as_preprocessing(args.preprocess) if args.preprocess else Preprocessing()
+        src = f"preset {args.preprocess}" if args.preprocess else "options"
+        return (base.replace(**fields) if fields else base), src
+    if model_path is not None:
+        side = _sidecar_preprocessing(model_path)
+        if side is not None:
+            return Preprocessing.from_dict(side[0], where=side[1]), f"from {side[1]}"
+    return Preprocessing(), "default (x/255; give --preprocess or --mean/--std/--scale/--pad)"
+
+
+def _number(text: str, opt: str) -> float:
+    from .errors import ConfigError
+
+    text = text.strip()
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            return float(a) / float(b)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"{opt}: cannot read {text!r} as a number (1/255 is accepted).") from None
+
+
+def _describe_pre(pre) -> str:
+    d = pre.to_dict()
+    k = pre.divisor
+    parts = []
+    if d.get("center_crop"):
+        parts.append(f"center crop {d['center_crop']}")
+    if d.get("pad"):
+        parts.append(f"pad {d['pad']}")
+    parts.append(f"x/{k}" if k and k != 1 else ("x" if k == 1 else f"x*{d['scale']:g}"))
+
+    def fmt(v):
+        return ",".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else f"{v:g}"
+
+    if d["mean"] != 0.0 or d["std"] != 1.0:
+        parts.append(f"(x - {fmt(d['mean'])}) / {fmt(d['std'])}")
+    if d.get("channels"):
+        parts.append(f"{d['channels']} channels")
+    parts.append(d["layout"])
+    return ", ".join(parts)
+
+
+def _describe_config(cfg, name: str, overrides) -> str:
+    import math
+
+    f, mp = cfg.forward, cfg.mapping
+
+    def bits(r):
+        return "off" if r is None else f"{round(math.log2(round(1 / r) + 2))}-bit"
+
+    facts = []
+    if f.is_ideal:
+        facts.append("ideal periphery")
+    else:
+        facts.append(f"DAC {bits(f.input_resolution)}, ADC {bits(f.output_resolution)}")
+        if f.out_noise:
+            facts.append(f"out_noise {f.out_noise:g}")
+        if f.w_noise and f.w_noise_type != "none":
+            facts.append(f"w_noise {f.w_noise:g} ({f.w_noise_type})")
+        if f.inp_noise:
+            facts.append(f"inp_noise {f.inp_noise:g}")
+        if f.ir_drop:
+            facts.append(f"IR drop {f.ir_drop:g}")
+    facts.append(f"tiles {mp.max_input_size}×{mp.max_output_size}")
+    model = cfg.sections.get("noise_model")
+    tname = getattr(model, "type_name", None) or (model.get("type") if isinstance(model, dict) else None)
+    facts.append(f"device {tname}" if tname and tname != "none" else "ideal devices")
+    comp = cfg.sections.get("drift_compensation")
+    cname = getattr(comp, "type_name", None) or (comp.get("type") if isinstance(comp, dict) else None)
+    if cname and cname != "none":
+        facts.append(f"{cname} drift compensation")
+    text = f"{name}: " + ", ".join(facts)
+    if overrides:
+        text += "; --set " + " ".join(overrides)
+    return text
+
+
+def _check_outputs(paths, overwrite: bool, plot) -> None:
+    from pathlib import Path
+
+    from .experiment.storage import ResultsFileError, result_format
+
+    for p in paths or []:
+        result_format(p)
+        if Path(p).exists() and not overwrite:
+            raise ResultsFileError(f"{p} exists; refusing to overwrite it (pass --overwrite, or choose "
+                                   "another --out).")
+        if not Path(p).resolve().parent.is_dir():
+            raise ResultsFileError(f"Cannot write {p}: folder {Path(p).parent} does not exist.")
+    if plot:
+        from .experiment.plot import _matplotlib
+
+        _matplotlib()
+        if Path(plot).exists() and not overwrite:
+            raise ResultsFileError(f"{plot} exists; refusing to overwrite it (pass --overwrite).")
+
+
+def _config_and_name(args):
+    from .experiment.evaluate import resolve_config
+
+    if args.config and args.preset:
+        from .errors import ConfigError
+
+        raise ConfigError("Give --config or --preset, not both.")
+    source = args.config or args.preset or "aihwkit"
+    name = (f"config {args.config}" if args.config else f"preset {source}"
+            + ("" if args.preset else " (default; choose with --preset/--config)"))
+    return resolve_config(source, args.set or ()), name
+
+
+def _cmd_evaluate(args) -> int:
+    import time
+
+    from .errors import InputError
+    from .experiment import evaluate, format_time
+    from .experiment.threads import set_threads
+
+    t_start = time.perf_counter()
+    say = (lambda *a: None) if args.quiet else print
+    demo = args.model is None
+    times_text = args.times
+    if demo:
+        folder = _repo_data()
+        if folder is None:
+            raise InputError("No MODEL given, and the bundled default model (data/fmnist_cnn.onnx with "
+                             "data/fmnist_test.npz) is not here. Usage: anasim evaluate MODEL --data FILE "
+                             "[--preset aihwkit] [--times 0,1h,1d] [--repeats 3].")
+        folder = _short_path(folder)
+        args.model = str(folder / "fmnist_cnn.onnx")
+        if args.data is None:
+            args.data = str(folder / "fmnist_test.npz")
+            if args.limit is None:
+                args.limit = DEMO_LIMIT
+        if args.repeats is None:
+            args.repeats = DEMO_REPEATS
+    elif args.data is None:
+        raise InputError("evaluate needs --data FILE (an .npz with x and y, CIFAR batches, IDX files, ...).")
+    repeats = args.repeats if args.repeats is not None else 3
+    times = parse_times(times_text or DEFAULT_TIMES)
+    _check_outputs(args.out, args.overwrite, args.plot)
+    threads = set_threads(args.threads)
+    cfg, cfg_name = _config_and_name(args)
+    pre, pre_note = _preprocessing(args, args.model)
+    fold = bool(getattr(cfg.mapping, "fold_batchnorm", True))
+
+    from .datasets import load_dataset
+
+    data = load_dataset(args.data, preprocessing=pre, limit=args.limit)
+    if demo:
+        say("anasim evaluate — no MODEL given, so this runs the bundled demo: a small CNN trained on "
+            "Fashion-MNIST,\nevaluated ideal (digital) and on a simulated analog PCM chip (aihwkit's "
+            "default inference settings).\n")
+    say(f"model   {args.model}  (sha256 {_sha_file(args.model)[:12]}…); BatchNorm "
+        f"{'folded into the weights' if fold else 'kept digital'} "
+        f"(mapping.fold_batchnorm = {str(fold).lower()})")
+    n_total = getattr(data, "n_total", None) or len(data)
+    subset = f"first {len(data)} of {n_total}" if len(data) < n_total else f"{len(data)}"
+    say(f"data    {args.data}  ({subset} samples, sha256 {data.sha256[:12]}…); preprocessing "
+        f"{_describe_pre(data.preprocessing)} [{pre_note}]")
+    say(f"chip    {_describe_config(cfg, cfg_name, args.set)}")
+    say(f"runs    {repeats} repetition{'s' * (repeats != 1)} (each a freshly programmed chip) × "
+        f"{len(times)} time{'s' * (len(times) != 1)} after programming "
+        f"({', '.join(format_time(t) for t in times)}); "
+        f"seed {args.seed}" + (f"; {threads['threads']} threads" if threads else ""))
+    say("")
+    res = evaluate(args.model, data, cfg, times=times, repeats=repeats, seed=args.seed,
+                   batch_size=args.batch_size, metric=args.metric, output=args.output,
+                   progress=False if args.quiet else None, threads=args.threads)
+    print(res.summary())
+    say("")
+    _explain(res, say, repeats)
+    for path in args.out or []:
+        res.save(path, overwrite=args.overwrite)
+        say(f"wrote {path}")
+    if args.plot:
+        res.plot(args.plot, metric=args.metric if args.metric in res.metrics else None,
+                 overwrite=args.overwrite)
+        say(f"wrote {args.plot}")
+    say(f"({time.perf_counter() - t_start:.1f} s)")
+    if demo:
+        say("\nNext: your own model — anasim evaluate MODEL.onnx --data test.npz --preprocess cifar10 "
+            "--set forward.out_noise=0.02 --out results.csv\n"
+            "      every hardware/noise parameter — anasim params;  grids of settings — anasim sweep --help")
+    return 0
+
+
+def _explain(res, say, repeats) -> None:
+    from .experiment import format_time
+    from .experiment.metrics import get_metric
+
+    m = get_metric(res.metrics[0])
+    aggs = sorted(res.aggregate(m.name), key=lambda a: a["t_inference"])
+    ideal = res.ideal(m.name)
+    if not aggs or ideal is None:
+        return
+    first, last = aggs[0], aggs[-1]
+    if m.percent:
+        def gap(a):
+            d = (ideal - a["mean"]) * 100
+            return f"{abs(d):.2f} points {'below' if d >= 0 else 'above'} ideal"
+
+        say(f"{m.label}: ideal {m.format(ideal)} %; analog {m.format(first['mean'])} % at "
+            f"{format_time(first['t_inference'])} ({gap(first)})"
+            + (f", {m.format(last['mean'])} % after {format_time(last['t_inference'])} ({gap(last)})"
+               if last is not first else "") + ".")
+    else:
+        say(f"{m.label} ({m.name}): {m.format(first['mean'])} at {format_time(first['t_inference'])}"
+            + (f", {m.format(last['mean'])} after {format_time(last['t_inference'])}"
+               if last is not first else "")
+            + " (0 = identical to the ideal network).")
+    if repeats > 1:
+        say(f"± is the standard deviation over the {repeats} programmed chips; the 95 % CI is the "
+            f"t-interval of their mean.")
+    else:
+        say("With 1 repetition there is no spread to report (n/a); use --repeats 3 or more.")
+
+
+def _sha_file(path) -> str:
+    from .experiment.evaluate import _file_sha256
+
+    return _file_sha256(path)
+
+
+def _cmd_sweep(args) -> int:
+    import time
+
+    from .experiment import sweep
+    from .experiment.storage import result_format
+
+    t_start = time.perf_counter()
+    say = (lambda *a: None) if args.quiet else print
+    if args.out:
+        result_format(args.out)
+    _check_outputs([], args.overwrite, args.plot)
+    pre, pre_note = _preprocessing(args, args.model)
+    from .datasets import load_dataset
+
+    data = load_dataset(args.data, preprocessing=pre, limit=args.limit)
+    times = parse_times(args.times) if args.times else None
+    log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else None
+    if not args.out:
+        say("(no --out: results are kept in memory only, and an interrupted sweep cannot resume)")
+    res = sweep(args.model, data, args.grid, out=args.out, batch_size=args.batch_size, workers=args.workers,
+                threads=args.threads, scheduler=args.scheduler, progress=False if args.quiet else None,
+                times=times, repeats=args.repeats, seed=args.seed, metric=args.metric,
+                overrides=args.set or (), output=args.output, log=log)
+    print(res.summary())
+    meta = res.meta
+    say(f"\n{meta['points']} point(s): {meta['evaluated']} evaluated now, {meta['skipped']} already in "
+        f"{args.out}" if args.out else f"\n{meta['points']} point(s) evaluated")
+    if args.out:
+        say(f"results in {args.out} ({len(res)} rows for this grid: one per point × time × "
+            "repetition, plus the ideal row of each point)")
+    if args.plot:
+        res.plot(args.plot, x=args.x, overwrite=True)
+        say(f"wrote {args.plot}")
+    say(f"({time.perf_counter() - t_start:.1f} s)")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from .experiment import Results
+
+    res = Results.load(args.results)
+    print(res.summary(args.metric))
+    if args.plot:
+        _check_outputs([], args.overwrite, args.plot)
+        res.plot(args.plot, metric=args.metric, x=args.x, overwrite=args.overwrite)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _add_data_options(s) -> None:
+    g = s.add_argument_group("data and preprocessing")
+    g.add_argument("--data", metavar="FILE",
+                   help="data set: .npz (x, y), CIFAR batches/archive, IDX files, image folder")
+    g.add_argument("--preprocess", metavar="NAME",
+                   help="preprocessing preset: cifar10, fmnist32, fmnist28, none (default: MODEL.json "
+                        "beside the model if it has a 'preprocessing' table, else x/255)")
+    g.add_argument("--scale", metavar="S", help="x * S before mean/std (1/255 accepted)")
+    g.add_argument("--mean", metavar="M[,M,M]", help="subtracted per channel after scaling")
+    g.add_argument("--std", metavar="S[,S,S]", help="divisor per channel after the mean")
+    g.add_argument("--pad", type=int, metavar="PX", help="zero padding on each side (raw value 0)")
+    g.add_argument("--center-crop", type=int, metavar="PX", help="keep the central PX×PX window")
+    g.add_argument("--channels", type=int, choices=(1, 3), help="force 1 (luma) or 3 (repeat grey) channels")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), help="layout the model expects (default NCHW)")
+    g.add_argument("--input-layout", choices=("auto", "NHW", "NHWC", "NCHW"), help="layout of x in an .npz")
+    g.add_argument("--limit", type=int, metavar="N", help="use only the first N samples")
+
+
+def _add_run_options(s, sweep: bool = False) -> None:
+    g = s.add_argument_group("run")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a parameter, e.g. --set forward.out_noise=0.02 (repeatable; "
+                        "anasim params lists them)")
+    g.add_argument("--times", metavar="T,T,...",
+                   help="t_inference: seconds after programming; units s, min, h, d, w, y allowed "
+                        + ("(default: the grid file's, else 0)" if sweep else f"(default {DEFAULT_TIMES})"))
+    g.add_argument("--repeats", type=int, metavar="N",
+                   help="Monte-Carlo repetitions, each a freshly programmed chip "
+                        + ("(default: the grid file's, else 1)" if sweep else "(default 3)"))
+    g.add_argument("--seed", type=int, default=None if sweep else 0, metavar="S",
+                   help="master seed (default 0)")
+    g.add_argument("--metric", default=None if sweep else "top1",
+                   help="top1 (default), top5, topK, logits_rel_error (‖y−y_ideal‖/‖y_ideal‖ per sample)")
+    g.add_argument("--output", metavar="NAME", help="model output to score (default the first)")
+    g.add_argument("--batch-size", type=int, default=256, metavar="B",
+                   help="samples per forward pass (memory only; results do not depend on it; default 256)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="Numba and BLAS threads (default $ANASIM_NUM_THREADS, else all cores)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no explanations")
+    g.add_argument("--plot", metavar="PNG", help="draw the results (needs matplotlib)")
+
+
+EVALUATE_EPILOG = """\
+examples:
+  anasim evaluate                      # the bundled demo (Fashion-MNIST CNN, aihwkit preset)
+  anasim evaluate model.onnx --data cifar10_test1000.npz --preprocess cifar10 \\
+      --preset aihwkit --set forward.out_noise=0.02 --times 0,1h,1d,1y --repeats 5 \\
+      --out results.csv --plot accuracy.png
+
+Results files (.csv, .json, .jsonl) hold one row per (t_inference, repetition) plus the
+ideal row, with the model's and data's SHA-256, the preprocessing, the full configuration,
+the seed and the anasim version. Existing files are kept unless --overwrite.
+"""
+
+SWEEP_EPILOG = """\
+grid file (TOML):
+  base = "aihwkit"              # preset or configuration file
+  times = [0, 3600]
+  repeats = 3
+  [grid]                        # Cartesian product
+  "forward.out_res" = [62, 126, 254]
+  "forward.out_noise" = [0.0, 0.02, 0.04]
+  [[points]]                    # explicit points, in addition to [grid]
+  "forward.out_noise" = 0.1
+
+Rerunning the same command skips the points already in --out (a killed sweep loses only
+the points that were running). See python -c "import anasim.experiment.sweep as s; help(s)".
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anasim",
@@ -73,12 +506,52 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser("params", help="every hardware/noise parameter: default, unit, valid range, meaning")
-    s.add_argument("name", nargs="?", help="a section (forward, mapping, noise_model, ...) or section.parameter")
+    s.add_argument("name", nargs="?",
+                   help="a section (forward, mapping, noise_model, ...) or section.parameter")
     s.set_defaults(func=_cmd_params)
 
     s = sub.add_parser("presets", help="list the configuration presets and what they set")
     s.add_argument("-v", "--verbose", action="store_true", help="print each preset's settings as TOML")
     s.set_defaults(func=_cmd_presets)
+
+    s = sub.add_parser("evaluate",
+                       help="accuracy of a model on a data set: ideal and on the analog chip over time",
+                       epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("model", nargs="?", help="ONNX model (omit for the bundled Fashion-MNIST demo)")
+    c = s.add_argument_group("chip")
+    c.add_argument("--config", metavar="CFG", help="configuration file (.toml/.json)")
+    c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    _add_data_options(s)
+    _add_run_options(s)
+    o = s.add_argument_group("output")
+    o.add_argument("--out", action="append", metavar="FILE",
+                   help="write results: .csv, .json or .jsonl (repeatable)")
+    o.add_argument("--overwrite", action="store_true", help="replace existing --out/--plot files")
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("sweep", help="evaluate a grid of configurations (resumable; local processes or Dask)",
+                       epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("model", help="ONNX model")
+    s.add_argument("--grid", required=True, metavar="GRID.toml", help="the grid file (see below)")
+    _add_data_options(s)
+    _add_run_options(s, sweep=True)
+    o = s.add_argument_group("output and parallelism")
+    o.add_argument("--out", metavar="FILE",
+                   help="results file (.csv, .jsonl, .json); finished points are skipped on rerun")
+    o.add_argument("--x", metavar="PARAM",
+                   help="parameter on the plot's x axis (default the first swept one)")
+    o.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes (default 1)")
+    o.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (needs dask[distributed])")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    s.set_defaults(func=_cmd_sweep)
+
+    s = sub.add_parser("show", help="summarize (and plot) a results file")
+    s.add_argument("results", help="results file (.csv, .json, .jsonl)")
+    s.add_argument("--metric", help="metric to summarize (default the file's first)")
+    s.add_argument("--plot", metavar="PNG", help="draw the results (needs matplotlib)")
+    s.add_argument("--x", metavar="PARAM", help="parameter on the plot's x axis")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    s.set_defaults(func=_cmd_show)
     return p
 
 

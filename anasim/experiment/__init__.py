@@ -1,0 +1,22 @@
+"""Experiments: evaluate a model on a data set over configurations, times and repetitions.
+
+* :func:`evaluate` — one configuration: ideal score, then the analog chip at every
+  t_inference for every repetition; returns a tidy :class:`Results` table.
+* :func:`sweep` — a grid of configurations (Cartesian ``[grid]`` and/or explicit
+  ``[[points]]``), resumable, in local processes or on a Dask cluster.
+* :class:`Results` — ``summary()``, ``aggregate()``, ``to_csv()``, ``to_json()``, ``plot()``,
+  ``Results.load(path)``.
+* :mod:`.metrics` — ``top1``, ``top5``, ``logits_rel_error``, your own.
+* :func:`set_threads` — one setting for Numba and BLAS threads.
+"""
+
+from .evaluate import DataSource, ModelSource, as_data, evaluate
+from .metrics import Metric, get_metric, register_metric
+from .results import Results, format_time
+from .storage import ResultLock, ResultsFileError
+from .sweep import Grid, load_grid, sweep
+from .threads import set_threads
+
+__all__ = ["evaluate", "sweep", "Grid", "load_grid", "Results", "Metric", "get_metric",
+           "register_metric", "set_threads", "format_time", "ResultLock", "ResultsFileError",
+           "ModelSource", "DataSource", "as_data"]

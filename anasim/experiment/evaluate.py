@@ -1,0 +1,457 @@
+"""Evaluate a model on a data set: ideal (digital) and analog, over times and repetitions.
+
+>>> from anasim.experiment import evaluate
+>>> res = evaluate("model.onnx", "test.npz", "aihwkit", preprocessing="cifar10",
+...                times=[0, 3600, 86400], repeats=5, seed=0)          # doctest: +SKIP
+>>> print(res.summary()); res.to_csv("results.csv"); res.plot("accuracy.png")  # doctest: +SKIP
+
+For every repetition r (a freshly programmed chip: ``sim.program(r)``) and every time t
+(``sim.drift(t)``) the whole data set is run through the simulator in batches, each batch
+with its ``sample_offset`` so that the noise a sample sees does not depend on the batch
+size. Without a device noise model drift does nothing and the forward-pass noise of a
+repetition is the same at every t (common random numbers), so such a repetition is run
+once and its scores are reported for every t. The ideal network runs in fixed chunks of
+:data:`IDEAL_CHUNK` samples so that its outputs, too, are independent of ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..config import AnalogConfig, apply_overrides, load_config
+from ..errors import ConfigError, InputError
+from ..graph.executor import Graph
+from .metrics import Metric, default_metrics, get_metric
+from .progress import progress_bar
+from .results import Results
+from .threads import set_threads
+
+
+IDEAL_CHUNK = 64
+"""Samples per forward pass of the ideal (digital) network. Fixed rather than batch_size:
+BLAS results can differ in the last bit with the matrix shape, and the analog simulator's
+numbers do not depend on the batch size, so neither may the ideal outputs that
+``logits_rel_error`` compares against."""
+
+
+# ------------------------------------------------------------------------------ inputs
+class ModelSource:
+    """Where a model comes from (a path, ONNX bytes, an ``onnx.ModelProto`` or a loaded
+    :class:`Graph`) and its SHA-256; loads the graph once per BatchNorm-folding choice.
+    Pickles without the loaded graphs (worker processes reload from the path or bytes)."""
+
+    def __init__(self, model: Any):
+        self.path: str | None = None
+        self.data: bytes | None = None
+        self._graphs: dict[bool, Graph] = {}
+        if isinstance(model, ModelSource):
+            self.path, self.data = model.path, model.data
+            self.sha256, self.source = model.sha256, model.source
+            self._graphs = dict(model._graphs)
+            return
+        if isinstance(model, Graph):
+            ir = model.ir
+            self.sha256, self.source = ir.sha256, ir.source
+            self._graphs[bool(ir.fold_batchnorm) or not ir.has_batchnorm] = model
+            if not ir.has_batchnorm:
+                self._graphs[not bool(ir.fold_batchnorm)] = model
+            if ir.source and os.path.isfile(ir.source) and _file_sha256(ir.source) == ir.sha256:
+                self.path = ir.source
+            return
+        if isinstance(model, (str, os.PathLike)):
+            p = Path(model)
+            if not p.is_file():
+                from ..errors import ModelLoadError
+
+                raise ModelLoadError(f"Model {str(model)!r}: no such file.")
+            self.path, self.source, self.sha256 = str(model), str(model), _file_sha256(p)
+            return
+        if hasattr(model, "SerializeToString"):
+            model = model.SerializeToString()
+        if isinstance(model, (bytes, bytearray)):
+            self.data = bytes(model)
+            self.sha256 = hashlib.sha256(self.data).hexdigest()
+            self.source = "<memory>"
+            return
+        raise InputError("model must be a path, bytes, an onnx.ModelProto or a Graph; got "
+                         f"{type(model).__name__}.")
+
+    def graph(self, fold_batchnorm: bool) -> Graph:
+        fold = bool(fold_batchnorm)
+        g = self._graphs.get(fold)
+        if g is None:
+            if self._graphs:
+                any_g = next(iter(self._graphs.values()))
+                if any_g.ir.reload is None:
+                    raise ConfigError(f"mapping.fold_batchnorm = {str(fold).lower()} but the graph was "
+                                      f"loaded with fold_batchnorm={any_g.ir.fold_batchnorm}; pass the "
+                                      "model's path.")
+                g = any_g.ir.reload(fold_batchnorm=fold)
+            else:
+                from ..graph.importer import load
+
+                g = load(self.path if self.path is not None else self.data, fold_batchnorm=fold,
+                         name=None if self.path is not None else "<memory>")
+            self._graphs[fold] = g
+            if not g.ir.has_batchnorm:
+                self._graphs[not fold] = g
+        return g
+
+    @property
+    def portable(self) -> bool:
+        """Whether worker processes can load it (it has a path or bytes)."""
+        return self.path is not None or self.data is not None
+
+    def __getstate__(self):
+        if not self.portable:
+            raise InputError("This model was given as an in-memory Graph without a file; pass its "
+                             "path (or bytes) to run it in worker processes.")
+        state = dict(self.__dict__)
+        state["_graphs"] = {}
+        return state
+
+
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class DataSource:
+    """A preprocessed data set ready to feed: ``x`` (model input), ``y`` (labels or None)
+    and its provenance (``source``, ``sha256``, ``preprocessing`` dict, ``limit``)."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    source: str
+    sha256: str
+    preprocessing: dict | None = None
+    limit: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def as_data(dataset: Any, preprocessing: Any = None, limit: int | None = None) -> DataSource:
+    """A :class:`DataSource` from a :class:`anasim.datasets.Dataset`, a data set path (read
+    with :func:`anasim.datasets.load_dataset` and ``preprocessing``), or ``(x, y)`` arrays
+    that are already the model's input (``y`` may be None)."""
+    if isinstance(dataset, DataSource):
+        return _limited(dataset, limit)
+    if isinstance(dataset, (str, os.PathLike)):
+        from ..datasets import load_dataset
+
+        ds = load_dataset(dataset, preprocessing=preprocessing, limit=limit)
+        return DataSource(ds.x, ds.y, str(dataset), ds.sha256, ds.preprocessing.to_dict(), ds.limit)
+    if hasattr(dataset, "x") and hasattr(dataset, "sha256"):
+        pre = getattr(dataset, "preprocessing", None)
+        data = DataSource(dataset.x, getattr(dataset, "y", None),
+                          str(getattr(dataset, "source", "<dataset>")),
+                          dataset.sha256, pre.to_dict() if hasattr(pre, "to_dict") else pre,
+                          getattr(dataset, "limit", None))
+        return _limited(data, limit)
+    if isinstance(dataset, tuple) and len(dataset) == 2:
+        x, y = dataset
+        x = np.ascontiguousarray(np.asarray(x))
+        y = None if y is None else np.asarray(y).reshape(-1).astype(np.int64)
+        if y is not None and len(y) != len(x):
+            raise InputError(f"x has {len(x)} samples but y has {len(y)}.")
+        h = hashlib.sha256()
+        for a in (x, y):
+            if a is not None:
+                h.update(f"{a.dtype.str}{a.shape}".encode())
+                h.update(a.tobytes())
+        return _limited(DataSource(x, y, "<array>", h.hexdigest(), None, None), limit)
+    raise InputError("dataset must be a path, an anasim.datasets.Dataset or an (x, y) tuple; got "
+                     f"{type(dataset).__name__}.")
+
+
+def _limited(data: DataSource, limit):
+    if limit is None or limit >= len(data):
+        return data
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ConfigError(f"limit must be a positive integer or None; got {limit!r}.")
+    return DataSource(data.x[:limit], None if data.y is None else data.y[:limit], data.source,
+                      data.sha256, data.preprocessing, int(limit))
+
+
+def check_times(times) -> tuple[float, ...]:
+    if isinstance(times, (int, float, np.integer, np.floating)):
+        times = [times]
+    try:
+        out = tuple(float(t) for t in times)
+    except (TypeError, ValueError):
+        raise ConfigError(f"times must be a list of seconds >= 0; got {times!r}.") from None
+    if not out or any(not np.isfinite(t) or t < 0 for t in out):
+        raise ConfigError(f"times must be a non-empty list of finite seconds >= 0; got {list(times)!r}.")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"times lists a value twice: {list(out)}.")
+    return out
+
+
+def _check_positive(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ConfigError(f"{name} must be a positive integer; got {v!r}.")
+    return int(v)
+
+
+# --------------------------------------------------------------------------------- job
+@dataclass
+class Job:
+    """Everything an evaluation of one configuration needs besides the configuration."""
+
+    model: ModelSource
+    data: DataSource
+    times: tuple
+    repeats: int
+    seed: int
+    batch_size: int
+    metrics: list  # of Metric; the requested one first
+    output: str | None = None
+    _ideal: dict = field(default_factory=dict, repr=False)  # fold -> (per-metric values, outputs)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ideal"] = {}
+        return state
+
+    def point_id(self, cfg: AnalogConfig) -> str:
+        """16 hex digits: hash of the full configuration, model, data, preprocessing, limit,
+        seed, times, repeats, metrics and output (not batch size nor threads)."""
+        payload = {
+            "config": cfg.to_dict(), "model_sha256": self.model.sha256, "data_sha256": self.data.sha256,
+            "preprocessing": self.data.preprocessing, "limit": self.data.limit, "n_samples": len(self.data),
+            "seed": self.seed, "times": list(self.times), "repeats": self.repeats,
+            "metrics": [m.name for m in self.metrics], "output": self.output,
+        }
+        text = json.dumps(payload, sort_keys=True, default=_json_default, allow_nan=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def provenance(self, cfg: AnalogConfig) -> dict:
+        return {"n_samples": len(self.data), "seed": self.seed,
+                "fold_batchnorm": bool(getattr(cfg.mapping, "fold_batchnorm", True)),
+                "model": self.model.source, "model_sha256": self.model.sha256, "data": self.data.source,
+                "data_sha256": self.data.sha256, "preprocessing": self.data.preprocessing,
+                "limit": self.data.limit, "config": cfg.to_dict(), "anasim_version": __version__}
+
+    # -- running ------------------------------------------------------------------------
+    def _feed(self, graph: Graph) -> str:
+        if len(graph.inputs) != 1:
+            raise InputError(f"evaluate needs a model with one input; this one has "
+                             f"{[i.name for i in graph.inputs]}.")
+        return graph.inputs[0].name
+
+    def _output(self, graph: Graph) -> str:
+        names = [o.name for o in graph.outputs]
+        if self.output is None:
+            return names[0]
+        if self.output not in names:
+            from ..errors import closest
+            raise InputError(f"Model has no output {self.output!r}.{closest(self.output, names)} "
+                             f"Outputs: {names}.")
+        return self.output
+
+    def _score(self, values: dict, out: np.ndarray, yb, ideal_b, off: int) -> None:
+        for m in self.metrics:
+            values[m.name][off:off + len(out)] = m(out, yb, ideal_b)
+
+    def ideal(self, fold: bool, bar=None) -> tuple[dict, np.ndarray | None]:
+        """Per-sample metric values of the digital network (and its outputs when a metric
+        needs them), cached per BatchNorm folding."""
+        if fold in self._ideal:
+            if bar is not None:
+                bar.update(len(self.data))
+            return self._ideal[fold]
+        graph = self.model.graph(fold)
+        feed, outname = self._feed(graph), self._output(graph)
+        n = len(self.data)
+        keep = any(m.needs_ideal for m in self.metrics)
+        outputs = None
+        values = {m.name: np.zeros(n) for m in self.metrics}
+        step = IDEAL_CHUNK  # fixed, so the ideal outputs do not depend on batch_size
+        for off in range(0, n, step):
+            xb = self.data.x[off:off + step]
+            yb = None if self.data.y is None else self.data.y[off:off + step]
+            out = graph.run({feed: xb}, outputs=[outname])[outname]
+            if keep:
+                if outputs is None:
+                    outputs = np.empty((n,) + out.shape[1:], out.dtype)
+                outputs[off:off + len(out)] = out
+            self._score(values, out, yb, out if keep else None, off)
+            if bar is not None:
+                bar.update(len(out))
+        self._ideal[fold] = (values, outputs)
+        return self._ideal[fold]
+
+    def run(self, cfg: AnalogConfig, params: dict | None = None, bar=None,
+            point: str | None = None) -> list[dict]:
+        """Evaluate configuration ``cfg``: the ideal row, then one row per (repetition, t).
+        ``params`` (swept-parameter columns) and ``point`` (the id; default computed) go
+        into every row."""
+        from ..analog.simulator import _device_model, analog
+
+        fold = bool(getattr(cfg.mapping, "fold_batchnorm", True))
+        point = point or self.point_id(cfg)
+        prov = self.provenance(cfg)
+        params = dict(params or {})
+        base = {"point": point, **params}
+        if bar is not None:
+            bar.set_postfix_str("ideal")
+        ideal_values, ideal_out = self.ideal(fold, bar)
+        rows = [{**base, "kind": "ideal", "t_inference": None, "repetition": None,
+                 **{k: float(np.mean(v)) for k, v in ideal_values.items()}, **prov}]
+        graph = self.model.graph(fold)
+        sim = analog(graph, cfg, seed=self.seed)
+        feed, outname = self._feed(sim.graph), self._output(sim.graph)
+        has_devices = any(_device_model(lc) is not None for lc in sim._layer_configs.values())
+        n = len(self.data)
+        for r in range(self.repeats):
+            sim.program(r)
+            last = None
+            for t in self.times:
+                if has_devices or last is None:
+                    if has_devices:
+                        sim.drift(t)
+                    if bar is not None:
+                        bar.set_postfix_str(f"repetition {r + 1}/{self.repeats}, t = {_fmt_t(t)}")
+                    values = {m.name: np.zeros(n) for m in self.metrics}
+                    for off in range(0, n, self.batch_size):
+                        xb = self.data.x[off:off + self.batch_size]
+                        yb = None if self.data.y is None else self.data.y[off:off + self.batch_size]
+                        out = sim.run({feed: xb}, sample_offset=off, outputs=[outname])[outname]
+                        ib = None if ideal_out is None else ideal_out[off:off + len(out)]
+                        self._score(values, out, yb, ib, off)
+                        if bar is not None:
+                            bar.update(len(out))
+                    last = {k: float(np.mean(v)) for k, v in values.items()}
+                elif bar is not None:  # same numbers as the previous t: nothing to run
+                    bar.update(n)
+                rows.append({**base, "kind": "analog", "t_inference": float(t), "repetition": r,
+                             **last, **prov})
+        return rows
+
+    def units(self, with_ideal: bool = True) -> int:
+        """Samples the progress bar counts for one configuration."""
+        return len(self.data) * ((1 if with_ideal else 0) + self.repeats * len(self.times))
+
+
+def _fmt_t(t):
+    from .results import format_time
+
+    return format_time(t)
+
+
+def _json_default(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, (tuple, set)):
+        return list(v)
+    return str(v)
+
+
+def make_job(model, data, *, times=(0.0,), repeats=1, seed=0, batch_size=256, metric="top1",
+             output=None, fold_batchnorm=True) -> Job:
+    """Check the arguments and build a :class:`Job` (the metrics recorded: ``metric`` first,
+    then top-1/top-5 for a classifier with labels)."""
+    times = check_times(times)
+    repeats = _check_positive("repeats", repeats)
+    batch_size = _check_positive("batch_size", batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
+    primary = get_metric(metric)
+    graph = model.graph(fold_batchnorm)
+    job = Job(model, data, times, repeats, int(seed), batch_size, [primary], output)
+    outname = job._output(graph)
+    job._feed(graph)
+    info = next(o for o in graph.outputs if o.name == outname)
+    n_out = None
+    if info.shape is not None and len(info.shape) == 2 and isinstance(info.shape[1], int):
+        n_out = info.shape[1]
+    if primary.needs_labels and data.y is None:
+        raise InputError(f"Metric {primary.name!r} needs labels but the data set {data.source} has none; "
+                         "use --metric logits_rel_error.")
+    job.metrics = default_metrics(primary, n_out, data.y is not None)
+    return job
+
+
+def resolve_config(config=None, overrides: Sequence[str] = ()) -> AnalogConfig:
+    cfg = load_config(config)
+    if overrides:
+        cfg = apply_overrides(cfg, list(overrides))
+    return cfg
+
+
+def run_meta(job: Job, **extra) -> dict:
+    import numba
+
+    return {"anasim_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": job.model.source, "model_sha256": job.model.sha256, "data": job.data.source,
+            "data_sha256": job.data.sha256, "preprocessing": job.data.preprocessing, "limit": job.data.limit,
+            "n_samples": len(job.data), "seed": job.seed, "times": list(job.times), "repeats": job.repeats,
+            "batch_size": job.batch_size, "metrics": [m.name for m in job.metrics], "output": job.output,
+            "python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "platform": platform.platform(), **extra}
+
+
+# ---------------------------------------------------------------------------- evaluate
+def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, seed: int = 0,
+             batch_size: int = 256, metric="top1", output: str | None = None, preprocessing=None,
+             limit: int | None = None, overrides: Sequence[str] = (), progress: bool | None = None,
+             threads: int | None = None) -> Results:
+    """Score ``model`` on ``dataset``: once ideal (the digital network), then on the analog
+    chip of ``config`` for every repetition (re-programmed each time) and every time.
+
+    Parameters
+    ----------
+    model : path, bytes, onnx.ModelProto or Graph.
+    dataset : a data set path (read with ``preprocessing``), an :class:`anasim.datasets.Dataset`,
+        or ``(x, y)`` arrays already in the model's input format (``y`` None without labels).
+    config : anything :func:`anasim.load_config` accepts (preset name, file, dict); default ideal.
+    times : seconds after programming (t_inference), default ``(0,)``.
+    repeats : Monte-Carlo repetitions (chips), each ``sim.program(r)``.
+    seed : master seed; the same seed gives the same table whatever batch size or threads.
+    batch_size : samples per forward pass (memory only; does not change the numbers).
+    metric : ``"top1"``, ``"top5"``, ``"topK"``, ``"logits_rel_error"``, a registered name or a
+        callable ``fn(outputs, labels, ideal_outputs) -> per-sample values``.
+    output : which model output to score (default the first).
+    preprocessing : for a path ``dataset``: a Preprocessing, preset name or dict.
+    limit : use only the first ``limit`` samples.
+    overrides : ``section.key=value`` strings applied to ``config`` (like ``--set``).
+    progress : show a progress bar (None: when stderr is a terminal).
+    threads : Numba and BLAS threads (default ``$ANASIM_NUM_THREADS`` or the libraries' default).
+
+    Returns a :class:`Results` table: one ideal row and one row per (t, repetition).
+    """
+    t0 = time.perf_counter()
+    thread_info = set_threads(threads)
+    cfg = resolve_config(config, overrides)
+    fold = bool(getattr(cfg.mapping, "fold_batchnorm", True))
+    msrc = ModelSource(model)
+    data = as_data(dataset, preprocessing, limit)
+    job = make_job(msrc, data, times=times, repeats=repeats, seed=seed, batch_size=batch_size,
+                   metric=metric, output=output, fold_batchnorm=fold)
+    bar = progress_bar(job.units(), desc="evaluating", unit="samples", enabled=progress)
+    try:
+        rows = job.run(cfg, bar=bar)
+    finally:
+        bar.close()
+    meta = run_meta(job, config=cfg.to_dict(), fold_batchnorm=fold, threads=thread_info.get("threads"),
+                    elapsed_s=round(time.perf_counter() - t0, 3))
+    return Results(rows, params=(), metrics=[m.name for m in job.metrics], meta=meta)
+
+
+__all__ = ["evaluate", "ModelSource", "DataSource", "as_data", "Job", "make_job", "check_times",
+           "resolve_config", "Metric"]

@@ -1,0 +1,538 @@
+"""Sweep a grid of configurations; resumable, in local processes or on a Dask cluster.
+
+Grid file (TOML)
+----------------
+::
+
+    # sweep.toml
+    base = "aihwkit"        # preset name or configuration file (relative to this file), or an
+                            # inline table ([base] with preset = "...", [base.forward] ...);
+                            # default "ideal"
+    set = ["mapping.max_input_size = 256"]   # optional: overrides applied to every point
+    times = [0, 3600, 86400]                 # t_inference in seconds (default [0])
+    repeats = 3                              # Monte-Carlo repetitions per time (default 1)
+    seed = 0                                 # master seed (default 0)
+    metric = "top1"                          # top1 | top5 | topK | logits_rel_error (default top1)
+
+    [grid]                                   # Cartesian product of the lists
+    "forward.out_res"   = [62, 126, 254]
+    "forward.out_noise" = [0.0, 0.02, 0.04]
+
+    [[points]]                               # explicit points, evaluated in addition to [grid]
+    "forward.out_noise" = 0.1
+    "noise_model" = {type = "pcm", prog_noise_scale = 0.5}
+
+Keys are ``section.parameter`` as in ``--set`` and ``anasim params`` (quoted or not: an
+unquoted dotted key is the same TOML); a table with a ``type`` key (``noise_model = {type =
+"reram"}``) replaces the whole section; the key ``base`` switches the base configuration
+(``base = ["aihwkit", "hwa-standard"]`` in ``[grid]``). Without ``[grid]`` and
+``[[points]]`` the base alone is evaluated. The points are the grid's product (the last key
+varying fastest) followed by the explicit points; identical configurations are evaluated
+once. Command-line options (``--times``, ``--repeats``, ``--seed``, ``--metric``, ``--set``)
+override the file.
+
+Results
+-------
+One row per point × t_inference × repetition plus one ``ideal`` row per point, with every
+swept parameter as a column (see :mod:`anasim.experiment.results`). A point is identified
+by the hash in the ``point`` column (full resolved configuration, model and data SHA-256,
+preprocessing, limit, seed, times, repeats, metrics), so rerunning the same sweep skips
+the points already in the results file, and changing anything that changes the numbers
+evaluates the point again (the old rows stay; both are tidy rows).
+
+Resumability. The results file is written by the driver only, one finished point at a
+time: ``.csv``/``.jsonl`` get the point's rows in one ``write`` + ``fsync`` on an append
+descriptor (``.json`` is rewritten atomically). A process killed at any moment loses only
+the points that were still running; a torn last line is dropped on the next run, which
+first rewrites the file atomically (temp file + ``os.replace``) without torn lines,
+incomplete or duplicated points. ``<results>.lock`` (``flock``) refuses a second writer
+with a clear message; the kernel releases it when a process dies.
+
+Parallelism. ``workers > 1``: a ``ProcessPoolExecutor`` with the ``spawn`` start method;
+each worker gets ``threads // workers`` Numba/BLAS threads (at least 1) and receives the
+model and data once. ``scheduler``: a Dask ``distributed`` scheduler address (or a
+``Client``); the model bytes and data are scattered to the workers once and every point is
+one task. Results do not depend on how points are distributed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import AnalogConfig, apply_overrides, load_config
+from ..errors import ConfigError, closest
+from .evaluate import Job, ModelSource, as_data, check_times, make_job, run_meta
+from .progress import progress_bar
+from .results import HEAD, KINDS, TAIL, Results, table_columns
+from .storage import ResultLock, ResultStore, ResultsFileError, read_table
+from .threads import BLAS_ENV, resolve_threads, set_threads
+
+GRID_KEYS = ("base", "set", "times", "repeats", "seed", "metric", "grid", "points", "description")
+
+
+# --------------------------------------------------------------------------------- grid
+@dataclass
+class Grid:
+    """A parsed grid file: base configuration, fixed overrides, run settings and points.
+
+    ``points`` is a list of dicts ``{parameter: value}`` (the grid's product, then the
+    explicit points); ``params`` the parameter names in column order."""
+
+    base: Any = "ideal"
+    set: list = field(default_factory=list)
+    times: tuple = (0.0,)
+    repeats: int = 1
+    seed: int = 0
+    metric: str = "top1"
+    points: list = field(default_factory=lambda: [{}])
+    params: list = field(default_factory=list)
+    folder: Path = field(default_factory=Path)
+    source: str = "<grid>"
+
+    def _base_config(self, base) -> AnalogConfig:
+        if isinstance(base, str):
+            p = self.folder / base
+            if p.suffix.lower() in (".toml", ".json") and p.is_file():
+                return load_config(p)
+        if isinstance(base, dict):
+            return AnalogConfig.from_dict(base, where=f"{self.source}: base")
+        return load_config(base)
+
+    def configs(self) -> list[tuple[dict, AnalogConfig]]:
+        """``(column values, resolved configuration)`` for every point, in order. Every
+        swept column is filled, from the resolved configuration where a point does not
+        set it."""
+        out = []
+        cache: dict = {}
+        for i, point in enumerate(self.points):
+            base = point.get("base", self.base)
+            key = json.dumps(base, sort_keys=True) if not isinstance(base, str) else base
+            if key not in cache:
+                cfg = self._base_config(base)
+                if self.set:
+                    cfg = apply_overrides(cfg, self.set)
+                cache[key] = cfg
+            cfg = cache[key]
+            assignments = [f"{k}={_literal(v)}" for k, v in point.items() if k != "base"]
+            if assignments:
+                try:
+                    cfg = apply_overrides(cfg, assignments)
+                except ConfigError as exc:
+                    where = _describe_point(point)
+                    raise ConfigError(f"{self.source}: point {i + 1} ({where}): {exc}") from None
+            values = cfg.to_dict()
+            cols = {}
+            for p in self.params:
+                if p in point:
+                    cols[p] = point[p]
+                elif p == "base":
+                    cols[p] = self.base if isinstance(self.base, str) else "<inline>"
+                else:
+                    cols[p] = _lookup(values, p)
+            out.append((cols, cfg))
+        return out
+
+
+def _describe_point(point: dict) -> str:
+    return ", ".join(f"{k}={_literal(v)}" for k, v in point.items()) or "the base"
+
+
+def _lookup(tree: dict, dotted: str):
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _literal(v) -> str:
+    """A value as a TOML literal for ``apply_overrides``."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_literal(x)}" for k, x in v.items()) + "}"
+    if hasattr(v, "item"):
+        return _literal(v.item())
+    raise ConfigError(f"Cannot use {type(v).__name__} value {v!r} in a grid.")
+
+
+def _flatten(table: dict, prefix: str = "", keep_typed: bool = True) -> dict:
+    """Nested tables (unquoted dotted TOML keys) to dotted keys; a table with a ``type``
+    key stays whole (it replaces a section)."""
+    out = {}
+    for k, v in table.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not (keep_typed and "type" in v) and key != "base":
+            out.update(_flatten(v, key + ".", keep_typed))
+        else:
+            out[key] = v
+    return out
+
+
+def load_grid(grid, **overrides) -> Grid:
+    """A :class:`Grid` from a TOML file path, a dict shaped like the file, or a Grid;
+    keyword ``overrides`` (times, repeats, seed, metric, set) replace the file's values
+    when not None (``set`` is appended)."""
+    if isinstance(grid, Grid):
+        g = grid
+    else:
+        folder, source = Path("."), "<grid>"
+        if isinstance(grid, (str, os.PathLike)):
+            path = Path(grid)
+            if not path.is_file():
+                raise ConfigError(f"No grid file {str(grid)!r}.")
+            from ..config.io import loads_toml
+
+            if path.suffix.lower() == ".json":
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                except ValueError as exc:
+                    raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+            else:
+                data = loads_toml(path.read_text(encoding="utf-8"), str(path))
+            folder, source = path.parent, str(path)
+        elif isinstance(grid, dict):
+            data = grid
+        else:
+            raise ConfigError(f"grid must be a file path or a dict; got {type(grid).__name__}.")
+        g = _parse_grid(data, folder, source)
+    changes = {k: v for k, v in overrides.items() if v is not None and k != "set"}
+    if changes:
+        g = Grid(**{**g.__dict__, **changes})
+        g.times = check_times(g.times)
+    if overrides.get("set"):
+        g = Grid(**{**g.__dict__, "set": list(g.set) + list(overrides["set"])})
+    return g
+
+
+def _parse_grid(data: dict, folder: Path, source: str) -> Grid:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a grid must be a table.")
+    for k in data:
+        if k not in GRID_KEYS:
+            raise ConfigError(f"{source}: unknown key {k!r}.{closest(k, GRID_KEYS)} "
+                              f"Valid top-level keys: {', '.join(GRID_KEYS)}; swept parameters go "
+                              "in [grid] or [[points]].")
+    fixed = data.get("set", [])
+    if isinstance(fixed, str):
+        fixed = [fixed]
+    if not isinstance(fixed, list) or not all(isinstance(s, str) for s in fixed):
+        raise ConfigError(f"{source}: 'set' must be a list of \"section.key=value\" strings.")
+    times = check_times(data.get("times", [0.0]))
+    repeats, seed = data.get("repeats", 1), data.get("seed", 0)
+    for name, v, lo in (("repeats", repeats, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"{source}: {name} must be an integer >= {lo}; got {v!r}.")
+    metric = data.get("metric", "top1")
+    table = data.get("grid", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [grid] must be a table of parameter = [values].")
+    axes = _flatten(table, keep_typed=False)
+    for k, v in axes.items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{source}: [grid] {k!r} must be a non-empty list of values; got {v!r}. "
+                              "(A single fixed value goes in set = [...].)")
+    explicit = data.get("points", [])
+    if not isinstance(explicit, list) or not all(isinstance(p, dict) for p in explicit):
+        raise ConfigError(f"{source}: points must be an array of tables ([[points]]).")
+    explicit = [_flatten(p) for p in explicit]
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else []
+    points += explicit
+    if not points:
+        points = [{}]
+    params = list(axes)
+    for p in explicit:
+        params += [k for k in p if k not in params]
+    return Grid(base=data.get("base", "ideal"), set=list(fixed), times=times, repeats=repeats, seed=seed,
+                metric=metric, points=points, params=params, folder=folder, source=source)
+
+
+# ----------------------------------------------------------------------------- resuming
+def _expected_keys(times, repeats) -> set:
+    return {("ideal", None, None)} | {("analog", float(t), r) for r in range(repeats) for t in times}
+
+
+def _row_key(r: dict):
+    t = r.get("t_inference")
+    rep = r.get("repetition")
+    return (r.get("kind"), None if t is None else float(t), None if rep is None else int(rep))
+
+
+def _clean(rows: list[dict], wanted: dict[str, set]) -> tuple[list[dict], set, bool]:
+    """Drop duplicated rows and incomplete points of this sweep; return (rows kept, ids of
+    complete points of this sweep, whether anything was dropped)."""
+    seen, kept, dropped = set(), [], False
+    for r in rows:
+        k = (r.get("point"),) + _row_key(r)
+        if k in seen:
+            dropped = True
+            continue
+        seen.add(k)
+        kept.append(r)
+    by_point: dict[str, set] = {}
+    for r in kept:
+        by_point.setdefault(r.get("point"), set()).add(_row_key(r))
+    done = set()
+    for pid, keys in by_point.items():
+        if pid in wanted:
+            if keys == wanted[pid]:
+                done.add(pid)
+    bad = {pid for pid in by_point if pid in wanted and pid not in done}
+    if bad:
+        dropped = True
+        kept = [r for r in kept if r.get("point") not in bad]
+    return kept, done, dropped
+
+
+def _merge_columns(old_cols: list[str], params: list[str], metrics: list[str], path) -> tuple[list, list]:
+    if not old_cols:
+        return list(params), list(metrics)
+    if old_cols[:1] != HEAD or "kind" not in old_cols or "repetition" not in old_cols:
+        raise ResultsFileError(f"{path} exists but is not an anasim results table (columns "
+                               f"{old_cols[:5]}...); "
+                               "choose another --out.")
+    ik, ir = old_cols.index("kind"), old_cols.index("repetition")
+    old_params = old_cols[1:ik]
+    old_metrics = [c for c in old_cols[ir + 1:] if c not in TAIL]
+    return (old_params + [p for p in params if p not in old_params],
+            old_metrics + [m for m in metrics if m not in old_metrics])
+
+
+# -------------------------------------------------------------------------------- workers
+_WORKER_JOB: Job | None = None
+
+
+def _init_worker(job: Job, threads: int | None) -> None:
+    global _WORKER_JOB
+    set_threads(threads)
+    _WORKER_JOB = job
+
+
+def _run_in_worker(cfg: AnalogConfig, params: dict, point: str) -> list[dict]:
+    return _WORKER_JOB.run(cfg, params, point=point)
+
+
+def _run_dask(job: Job, cfg: AnalogConfig, params: dict, point: str, threads: int | None) -> list[dict]:
+    if threads:
+        set_threads(threads)
+    return job.run(cfg, params, point=point)
+
+
+@contextmanager
+def _blas_env(n: int | None):
+    """Thread variables for worker processes (read when their BLAS loads)."""
+    if not n:
+        yield
+        return
+    old = {k: os.environ.get(k) for k in BLAS_ENV}
+    os.environ.update({k: str(n) for k in BLAS_ENV})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _label(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "base"
+
+
+# ---------------------------------------------------------------------------------- sweep
+def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | None = None,
+          batch_size: int = 256, workers: int = 1, threads: int | None = None, scheduler=None,
+          progress: bool | None = None, times=None, repeats: int | None = None, seed: int | None = None,
+          metric=None, overrides: Sequence[str] = (), output: str | None = None,
+          log=None) -> Results:
+    """Evaluate every point of ``grid`` (a file, dict or :class:`Grid`) like :func:`evaluate`.
+
+    Parameters besides those of :func:`~anasim.experiment.evaluate`:
+
+    out : results file (.csv, .jsonl or .json). Points already in it are skipped; every
+        finished point is added at once (crash-safe), under a lock (see the module docstring).
+        None: keep the results in memory only.
+    workers : local worker processes (1: run in this process).
+    scheduler : Dask scheduler address (``tcp://host:8786``) or a ``distributed.Client``.
+    threads : Numba + BLAS threads in all (each of ``workers`` processes gets threads // workers).
+    log : callable taking a line of text (progress messages), default none.
+
+    Returns the :class:`Results` of all the grid's points (finished earlier or now), in
+    grid order, with ``meta["skipped"]`` / ``meta["evaluated"]`` counts.
+    """
+    t_start = time.perf_counter()
+    say = log or (lambda s: None)
+    total_threads = resolve_threads(threads)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer; got {workers!r}.")
+    g = load_grid(grid, times=times, repeats=repeats, seed=seed, metric=metric, set=list(overrides) or None)
+    points = g.configs()
+    msrc = ModelSource(model)
+    data = as_data(dataset, preprocessing, limit)
+    first_fold = bool(getattr(points[0][1].mapping, "fold_batchnorm", True))
+    job = make_job(msrc, data, times=g.times, repeats=g.repeats, seed=g.seed, batch_size=batch_size,
+                   metric=g.metric, output=output, fold_batchnorm=first_fold)
+    metrics = [m.name for m in job.metrics]
+    ids, unique = [], []
+    seen = set()
+    for params, cfg in points:
+        pid = job.point_id(cfg)
+        ids.append(pid)
+        if pid not in seen:
+            seen.add(pid)
+            unique.append((pid, params, cfg))
+    if len(unique) < len(points):
+        say(f"{len(points) - len(unique)} grid point(s) resolve to a configuration listed earlier; "
+            "each is evaluated once.")
+    wanted = {pid: _expected_keys(g.times, g.repeats) for pid, _, _ in unique}
+    meta = run_meta(job, grid=g.source, base=g.base if isinstance(g.base, str) else "<inline>",
+                    set=g.set, params=g.params, workers=workers,
+                    scheduler=str(scheduler) if scheduler else None, threads=total_threads)
+
+    lock = ResultLock(out) if out is not None else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        existing: list[dict] = []
+        params_cols, metric_cols = list(g.params), list(metrics)
+        store = None
+        if out is not None:
+            path = Path(out)
+            old_cols, torn = [], False
+            if path.exists() and path.stat().st_size > 0:
+                old_cols, existing, _, torn = read_table(path, KINDS)
+            params_cols, metric_cols = _merge_columns(old_cols, g.params, metrics, path)
+            existing, done_ids, dropped = _clean(existing, wanted)
+            for r in existing:  # new swept columns for old rows: from their configuration
+                for p in params_cols:
+                    if p not in r and isinstance(r.get("config"), dict):
+                        r[p] = _lookup(r["config"], p)
+            store = ResultStore(path, table_columns(params_cols, metric_cols), meta)
+            if torn or dropped or (old_cols and old_cols != store.columns):
+                why = [w for w, c in (("dropping a torn last line", torn),
+                                      ("dropping incomplete or duplicated points", dropped),
+                                      ("adding columns", bool(old_cols) and old_cols != store.columns)) if c]
+                say(f"{path}: rewriting it ({'; '.join(why)}).")
+                store.rewrite(existing)
+        else:
+            done_ids = set()
+        pending = [(pid, params, cfg) for pid, params, cfg in unique if pid not in done_ids]
+        skipped = len(unique) - len(pending)
+        if skipped:
+            say(f"{skipped} of {len(unique)} point(s) already in {out}; evaluating {len(pending)}.")
+        new_rows: dict[str, list[dict]] = {}
+
+        def finished(pid, rows, params):
+            new_rows[pid] = rows
+            if store is not None:
+                store.append(rows)
+
+        bar = progress_bar(len(pending) * job.units(), desc="sweep", unit="samples", enabled=progress)
+        try:
+            if pending:
+                if scheduler is not None:
+                    _sweep_dask(job, pending, scheduler, total_threads, finished, bar)
+                elif workers > 1 and len(pending) > 1:
+                    _sweep_processes(job, pending, workers, total_threads, finished, bar)
+                else:
+                    set_threads(total_threads)
+                    for pid, params, cfg in pending:
+                        rows = job.run(cfg, params, bar=bar, point=pid)
+                        finished(pid, rows, params)
+        finally:
+            bar.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+    by_point: dict[str, list[dict]] = {}
+    for r in existing:
+        by_point.setdefault(r.get("point"), []).append(r)
+    by_point.update(new_rows)
+    rows = []
+    for pid, params, cfg in unique:
+        for r in by_point.get(pid, []):
+            rows.append({**r, **params})
+    meta.update(points=len(unique), evaluated=len(pending), skipped=skipped,
+                elapsed_s=round(time.perf_counter() - t_start, 3))
+    return Results(rows, params=g.params, metrics=metrics, meta=meta)
+
+
+def _sweep_processes(job, pending, workers, threads, finished, bar):
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    per = max(1, (threads or os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    with _blas_env(per):
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                   initializer=_init_worker, initargs=(job, per))
+        try:
+            futures = {pool.submit(_run_in_worker, cfg, params, pid): (pid, params)
+                       for pid, params, cfg in pending}
+            remaining = set(futures)
+            while remaining:
+                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for f in done:
+                    pid, params = futures[f]
+                    finished(pid, f.result(), params)
+                    bar.update(job.units())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _sweep_dask(job, pending, scheduler, threads, finished, bar):
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError('--scheduler needs Dask: pip install "dask[distributed]"') from None
+    own = not isinstance(scheduler, Client)
+    client = Client(scheduler) if own else scheduler
+    try:
+        remote = Job(**{**{k: v for k, v in job.__dict__.items() if k != "_ideal"}})
+        if job.model.path is not None and job.model.data is None:  # workers may not share our files
+            m = ModelSource(job.model)
+            m.data, m.path, m._graphs = Path(job.model.path).read_bytes(), None, {}
+            remote.model = m
+        [job_f] = client.scatter([remote], broadcast=True)
+        futures = {client.submit(_run_dask, job_f, cfg, params, pid, threads, pure=False): (pid, params)
+                   for pid, params, cfg in pending}
+        try:
+            for f in as_completed(list(futures)):
+                pid, params = futures[f]
+                finished(pid, f.result(), params)
+                bar.update(job.units())
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    finally:
+        if own:
+            client.close()
+
+
+__all__ = ["sweep", "Grid", "load_grid"]
