@@ -189,7 +189,7 @@ class AnalogSimulator:
         """
         if isinstance(sample_offset, bool) or not isinstance(sample_offset, (int, np.integer)) or sample_offset < 0:
             raise InputError(f"sample_offset must be a non-negative integer; got {sample_offset!r}.")
-        feeds = self._executor._check_feeds(feeds)
+        feeds = self._executor._check_feeds(feeds, finite=True)
         want = outputs or [o.name for o in self.outputs]
         total = next(iter(feeds.values())).shape[0] if feeds else 0
         step = batch_size or max(total, 1)

@@ -114,7 +114,7 @@ class Graph:
         return f"<anasim.Graph {self.ir.name!r}: {len(self.nodes)} nodes; inputs {ins}; outputs {outs}>"
 
     # ------------------------------------------------------------------ running
-    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray], finite: bool = False) -> dict[str, np.ndarray]:
         expected = {i.name: i for i in self.inputs}
         unknown = [k for k in feeds if k not in expected]
         if unknown:
@@ -150,7 +150,7 @@ class Graph:
                             f"Input {name!r} has shape {arr.shape}; dimension {axis} must be {d} "
                             f"({info.describe()})."
                         )
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 bad = ~np.isfinite(arr)
                 where = np.unique(np.nonzero(bad.reshape(len(arr), -1) if arr.ndim else bad.reshape(1, 1))[0])
                 raise InputError(
@@ -195,7 +195,7 @@ class Graph:
         return {n: values[n] for n in want}
 
     def run(self, feeds: Mapping[str, np.ndarray], batch_size: int | None = None,
-            outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+            outputs: list[str] | None = None, check_finite: bool = False) -> dict[str, np.ndarray]:
         """Run the model.
 
         Parameters
@@ -209,8 +209,12 @@ class Graph:
             memory for large batches. Default: the whole batch at once.
         outputs : list of str, optional
             Names of the outputs to return (default: all model outputs).
+        check_finite : bool, default False
+            Refuse inputs containing NaN/inf (InputError naming the samples). Off by
+            default because NaN is a legitimate ONNX value (IsNaN); the analog simulator
+            and the experiments always check.
         """
-        feeds = self._check_feeds(feeds)
+        feeds = self._check_feeds(feeds, check_finite)
         want = outputs or [o.name for o in self.outputs]
         if batch_size is None or not feeds:
             return self._run_once(feeds, want)
@@ -226,7 +230,7 @@ class Graph:
         ]
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in want}
 
-    def __call__(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, batch_size: int | None = None, check_finite: bool = False) -> np.ndarray:
         """Run a single-input, single-output model on ``x`` and return the output array."""
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise InputError(
@@ -234,4 +238,5 @@ class Graph:
                 f"{[i.name for i in self.inputs]} and outputs {[o.name for o in self.outputs]}. "
                 "Use graph.run({name: array}) instead."
             )
-        return self.run({self.inputs[0].name: x}, batch_size=batch_size)[self.outputs[0].name]
+        return self.run({self.inputs[0].name: x}, batch_size=batch_size,
+                        check_finite=check_finite)[self.outputs[0].name]

@@ -266,8 +266,12 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     return Graph(ir)
 
 
+_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+
+
 def _check_finite_constants(ir: GraphIR) -> None:
-    """NaN in a weight is an error naming the tensor and its layers; ±inf a warning."""
+    """NaN in a layer's weights is an error naming the tensor and its layers; other
+    non-finite constants (masks with -inf, test data) are only warned about."""
     consumers = ir.consumers()
     for name, arr in ir.constants.items():
         if arr.dtype.kind != "f" or arr.size == 0:
@@ -275,14 +279,15 @@ def _check_finite_constants(ir: GraphIR) -> None:
         finite = np.isfinite(arr)
         if finite.all():
             continue
-        users = ", ".join(f"{n.name!r} ({n.op_type})" for n in consumers.get(name, [])) or "no node"
+        users = consumers.get(name, [])
+        names = ", ".join(f"{n.name!r} ({n.op_type})" for n in users) or "no node"
         n_nan = int(np.isnan(arr).sum())
-        if n_nan:
+        if n_nan and any(n.op_type in _WEIGHT_OPS for n in users):
             raise ModelLoadError(
-                f"Model {ir.source!r}: tensor {name!r} (used by {users}) contains {n_nan} NaN value(s) "
+                f"Model {ir.source!r}: tensor {name!r} (used by {names}) contains {n_nan} NaN value(s) "
                 f"of {arr.size}; the model is broken (re-export it from a healthy checkpoint).")
-        warnings.warn(f"Model {ir.source!r}: tensor {name!r} (used by {users}) contains "
-                      f"{int((~finite).sum())} infinite value(s).", stacklevel=3)
+        warnings.warn(f"Model {ir.source!r}: tensor {name!r} (used by {names}) contains "
+                      f"{int((~finite).sum())} NaN/infinite value(s).", stacklevel=3)
 
 
 def analog_candidates(ir: GraphIR) -> list[str]:

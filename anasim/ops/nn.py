@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .conv import conv as _conv
+from .conv import run_chunks
 from .conv import conv_geometry, conv_transpose as _conv_transpose, conv_transpose_geometry
 from .pool import average_pool as _average_pool
 from .pool import max_pool as _max_pool
@@ -28,31 +29,34 @@ _SMALL = 1 << 15
 
 
 # =========================================================================== kernels
-@njit(parallel=True, cache=True)
+# Element-wise kernels are serial and release the GIL; _flat_apply splits big arrays into
+# blocks that the convolution's worker threads take from a shared counter (a worker that
+# the OS deschedules takes fewer blocks, where a barrier-synchronized prange would stall).
+@njit(nogil=True, cache=True)
 def _relu_k(x, out, zero):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         out[i] = zero if v < zero else v
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _leaky_relu_k(x, out, alpha, zero):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         out[i] = v * alpha if v < zero else v
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _clip_k(x, out, lo, hi):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         v = lo if v < lo else v
         out[i] = hi if v > hi else v
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _sigmoid_k(x, out, one):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         if v >= 0:
             out[i] = one / (one + math.exp(-v))
@@ -61,26 +65,26 @@ def _sigmoid_k(x, out, one):
             out[i] = e / (one + e)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _hard_sigmoid_k(x, out, alpha, beta, zero, one, gate):
     """out = max(0, min(1, alpha*x + beta)), times x when ``gate`` (HardSwish)."""
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         h = alpha * v + beta
         h = zero if h < zero else (one if h > one else h)
         out[i] = v * h if gate else h
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _erf_k(x, out):
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         out[i] = math.erf(x[i])
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _gelu_k(x, out, half, one, c, k3, tanh_approx):
     """Gelu; ``c`` is 1/sqrt(2) (exact) or sqrt(2/pi) (tanh approximation), k3 = 0.044715."""
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         v = x[i]
         if tanh_approx:
             out[i] = half * v * (one + math.tanh(c * (v + k3 * v * v * v)))
@@ -88,24 +92,36 @@ def _gelu_k(x, out, half, one, c, k3, tanh_approx):
             out[i] = half * v * (one + math.erf(v * c))
 
 
-@njit(parallel=True, cache=True)
-def _channel_affine_k(x, a, b, out):
-    """out[n, c, :] = x[n, c, :] * a[c] + b[c] for x of shape (N, C, P)."""
-    n_, c_, p_ = x.shape
-    for nc in prange(n_ * c_):
-        n = nc // c_
-        c = nc - n * c_
-        ac, bc = a[c], b[c]
-        src, dst = x[n, c], out[n, c]
-        for p in range(p_):
+@njit(nogil=True, cache=True)
+def _channel_affine_k(x, a, b, out, r0, r1):
+    """out[r] = x[r] * a[r % C] + b[r % C] for rows r0 <= r < r1 of (N*C, P) arrays."""
+    c_ = a.shape[0]
+    for r in range(r0, r1):
+        ac, bc = a[r % c_], b[r % c_]
+        src, dst = x[r], out[r]
+        for p in range(src.shape[0]):
             dst[p] = src[p] * ac + bc
 
 
+_BLOCK = 1 << 16
+"""Elements per block of a threaded element-wise op (256 KiB of float32)."""
+
+
 def _flat_apply(x: np.ndarray, kernel, *args) -> np.ndarray:
-    """Run an element-wise kernel over a C-contiguous copy-free flat view of ``x``."""
+    """Apply an element-wise kernel to (a C-contiguous copy-free flat view of) ``x``."""
     x = np.ascontiguousarray(x)
     out = np.empty_like(x)
-    kernel(x.reshape(-1), out.reshape(-1), *args)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    n = xf.shape[0]
+    if n <= _BLOCK:
+        kernel(xf, of, *args)
+        return out
+
+    def block(_state, i):
+        lo, hi = i * _BLOCK, min(n, (i + 1) * _BLOCK)
+        kernel(xf[lo:hi], of[lo:hi], *args)
+
+    run_chunks(-(-n // _BLOCK), lambda: None, block)
     return out
 
 
@@ -119,6 +135,9 @@ def _float(x: np.ndarray):
 def conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
          pads=None, strides=None):
     geom = conv_geometry(X.shape, W.shape, auto_pad, dilations, group, kernel_shape, pads, strides)
+    if X.dtype == np.float16:  # Numba has no float16: compute in float32, round back
+        b32 = None if B is None else B.astype(np.float32)
+        return _conv(X.astype(np.float32), W.astype(np.float32), b32, geom).astype(np.float16)
     return _conv(X, W, B, geom)
 
 
@@ -162,9 +181,12 @@ def _bn(X, scale, B, mean, var, epsilon):
     a = (np.asarray(scale, X.dtype) / np.sqrt(np.asarray(var, X.dtype) + f(epsilon))).astype(X.dtype)
     b = (np.asarray(B, X.dtype) - np.asarray(mean, X.dtype) * a).astype(X.dtype)
     if a.ndim == 1 and X.ndim >= 2 and a.shape[0] == X.shape[1]:
-        x3 = np.ascontiguousarray(X).reshape(X.shape[0], X.shape[1], -1)
-        out = np.empty_like(x3)
-        _channel_affine_k(x3, np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+        x2 = np.ascontiguousarray(X).reshape(X.shape[0] * X.shape[1], -1)
+        out = np.empty_like(x2)
+        a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+        rows = max(1, _BLOCK // max(1, x2.shape[1]))
+        run_chunks(-(-x2.shape[0] // rows), lambda: None,
+                   lambda _s, i: _channel_affine_k(x2, a, b, out, i * rows, min(x2.shape[0], (i + 1) * rows)))
         return out.reshape(X.shape)
     # per-activation statistics (spatial=0): parameters of shape (C, D1, ...)
     shape = (1,) + a.shape + (1,) * (X.ndim - 1 - a.ndim)
@@ -232,7 +254,7 @@ def lrn(X, *, alpha=0.0001, beta=0.75, bias=1.0, size=1):
     f = _float(X)
     c = X.shape[1]
     sq = X * X
-    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    lo = (size - 1) // 2  # window [c - lo, c + size - 1 - lo]
     padded = np.zeros((X.shape[0], c + size - 1) + X.shape[2:], X.dtype)
     padded[:, lo:lo + c] = sq
     acc = np.zeros_like(X)
@@ -413,3 +435,23 @@ def gelu(X, *, approximate="none"):
     if approximate != "none":
         raise ValueError(f"Gelu approximate must be 'none' or 'tanh'; got {approximate!r}")
     return _flat_apply(X, _gelu_k, f(0.5), f(1), f(1.0 / math.sqrt(2.0)), f(0.044715), False)
+
+
+def warmup(dtype=np.float32) -> None:
+    """Compile (or load from Numba's cache) the kernels of these ops on small inputs.
+
+    Numba compiles a kernel on its first call (``cache=True`` keeps the result on disk);
+    calling this once up front moves that cost out of the first timed run.
+    """
+    from .conv import warmup as conv_warmup
+
+    conv_warmup(dtype)
+    x = np.linspace(-3, 3, 2 * _SMALL, dtype=dtype).reshape(2, 4, -1, 64)
+    for fn in (relu, sigmoid, hard_swish, erf, gelu):
+        fn(x)
+    leaky_relu(x)
+    clip(x, np.array(0, dtype), np.array(6, dtype))
+    max_pool(x, kernel_shape=[2, 2], strides=[2, 2], n_outputs=2)
+    average_pool(x, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    p = np.ones(4, dtype)
+    batch_normalization(x, p, p, p, p)

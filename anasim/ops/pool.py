@@ -10,10 +10,10 @@ legacy SAME padding (computed from the undilated kernel) and the rule that, in
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..errors import UnsupportedOpError
-from .conv import ConvGeometry, _spatial_param
+from .conv import ConvGeometry, _spatial_param, run_chunks
 
 __all__ = ["pool_geometry", "max_pool", "average_pool"]
 
@@ -72,12 +72,13 @@ def _p3(g: ConvGeometry):
             + pad(g.pads_end, 0))
 
 
-@njit(parallel=True, cache=True)
-def _max_pool_kernel(x, out, idx, want_idx, col_major, kd, kh, kw, sd, sh, sw, dd, dh, dw,
+@njit(nogil=True, cache=True)
+def _max_pool_kernel(x, out, idx, want_idx, col_major, nc0, nc1, kd, kh, kw, sd, sh, sw, dd, dh, dw,
                      pd, ph, pw, ed, eh, ew):
+    """Planes nc0 <= n*C + c < nc1."""
     n_, c_, d_, h_, w_ = x.shape
     od, oh, ow = out.shape[2], out.shape[3], out.shape[4]
-    for nc in prange(n_ * c_):
+    for nc in range(nc0, nc1):
         n = nc // c_
         c = nc - n * c_
         src = x[n, c]
@@ -108,11 +109,12 @@ def _max_pool_kernel(x, out, idx, want_idx, col_major, kd, kh, kw, sd, sh, sw, d
                         idx[n, c, i, j, k] = base + bi
 
 
-@njit(parallel=True, cache=True)
-def _avg_pool_kernel(x, out, include_pad, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, ed, eh, ew):
+@njit(nogil=True, cache=True)
+def _avg_pool_kernel(x, out, include_pad, nc0, nc1, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, ed, eh, ew):
+    """Planes nc0 <= n*C + c < nc1."""
     n_, c_, d_, h_, w_ = x.shape
     od, oh, ow = out.shape[2], out.shape[3], out.shape[4]
-    for nc in prange(n_ * c_):
+    for nc in range(nc0, nc1):
         n = nc // c_
         c = nc - n * c_
         src = x[n, c]
@@ -154,6 +156,13 @@ def _as5d(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
     return x.reshape(x.shape[:2] + g._pad3(g.in_shape, 1))
 
 
+def _over_planes(x5: np.ndarray, fn) -> None:
+    """Call ``fn(first, last)`` over blocks of the N*C planes on the worker threads."""
+    planes = x5.shape[0] * x5.shape[1]
+    per = max(1, (1 << 16) // max(1, x5[0, 0].size))  # ~256 KiB of input per block
+    run_chunks(-(-planes // per), lambda: None, lambda _s, i: fn(i * per, min(planes, (i + 1) * per)))
+
+
 def max_pool(x: np.ndarray, geom: ConvGeometry, *, indices: bool = False, storage_order: int = 0):
     """Max pooling; returns ``y`` or ``(y, indices)`` (int64 flat indices into ``x``)."""
     x5 = _as5d(x, geom)
@@ -161,7 +170,8 @@ def max_pool(x: np.ndarray, geom: ConvGeometry, *, indices: bool = False, storag
     shape5 = (n, geom.in_channels) + geom._pad3(geom.out_shape, 1)
     out = np.empty(shape5, dtype=x.dtype)
     idx = np.empty(shape5 if indices else (0, 0, 0, 0, 0), dtype=np.int64)
-    _max_pool_kernel(x5, out, idx, indices, int(storage_order), *_p3(geom))
+    p3 = _p3(geom)
+    _over_planes(x5, lambda a, b: _max_pool_kernel(x5, out, idx, indices, int(storage_order), a, b, *p3))
     shape = (n, geom.in_channels) + geom.out_shape
     return (out.reshape(shape), idx.reshape(shape)) if indices else out.reshape(shape)
 
@@ -171,5 +181,6 @@ def average_pool(x: np.ndarray, geom: ConvGeometry, *, count_include_pad: int = 
     x5 = _as5d(x, geom)
     n = x.shape[0]
     out = np.empty((n, geom.in_channels) + geom._pad3(geom.out_shape, 1), dtype=x.dtype)
-    _avg_pool_kernel(x5, out, bool(count_include_pad), *_p3(geom))
+    p3 = _p3(geom)
+    _over_planes(x5, lambda a, b: _avg_pool_kernel(x5, out, bool(count_include_pad), a, b, *p3))
     return out.reshape((n, geom.in_channels) + geom.out_shape)
