@@ -229,10 +229,7 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
 
 def _converter(sim, layer):
     """The converter the simulator uses for ``layer`` (to turn conductances into weights)."""
-    from .analog.simulator import _default_converter
-
-    lc = sim.config.for_layer(layer.name)
-    return lc.sections.get("converter") or _default_converter()
+    return sim.converter_for(layer)
 
 
 def _text(attrs, name: str, value: str) -> None:

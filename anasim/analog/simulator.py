@@ -90,7 +90,7 @@ class AnalogSimulator:
         self.repetition = 0
         self.t_inference = 0.0
         self._programmed = False
-        if any(_device_model(lc) is not None for lc in self._layer_configs.values()):
+        if self.has_device_model:
             self.program(0)
 
     # ------------------------------------------------------------------ devices
@@ -168,6 +168,15 @@ class AnalogSimulator:
                 m.set_post_scales(scales)
         self.t_inference = t
         return self
+
+    @property
+    def has_device_model(self) -> bool:
+        """Whether any analog layer has a device noise model (programming/drift matter)."""
+        return any(_device_model(lc) is not None for lc in self._layer_configs.values())
+
+    def converter_for(self, layer: AnalogLayer):
+        """The conductance converter of ``layer`` (its config's, or the default single pair)."""
+        return self._layer_configs[layer.name].sections.get("converter") or _default_converter()
 
     # ------------------------------------------------------------------ running
     @property

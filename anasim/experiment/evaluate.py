@@ -301,7 +301,7 @@ class Job:
         """Evaluate configuration ``cfg``: the ideal row, then one row per (repetition, t).
         ``params`` (swept-parameter columns) and ``point`` (the id; default computed) go
         into every row."""
-        from ..analog.simulator import _device_model, analog
+        from ..analog.simulator import analog
 
         fold = bool(getattr(cfg.mapping, "fold_batchnorm", True))
         point = point or self.point_id(cfg)
@@ -316,7 +316,7 @@ class Job:
         graph = self.model.graph(fold)
         sim = analog(graph, cfg, seed=self.seed)
         feed, outname = self._feed(sim.graph), self._output(sim.graph)
-        has_devices = any(_device_model(lc) is not None for lc in sim._layer_configs.values())
+        has_devices = sim.has_device_model
         n = len(self.data)
         for r in range(self.repeats):
             sim.program(r)
