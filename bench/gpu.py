@@ -1,0 +1,250 @@
+"""GPU speed: anasim ideal (CPU), anasim analog with CUDA tiles, PyTorch fp32 ideal (GPU).
+
+Usage::
+
+    python bench/gpu.py [--batch 1024] [--runs 3] [--models resnet18 resnet20]
+                        [--config aihwkit] [--check 64] [--threads 16] [--shared ../shared]
+
+Needs a CUDA GPU visible to numba (``numba.cuda.is_available()``); exits with status 2
+and a message otherwise. CuPy, when installed, makes the tile MVMs cuBLAS calls (else
+a numba kernel; ``ANASIM_CUDA_MATMUL=numba`` forces it).
+
+For each model (ResNet-18 on Fashion-MNIST, ResNet-20 on CIFAR-10) and one batch of
+``--batch`` real test images, prints images/s of:
+
+* ``anasim ideal (CPU)``: the digital graph on the CPU (``--threads`` threads);
+* ``anasim analog (CUDA tiles)``: ``anasim.analog(graph, --config)`` with every analog
+  layer's :class:`~anasim.analog.tile.AnalogMatrix` replaced by its
+  :func:`~anasim.analog.tile_cuda.to_cuda` twin (the tile model on the GPU; im2col and
+  the digital ops still run on the CPU, the rows cross PCIe per layer);
+* ``pytorch fp32 ideal (GPU)``: the same (BN-folded) graph run with
+  ``torch.nn.functional`` on the GPU, TF32 off, input already on the device, when
+  PyTorch with CUDA is installed (the line is skipped otherwise);
+
+and the ratio analog / PyTorch throughput (DESIGN.md target: >= 0.30 for ResNet-18).
+A first check runs ``--check`` images through the analog model on the CPU and on the
+GPU and prints the largest difference relative to the logits' scale and the top-1
+agreement (the two differ only by the MVM summation order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+_ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+_ap.add_argument("--batch", type=int, default=1024)
+_ap.add_argument("--runs", type=int, default=3)
+_ap.add_argument("--models", nargs="+", default=["resnet18", "resnet20"],
+                 choices=["resnet18", "resnet20"])
+_ap.add_argument("--config", default="aihwkit",
+                 help="anasim preset or configuration file (default aihwkit)")
+_ap.add_argument("--check", type=int, default=64,
+                 help="images compared between CPU and CUDA analog (0: skip)")
+_ap.add_argument("--threads", type=int,
+                 default=int(os.environ.get("ANASIM_NUM_THREADS", os.cpu_count() or 1)))
+_ap.add_argument("--shared", default=None, help="path of the shared/ folder (default: ../shared)")
+ARGS = _ap.parse_args()
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = str(ARGS.threads)
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(ARGS.shared) if ARGS.shared else ROOT.parent / "shared"
+MODELS = {"resnet18": ("resnet18_fmnist.onnx", "fmnist"), "resnet20": ("resnet20_cifar10.onnx", "cifar10")}
+
+
+def load_data(kind: str, n: int) -> np.ndarray:
+    """``n`` test images (repeated if needed), preprocessed as ../shared/README.md describes."""
+    if kind == "cifar10":
+        x = np.load(SHARED / "data" / "cifar10_test1000.npz")["x"]
+        x = np.concatenate([x] * -(-n // len(x)))[:n].astype(np.float32) / 255.0
+        x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    x = np.load(SHARED / "data" / "fashion_mnist_test.npz")["x"]
+    x = np.concatenate([x] * -(-n // len(x)))[:n]
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255.0
+    return np.ascontiguousarray(((x - 0.2860) / 0.3530)[:, None])
+
+
+def timed(fn, runs: int, sync=None) -> float:
+    """Median seconds of ``runs`` calls after one warm-up call."""
+    fn()
+    ts = []
+    for _ in range(runs):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def use_cuda_tiles(sim) -> None:
+    """Replace every analog layer's AnalogMatrix by its CudaAnalogMatrix twin, in place."""
+    from anasim.analog.tile_cuda import to_cuda
+
+    for layer in sim.layers:
+        layer.matrices = [to_cuda(m) for m in layer.matrices]
+
+
+def torch_runner(graph):
+    """A function x (torch CUDA tensor) -> logits running ``graph``'s IR with torch.nn.functional.
+
+    Covers the ops of the two benchmark models (Conv, Relu, Add, GlobalAveragePool,
+    Flatten, Gemm, Slice, Pad); raises NotImplementedError for others.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    ir = graph.ir
+    dev = torch.device("cuda")
+    host = {k: np.asarray(v) for k, v in ir.constants.items()}
+    const = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev)
+             for k, v in host.items() if v.dtype.kind == "f"}
+    for n in ir.nodes:
+        if n.op_type not in ("Conv", "Relu", "Add", "GlobalAveragePool", "Flatten", "Gemm", "Slice", "Pad"):
+            raise NotImplementedError(f"op {n.op_type} ({n.name})")
+
+    def run(x):
+        env = {ir.inputs[0].name: x}
+        val = lambda name: env[name] if name in env else const[name]  # noqa: E731
+        for n in ir.nodes:
+            a, i = n.attrs, n.inputs
+            if n.op_type == "Conv":
+                p = list(a.get("pads", [0, 0, 0, 0]))
+                h = val(i[0])
+                if p[:2] != p[2:]:
+                    h, p = F.pad(h, (p[1], p[3], p[0], p[2])), [0, 0]
+                out = F.conv2d(h, const[i[1]], const[i[2]] if len(i) > 2 and i[2] else None,
+                               stride=tuple(a.get("strides", [1, 1])), padding=tuple(p[:2]),
+                               dilation=tuple(a.get("dilations", [1, 1])), groups=int(a.get("group", 1)))
+            elif n.op_type == "Relu":
+                out = F.relu(val(i[0]))
+            elif n.op_type == "Add":
+                out = val(i[0]) + val(i[1])
+            elif n.op_type == "GlobalAveragePool":
+                out = val(i[0]).mean(dim=(2, 3), keepdim=True)
+            elif n.op_type == "Flatten":
+                h = val(i[0])
+                out = h.reshape(int(np.prod(h.shape[:a.get("axis", 1)])), -1)
+            elif n.op_type == "Gemm":
+                A, B = val(i[0]), const[i[1]]
+                A = A.T if a.get("transA", 0) else A
+                B = B.T if a.get("transB", 0) else B
+                out = a.get("alpha", 1.0) * (A @ B)
+                if len(i) > 2 and i[2]:
+                    out = out + a.get("beta", 1.0) * const[i[2]]
+            elif n.op_type == "Slice":
+                h = val(i[0])
+                starts, ends = host[i[1]], host[i[2]]
+                axes = host[i[3]] if len(i) > 3 and i[3] else np.arange(len(starts))
+                steps = host[i[4]] if len(i) > 4 and i[4] else np.ones(len(starts), np.int64)
+                idx = [slice(None)] * h.dim()
+                for s, e, ax, st in zip(starts, ends, axes, steps):
+                    if st <= 0:
+                        raise NotImplementedError("Slice with a negative step")
+                    idx[int(ax) % h.dim()] = slice(int(s), int(min(e, 2**62)), int(st))
+                out = h[tuple(idx)]
+            else:  # Pad, constant mode
+                h = val(i[0])
+                pads = host[i[1]].tolist()
+                value = float(host[i[2]]) if len(i) > 2 and i[2] else 0.0
+                r = h.dim()
+                tp = []
+                for d in reversed(range(r)):
+                    tp += [pads[d], pads[d + r]]
+                out = F.pad(h, tuple(int(v) for v in tp), mode="constant", value=value)
+            env[n.outputs[0]] = out
+        return env[ir.outputs[0].name]
+
+    return run
+
+
+def main() -> int:
+    try:
+        from numba import cuda
+        have = cuda.is_available()
+    except Exception as e:  # numba without CUDA support
+        have, why = False, str(e)
+    else:
+        why = "numba.cuda.is_available() is False (no GPU or no CUDA driver)"
+    if not have:
+        print(f"bench/gpu.py needs a CUDA GPU: {why}. Nothing to measure.", file=sys.stderr)
+        return 2
+    import numba
+
+    import anasim
+    from anasim.kernels import cuda as G
+
+    numba.set_num_threads(ARGS.threads)
+    dev = cuda.get_current_device()
+    print(f"GPU {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, batch {ARGS.batch}, "
+          f"runs {ARGS.runs} (median), CPU threads {ARGS.threads}, config {ARGS.config!r}, "
+          f"tile matmul {G.matmul_backend()}, anasim {anasim.__version__}")
+    t = time.perf_counter()
+    G.warmup()
+    print(f"  CUDA kernels warm-up (compile or cache load): {time.perf_counter() - t:.1f} s")
+    try:
+        import torch
+        torch_ok = torch.cuda.is_available()
+    except ImportError:
+        torch_ok = False
+    if torch_ok:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    for name in ARGS.models:
+        fname, kind = MODELS[name]
+        graph = anasim.load(SHARED / "models" / fname)
+        x = load_data(kind, ARGS.batch)
+        ips = {}
+        ips["anasim ideal (CPU)"] = ARGS.batch / timed(lambda: graph(x), ARGS.runs)
+        t = time.perf_counter()
+        sim = anasim.analog(graph, ARGS.config, seed=0)
+        setup = time.perf_counter() - t
+        ref = sim(x[:ARGS.check]) if ARGS.check else None
+        use_cuda_tiles(sim)
+        print(f"[{name}] mapping + programming {setup:.1f} s, {len(sim.layers)} analog layers, "
+              f"{sum(la.n_tiles for la in sim.layers)} tiles")
+        if ref is not None:
+            got = sim(x[:ARGS.check])
+            rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+            agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
+            print(f"  check on {ARGS.check} images: CUDA vs CPU analog max|Δ|/scale {rel:.1e}, "
+                  f"top-1 agreement {agree:.3f}")
+        ips["anasim analog (CUDA tiles)"] = ARGS.batch / timed(lambda: sim(x), ARGS.runs, cuda.synchronize)
+        if torch_ok:
+            try:
+                run = torch_runner(graph)
+            except NotImplementedError as e:
+                print(f"  pytorch line skipped: {e}")
+            else:
+                xt = torch.from_numpy(x).cuda()
+                with torch.inference_mode():
+                    logits = run(xt).cpu().numpy()
+                    ideal = graph(x)
+                    rel = float(np.abs(logits - ideal).max() / max(np.abs(ideal).max(), 1e-30))
+                    print(f"  pytorch graph vs anasim ideal: max|Δ|/scale {rel:.1e}")
+                    t_torch = timed(lambda: run(xt), ARGS.runs, torch.cuda.synchronize)
+                    ips["pytorch fp32 ideal (GPU)"] = ARGS.batch / t_torch
+        else:
+            print("  pytorch line skipped: PyTorch with CUDA is not installed")
+        for k, v in ips.items():
+            print(f"{name:>10s}  {k:<28s} {v:10.1f} images/s")
+        if "pytorch fp32 ideal (GPU)" in ips:
+            r = ips["anasim analog (CUDA tiles)"] / ips["pytorch fp32 ideal (GPU)"]
+            print(f"{name:>10s}  analog / pytorch throughput ratio {r:.3f} (target >= 0.30)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
