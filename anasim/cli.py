@@ -316,7 +316,7 @@ def _cmd_evaluate(args) -> int:
     say("")
     res = evaluate(args.model, data, cfg, times=times, repeats=repeats, seed=args.seed,
                    batch_size=args.batch_size, metric=args.metric, output=args.output,
-                   progress=False if args.quiet else None, threads=args.threads)
+                   progress=False if args.quiet else None, threads=args.threads, device=args.device)
     print(res.summary())
     say("")
     _explain(res, say, repeats)
@@ -459,6 +459,9 @@ def _add_run_options(s, sweep: bool = False) -> None:
                    help="samples per forward pass (memory only; results do not depend on it; default 256)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="Numba and BLAS threads (default $ANASIM_NUM_THREADS, else all cores)")
+    if not sweep:
+        g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where the analog tiles run: cpu (default) or cuda (numba.cuda; same numbers)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no explanations")
     g.add_argument("--plot", metavar="PNG", help="draw the results (needs matplotlib)")
 

@@ -137,3 +137,29 @@ def test_drift_with_global_compensation_restores_noise_free_outputs():
     uncompensated = anasim.analog(g, dict(cfg, drift_compensation={"type": "none"}))
     uncompensated.drift(86400.0)
     assert np.abs(uncompensated(x) - y0).max() > 0.1 * np.abs(y0).max()
+
+
+def test_device_cuda_matches_cpu_under_cuda_simulator():
+    """anasim.analog(..., device="cuda") gives the CPU's numbers (numba's CUDA simulator)."""
+    import os
+    import subprocess
+    import sys
+
+    code = r'''
+import numpy as np, anasim, sys
+sys.path.insert(0, "tests")
+from test_analog_simulator import _small_cnn, NOISY
+rng = np.random.default_rng(0)
+g = _small_cnn(rng, group=2)
+x = rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
+cpu = anasim.analog(g, NOISY, seed=1)(x)
+gpu = anasim.analog(g, NOISY, seed=1, device="cuda")
+assert all(type(m).__name__ == "CudaAnalogMatrix" for la in gpu.layers for m in la.matrices)
+out = gpu(x)
+print("maxdiff", float(np.abs(out - cpu).max()), float(np.abs(cpu).max()))
+np.testing.assert_allclose(out, cpu, rtol=1e-5, atol=1e-5 * float(np.abs(cpu).max()))
+'''
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]

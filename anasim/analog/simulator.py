@@ -49,11 +49,21 @@ class AnalogSimulator:
     t_inference : float — seconds since programming of the current weights (0 initially).
     """
 
-    def __init__(self, graph: Graph, config=None, seed: int = 0, *, strict_patterns: bool = True):
+    def __init__(self, graph: Graph, config=None, seed: int = 0, *, strict_patterns: bool = True,
+                 device: str = "cpu"):
         if not isinstance(graph, Graph):
             raise InputError(f"anasim.analog expects a Graph from anasim.load; got {type(graph).__name__}.")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
+        if device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda'; got {device!r}.")
+        if device == "cuda":
+            from numba import cuda
+
+            if not cuda.is_available():
+                raise ConfigError("device='cuda' needs a CUDA GPU with numba.cuda (pip install 'anasim[cuda]'); "
+                                  "none is available here. Use device='cpu' (the same numbers).")
+        self.device = device
         self.config: AnalogConfig = load_config(config) if config is not None else AnalogConfig()
         graph = _graph_for(graph, self.config)
         self.graph = graph
@@ -82,6 +92,10 @@ class AnalogSimulator:
                 AnalogMatrix(w, b, lc.forward, lc.mapping, key=(self.seed, index * _GROUP_STRIDE + g))
                 for g, (w, b) in enumerate(zip(mats, biases))
             ]
+            if device == "cuda":
+                from .tile_cuda import to_cuda
+
+                matrices = [to_cuda(m) for m in matrices]
             shape = tuple(graph.ir.constants[node.inputs[1]].shape)
             self.layers.append(AnalogLayer(name, node.op_type, index, shape, matrices, dict(node.attrs),
                                            self.context, extra))
@@ -292,6 +306,9 @@ def analog(graph, config=None, seed: int = 0, **kwargs) -> AnalogSimulator:
     seed : int, default 0. Master seed of all random numbers.
     strict_patterns : bool, default True. A ``[[layers]]`` pattern that matches no
         analog layer is an error (False: a warning).
+    device : "cpu" (default) or "cuda". With "cuda" the tiles' weights stay on the GPU and
+        the periphery runs as numba.cuda kernels drawing the same random numbers as the
+        CPU kernels (digital ops and im2col still run on the CPU for now).
 
     If the configuration has a device noise model, the tiles are programmed for
     repetition 0 right away (t_inference = 0); call :meth:`AnalogSimulator.program`

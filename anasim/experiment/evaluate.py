@@ -221,6 +221,7 @@ class Job:
     batch_size: int
     metrics: list  # of Metric; the requested one first
     output: str | None = None
+    device: str = "cpu"  # where the analog tiles run ("cpu" or "cuda"); does not change the numbers
     _ideal: dict = field(default_factory=dict, repr=False)  # fold -> (per-metric values, outputs)
 
     def __getstate__(self):
@@ -314,7 +315,7 @@ class Job:
         rows = [{**base, "kind": "ideal", "t_inference": None, "repetition": None,
                  **{k: float(np.mean(v)) for k, v in ideal_values.items()}, **prov}]
         graph = self.model.graph(fold)
-        sim = analog(graph, cfg, seed=self.seed)
+        sim = analog(graph, cfg, seed=self.seed, device=self.device)
         feed, outname = self._feed(sim.graph), self._output(sim.graph)
         has_devices = sim.has_device_model
         n = len(self.data)
@@ -363,7 +364,7 @@ def _json_default(v):
 
 
 def make_job(model, data, *, times=(0.0,), repeats=1, seed=0, batch_size=256, metric="top1",
-             output=None, fold_batchnorm=True) -> Job:
+             output=None, fold_batchnorm=True, device="cpu") -> Job:
     """Check the arguments and build a :class:`Job` (the metrics recorded: ``metric`` first,
     then top-1/top-5 for a classifier with labels)."""
     times = check_times(times)
@@ -373,7 +374,7 @@ def make_job(model, data, *, times=(0.0,), repeats=1, seed=0, batch_size=256, me
         raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
     primary = get_metric(metric)
     graph = model.graph(fold_batchnorm)
-    job = Job(model, data, times, repeats, int(seed), batch_size, [primary], output)
+    job = Job(model, data, times, repeats, int(seed), batch_size, [primary], output, device)
     outname = job._output(graph)
     job._feed(graph)
     info = next(o for o in graph.outputs if o.name == outname)
@@ -410,7 +411,7 @@ def run_meta(job: Job, **extra) -> dict:
 def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, seed: int = 0,
              batch_size: int = 256, metric="top1", output: str | None = None, preprocessing=None,
              limit: int | None = None, overrides: Sequence[str] = (), progress: bool | None = None,
-             threads: int | None = None) -> Results:
+             threads: int | None = None, device: str = "cpu") -> Results:
     """Score ``model`` on ``dataset``: once ideal (the digital network), then on the analog
     chip of ``config`` for every repetition (re-programmed each time) and every time.
 
@@ -432,6 +433,7 @@ def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, see
     overrides : ``section.key=value`` strings applied to ``config`` (like ``--set``).
     progress : show a progress bar (None: when stderr is a terminal).
     threads : Numba and BLAS threads (default ``$ANASIM_NUM_THREADS`` or the libraries' default).
+    device : ``"cpu"`` (default) or ``"cuda"``: where the analog tiles run (same numbers).
 
     Returns a :class:`Results` table: one ideal row and one row per (t, repetition).
     """
@@ -442,7 +444,7 @@ def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, see
     msrc = ModelSource(model)
     data = as_data(dataset, preprocessing, limit)
     job = make_job(msrc, data, times=times, repeats=repeats, seed=seed, batch_size=batch_size,
-                   metric=metric, output=output, fold_batchnorm=fold)
+                   metric=metric, output=output, fold_batchnorm=fold, device=device)
     bar = progress_bar(job.units(), desc="evaluating", unit="samples", enabled=progress)
     try:
         rows = job.run(cfg, bar=bar)
