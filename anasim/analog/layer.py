@@ -20,8 +20,15 @@ import numpy as np
 
 from ..errors import ExecutionError, InputError, UnsupportedOpError
 from ..graph.ir import GraphIR, Node
-from ..ops.conv import cols_to_output, conv_geometry, im2col
-from .tile import AnalogMatrix
+from ..ops.conv import (cols_to_output, conv_geometry, im2col, im2col_rows, padded_input,
+                        rows_to_nchw, run_chunks)
+from .tile import SERIAL, AnalogMatrix
+
+_BLOCK_BYTES = 1 << 20
+"""Working set of one block of convolution rows (im2col rows, prepared inputs, outputs):
+about a core's share of L2 cache. Blocks run on the worker threads of
+:func:`~anasim.ops.conv.run_chunks`."""
+_MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 256, 8192
 
 
 @dataclass
@@ -109,10 +116,53 @@ class AnalogLayer:
         a = self.attrs
         geom = conv_geometry(x.shape, self.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
                              a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
+        if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
+            return self._conv_blocked(np.ascontiguousarray(x, dtype=np.float32), geom)
         cols = im2col(np.ascontiguousarray(x, dtype=np.float32), geom)
         per_sample = int(np.prod(geom.out_shape))
         y = self._run_rows(cols, self._row_ids(x.shape[0], per_sample))
         return cols_to_output(y, x.shape[0], geom)
+
+    def _conv_blocked(self, x: np.ndarray, geom) -> np.ndarray:
+        """The convolution in blocks of rows that stay in cache, on worker threads.
+
+        Per block: im2col rows (from a zero-padded copy of the input), the tiles
+        (:meth:`AnalogMatrix.forward_into` with the serial kernels), bias and NCHW
+        layout. Row ids, and so every random number, are those of the whole batch.
+        """
+        m = self.matrices[0]
+        n, oc, k, p = x.shape[0], geom.out_channels, geom.k, geom.n_pixels
+        total = n * p
+        kx = k + (1 if m.analog_bias else 0)
+        widest = max(t.n_in for t in m.tiles) + max(t.n_out for t in m.tiles)
+        per_row = 4 * (kx + oc + 2 * widest)
+        rows = int(min(_MAX_BLOCK_ROWS, max(_MIN_BLOCK_ROWS, _BLOCK_BYTES // per_row)))
+        n_blocks = -(-total // rows)
+        rows = -(-total // n_blocks)  # equal blocks
+        first = self.context.sample_offset * p
+        epoch = self.context.epoch
+        xp, params = padded_input(x, geom)
+        bias = np.zeros(oc, np.float32) if m.bias is None else m.bias
+        out = np.empty((n, oc, p), np.float32)
+
+        def make_state():
+            cols = np.empty((rows, kx), np.float32)
+            if m.analog_bias:
+                cols[:, k] = 1
+            return cols, np.empty((rows, oc), np.float32)
+
+        def do_block(state, i):
+            cols, acc = state
+            r0 = i * rows
+            r1 = min(total, r0 + rows)
+            c = im2col_rows(xp, params, r0, r1, cols)
+            a = acc[:r1 - r0]
+            a.fill(0)
+            m.forward_into(c, np.arange(first + r0, first + r1, dtype=np.int64), epoch, a, SERIAL)
+            rows_to_nchw(a, bias, out, r0)
+
+        run_chunks(n_blocks, make_state, do_block)
+        return out.reshape((n, oc) + geom.out_shape)
 
     def _gemm(self, a: np.ndarray) -> np.ndarray:
         if self.attrs.get("transA", 0):

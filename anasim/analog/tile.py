@@ -37,7 +37,24 @@ import numpy as np
 from ..kernels import cpu
 from ..kernels.rng import normals_numpy, stream_key
 
-__all__ = ["AnalogMatrix", "PhysicalTile", "split_sizes", "Periphery"]
+__all__ = ["AnalogMatrix", "PhysicalTile", "split_sizes", "Periphery", "SERIAL"]
+
+
+class _Kernels:
+    """The three periphery kernels of :mod:`anasim.kernels.cpu` a forward pass calls: the
+    row-parallel ones or their serial twins (``*_serial``). Looked up at each call, so a
+    patched ``cpu`` module (tests) takes effect."""
+
+    def __init__(self, suffix: str):
+        self._suffix = suffix
+
+    def __getattr__(self, name):
+        return getattr(cpu, name + self._suffix)
+
+
+_PARALLEL = _Kernels("")
+SERIAL = _Kernels("_serial")
+"""Single-threaded, GIL-free kernels for :meth:`AnalogMatrix.forward_into` on worker threads."""
 
 _NM = {"none": cpu.NM_NONE, "abs_max": cpu.NM_ABS_MAX, "max": cpu.NM_MAX, "constant": cpu.NM_CONSTANT}
 _WN = {"none": cpu.WN_NONE, "additive_constant": cpu.WN_ADDITIVE, "pcm_read": cpu.WN_PCM_READ}
@@ -382,20 +399,33 @@ class AnalogMatrix:
         if self.analog_bias:
             x = np.concatenate([x, np.ones((m, 1), np.float32)], axis=1)
         acc = np.zeros((m, self.out_size), np.float32)
-        if m:
-            if self.periphery.perfect:
-                self._forward_perfect(x, acc)
-            else:
-                for i in range(self.n_in_chunks):
-                    cache = {}
-                    for j in range(self.n_out_chunks):
-                        t = self.tiles[i * self.n_out_chunks + j]
-                        self._forward_tile(t, x, row_ids, epoch, acc, cache)
+        self.forward_into(x, row_ids, epoch, acc, _PARALLEL)
         if self.bias is not None:
             acc += self.bias
         return acc
 
     __call__ = forward
+
+    def forward_into(self, x, row_ids, epoch, acc, kernels=None) -> None:
+        """``acc += W x`` through the tiles, without the digital bias (the core of :meth:`forward`).
+
+        ``x`` is (M, in) float32 C-contiguous, with the extra column of ones already
+        appended when the bias is analog (``analog_bias``); ``row_ids`` (M,) int64;
+        ``acc`` (M, out) float32 C-contiguous. ``kernels`` picks the periphery kernels:
+        the row-parallel ones (default) or :data:`SERIAL` ones, for worker threads that
+        each run a block of rows (same results).
+        """
+        if not x.shape[0]:
+            return
+        if self.periphery.perfect:
+            self._forward_perfect(x, acc)
+            return
+        kern = _PARALLEL if kernels is None else kernels
+        for i in range(self.n_in_chunks):
+            cache = {}
+            for j in range(self.n_out_chunks):
+                t = self.tiles[i * self.n_out_chunks + j]
+                self._forward_tile(t, x, row_ids, epoch, acc, cache, kern)
 
     def _forward_perfect(self, x, acc) -> None:
         """is_perfect: plain product per tile, then out_scale and the digital scales."""
@@ -408,9 +438,9 @@ class AnalogMatrix:
             y *= t.post_scale
             acc[:, t.out_start:t.out_stop] += y
 
-    def _prepare(self, t, x, col0, row_ids, keys, red, rnd):
+    def _prepare(self, t, x, col0, row_ids, keys, red, rnd, kern=None):
         p = self.periphery
-        return cpu.prepare_input(
+        return (kern or _PARALLEL).prepare_input(
             x, col0, t.n_in, row_ids, nm_type=p.nm_type, nm_thres=p.nm_thres, res=p.inp_step,
             bound=p.inp_bound, inp_noise=p.inp_noise, sto_round=p.inp_sto_round, red=red, rnd=rnd,
             noise_key=keys["inp_noise"], sto_key=keys["inp_sto_round"],
@@ -419,7 +449,7 @@ class AnalogMatrix:
             want_ir=p.ir_drop > 0,
         )
 
-    def _analog(self, t, prep, row_ids, keys, rnd, acc=None, scale=None):
+    def _analog(self, t, prep, row_ids, keys, rnd, acc=None, scale=None, kern=None):
         """MVM + output processing of prepared inputs; returns (y, fail)."""
         p = self.periphery
         y = prep["xt"] @ t.weight.T
@@ -436,7 +466,7 @@ class AnalogMatrix:
         if acc is not None:
             extra.update(acc=acc, col0=t.out_start, scale=scale, out_scale=p.out_scale,
                          ms=t.mapping_scale, post=t.post_scale)
-        fail = cpu.finalize_output(
+        fail = (kern or _PARALLEL).finalize_output(
             y, prep["skip"], row_ids, res=p.out_step, bound=p.out_bound, bm=p.bm,
             test_neg=p.bm_test_negative_bound, nl_vec=t.nl_vec, nlf=t.nlf, noise_vec=t.noise_vec,
             sto_round=p.out_sto_round, rnd=rnd, noise_key=keys["out_noise"], w_key=keys["w_noise"],
@@ -444,19 +474,20 @@ class AnalogMatrix:
         )
         return y, fail
 
-    def _forward_tile(self, t, x, row_ids, epoch, acc, cache) -> None:
+    def _forward_tile(self, t, x, row_ids, epoch, acc, cache, kern=None) -> None:
+        kern = kern or _PARALLEL
         p = self.periphery
         keys = self.stream_keys(t.index, epoch)
         deterministic_input = p.inp_noise <= 0 and not p.inp_sto_round
         prep = cache.get("prep") if deterministic_input else None
         if prep is None:
-            prep = self._prepare(t, x, t.in_start, row_ids, keys, np.float32(1.0), 0)
+            prep = self._prepare(t, x, t.in_start, row_ids, keys, np.float32(1.0), 0, kern)
             if deterministic_input:
                 cache["prep"] = prep  # same for every output chunk of this input chunk
         if not p.bm:
-            self._analog(t, prep, row_ids, keys, 0, acc=acc, scale=prep["scale"])
+            self._analog(t, prep, row_ids, keys, 0, acc=acc, scale=prep["scale"], kern=kern)
             return
-        y, fail = self._analog(t, prep, row_ids, keys, 0)
+        y, fail = self._analog(t, prep, row_ids, keys, 0, kern=kern)
         scale = prep["scale"].copy()
         idx = np.arange(x.shape[0])
         red, rnd = np.float32(1.0), 0
@@ -468,11 +499,11 @@ class AnalogMatrix:
             red, rnd = np.float32(red * 2), rnd + 1
             xs = np.ascontiguousarray(x[idx, t.in_start:t.in_stop])
             rs = row_ids[idx]
-            prep2 = self._prepare(t, xs, 0, rs, keys, red, rnd)
-            y2, fail = self._analog(t, prep2, rs, keys, rnd)
+            prep2 = self._prepare(t, xs, 0, rs, keys, red, rnd, kern)
+            y2, fail = self._analog(t, prep2, rs, keys, rnd, kern=kern)
             y[idx] = y2
             scale[idx] = prep2["scale"]
-        cpu.accumulate_output(y, scale, acc, t.out_start, out_scale=p.out_scale,
+        kern.accumulate_output(y, scale, acc, t.out_start, out_scale=p.out_scale,
                               ms=t.mapping_scale, post=t.post_scale)
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "NM_NONE", "NM_ABS_MAX", "NM_MAX", "NM_CONSTANT",
     "WN_NONE", "WN_ADDITIVE", "WN_PCM_READ",
     "prepare_input", "finalize_output", "accumulate_output", "warmup",
+    "prepare_input_serial", "finalize_output_serial", "accumulate_output_serial",
 ]
 
 NM_NONE, NM_ABS_MAX, NM_MAX, NM_CONSTANT = 0, 1, 2, 3
@@ -162,6 +163,103 @@ def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
                 i += 1
 
 
+@njit(cache=True)
+def _prepare_scratch(k, use_u, use_g):
+    """Scratch of one block of ``_ROWS`` rows for :func:`_prepare_rows`."""
+    nb = (k + 3) >> 2
+    bits = np.empty(1, np.int32)  # to reinterpret an int32 bit pattern as float32
+    ws = np.empty((4, _ROWS * nb if (use_u or use_g) else 0), np.uint64)
+    tmp = np.empty(ws.shape[1], np.float64)
+    ub = np.empty((_ROWS if use_u else 0, k), np.float32)
+    gb = np.empty((_ROWS if use_g else 0, k), np.float32)
+    return bits, ws, tmp, ub, gb
+
+
+@njit(cache=True)
+def _prepare_rows(
+    x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
+    kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
+    xt, scale, skip, xnorm, xsq, xabs, xir, r0, r1, bits, ws, tmp, ub, gb,
+):
+    """Rows r0..r1 (at most ``_ROWS``) of :func:`_prepare_input`."""
+    k = xt.shape[1]
+    nm_on = nm_type != NM_NONE
+    kf = np.float32(k)
+    use_u = res > _F0 and sto_round
+    use_g = inp_noise > _F0
+    fbits = bits.view(np.float32)
+    if use_u:
+        _random_rows(row_ids, r0, r1, k, rnd, ks0, ks1, False, ws, tmp, ub)
+    if use_g:
+        _random_rows(row_ids, r0, r1, k, rnd, kn0, kn1, True, ws, tmp, gb)
+    for r in range(r0, r1):
+        xr = x[r, c0:c0 + k]
+        xtr = xt[r]
+        # --- noise management (computeNoiseManagement) -----------------------
+        nmv = _F1
+        if nm_type == NM_ABS_MAX:
+            bits[0] = _abs_max(xr)
+            amax = fbits[0]
+            nmv = min(amax, nm_thres) if nm_thres > _F0 else amax
+        elif nm_type == NM_MAX:
+            bits[0] = _max(xr)
+            mx = fbits[0]
+            nmv = min(mx, nm_thres) if nm_thres > _F0 else mx
+        elif nm_type == NM_CONSTANT:
+            nmv = nm_thres if nm_thres > _F0 else _F1
+        if nm_on and nmv <= _F0 and inp_noise <= _F0:
+            # aihwkit's short cut: the tile output is exactly zero
+            skip[r] = True
+            scale[r] = _F1
+            for j in range(k):
+                xtr[j] = _F0
+            if want_norm:
+                xnorm[r] = _F0
+            continue
+        skip[r] = False
+        s = _F1
+        if nm_on and nmv > _F0:
+            s = s / nmv
+        s = s / red  # red == 1 without bound management: exact
+        scale[r] = s
+        # --- scale, DAC, clip (prepareInputImplStage4) ---------------------------
+        if use_u:
+            ur = ub[r - r0]
+            for j in range(k):
+                v = np.rint((xr[j] * s) / res + (ur[j] - _FHALF)) * res
+                xtr[j] = min(max(v, -bound), bound)
+        elif res > _F0:
+            for j in range(k):
+                v = np.rint((xr[j] * s) / res) * res
+                xtr[j] = min(max(v, -bound), bound)
+        else:
+            for j in range(k):
+                xtr[j] = min(max(xr[j] * s, -bound), bound)
+        # --- input noise, after the DAC and the bound -----------------------------
+        if use_g:
+            gr = gb[r - r0]
+            for j in range(k):
+                xtr[j] = xtr[j] + inp_noise * gr[j]
+        # --- by-products for the output-referred non-idealities ---------------------
+        if want_norm:
+            ssq = 0.0
+            for j in range(k):
+                ssq += float(xtr[j]) * float(xtr[j])
+            xnorm[r] = np.float32(np.sqrt(ssq))
+        if want_sq:
+            xsqr = xsq[r]
+            for j in range(k):
+                xsqr[j] = xtr[j] * xtr[j]
+        if want_ir:
+            xabsr = xabs[r]
+            xirr = xir[r]
+            for j in range(k):
+                v = xtr[j]
+                p = _F1 - np.float32(j) / kf
+                xabsr[j] = abs(v)
+                xirr[j] = v * (_F1 - p * p)
+
+
 @njit(parallel=True, cache=True)
 def _prepare_input(
     x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
@@ -169,90 +267,128 @@ def _prepare_input(
     xt, scale, skip, xnorm, xsq, xabs, xir,
 ):
     m, k = xt.shape
-    nm_on = nm_type != NM_NONE
-    kf = np.float32(k)
     use_u = res > _F0 and sto_round
     use_g = inp_noise > _F0
-    nb = (k + 3) >> 2
     for blk in prange((m + _ROWS - 1) // _ROWS):
         r0 = blk * _ROWS
         r1 = min(m, r0 + _ROWS)
-        bits = np.empty(1, np.int32)  # to reinterpret an int32 bit pattern as float32
-        fbits = bits.view(np.float32)
-        ws = np.empty((4, _ROWS * nb if (use_u or use_g) else 0), np.uint64)
-        tmp = np.empty(ws.shape[1], np.float64)
-        ub = np.empty((_ROWS if use_u else 0, k), np.float32)
-        gb = np.empty((_ROWS if use_g else 0, k), np.float32)
-        if use_u:
-            _random_rows(row_ids, r0, r1, k, rnd, ks0, ks1, False, ws, tmp, ub)
-        if use_g:
-            _random_rows(row_ids, r0, r1, k, rnd, kn0, kn1, True, ws, tmp, gb)
+        bits, ws, tmp, ub, gb = _prepare_scratch(k, use_u, use_g)
+        _prepare_rows(
+            x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
+            kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
+            xt, scale, skip, xnorm, xsq, xabs, xir, r0, r1, bits, ws, tmp, ub, gb,
+        )
+
+
+@njit(nogil=True, cache=True)
+def _prepare_input_serial(
+    x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
+    kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
+    xt, scale, skip, xnorm, xsq, xabs, xir,
+):
+    """:func:`_prepare_input` in the calling thread (no GIL): for worker threads."""
+    m, k = xt.shape
+    use_u = res > _F0 and sto_round
+    use_g = inp_noise > _F0
+    bits, ws, tmp, ub, gb = _prepare_scratch(k, use_u, use_g)
+    for blk in range((m + _ROWS - 1) // _ROWS):
+        r0 = blk * _ROWS
+        r1 = min(m, r0 + _ROWS)
+        _prepare_rows(
+            x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
+            kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
+            xt, scale, skip, xnorm, xsq, xabs, xir, r0, r1, bits, ws, tmp, ub, gb,
+        )
+
+
+@njit(cache=True)
+def _finalize_scratch(n, need):
+    """Scratch of one block of ``_ROWS`` rows for :func:`_finalize_rows`."""
+    nb = (n + 3) >> 2
+    ws = np.empty((4, _ROWS * nb if need else 0), np.uint64)
+    tmp = np.empty(ws.shape[1], np.float64)
+    zb = np.empty((_ROWS if need else 0, n), np.float32)
+    return ws, tmp, zb
+
+
+@njit(cache=True)
+def _finalize_rows(
+    y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
+    nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
+    wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
+    kn0, kn1, kw0, kw1, ks0, ks1, fail,
+    accumulate, scale, out_scale, ms, post, acc, c0, r0, r1, ws, tmp, zb,
+):
+    """Rows r0..r1 (at most ``_ROWS``) of :func:`_finalize_output`."""
+    n = y.shape[1]
+    use_w = wn_type != WN_NONE
+    use_u = res > _F0 and sto_round
+    # applyNonIdealities: IR drop, then output-referred weight noise
+    if ir_drop > _F0:
         for r in range(r0, r1):
-            xr = x[r, c0:c0 + k]
-            xtr = xt[r]
-            # --- noise management (computeNoiseManagement) -----------------------
-            nmv = _F1
-            if nm_type == NM_ABS_MAX:
-                bits[0] = _abs_max(xr)
-                amax = fbits[0]
-                nmv = min(amax, nm_thres) if nm_thres > _F0 else amax
-            elif nm_type == NM_MAX:
-                bits[0] = _max(xr)
-                mx = fbits[0]
-                nmv = min(mx, nm_thres) if nm_thres > _F0 else mx
-            elif nm_type == NM_CONSTANT:
-                nmv = nm_thres if nm_thres > _F0 else _F1
-            if nm_on and nmv <= _F0 and inp_noise <= _F0:
-                # aihwkit's short cut: the tile output is exactly zero
-                skip[r] = True
-                scale[r] = _F1
-                for j in range(k):
-                    xtr[j] = _F0
-                if want_norm:
-                    xnorm[r] = _F0
-                continue
-            skip[r] = False
-            s = _F1
-            if nm_on and nmv > _F0:
-                s = s / nmv
-            s = s / red  # red == 1 without bound management: exact
-            scale[r] = s
-            # --- scale, DAC, clip (prepareInputImplStage4) ---------------------------
-            if use_u:
-                ur = ub[r - r0]
-                for j in range(k):
-                    v = np.rint((xr[j] * s) / res + (ur[j] - _FHALF)) * res
-                    xtr[j] = min(max(v, -bound), bound)
-            elif res > _F0:
-                for j in range(k):
-                    v = np.rint((xr[j] * s) / res) * res
-                    xtr[j] = min(max(v, -bound), bound)
+            yr = y[r]
+            curr = cur[r]
+            irmr = irm[r]
+            for i in range(n):
+                a = a_scale * curr[i]
+                c = a * (a * (_C005 * a - _C02) + _FHALF)
+                yr[i] = yr[i] - c * (ir_drop * irmr[i])
+    if use_w:
+        _random_rows(row_ids, r0, r1, n, rnd, kw0, kw1, True, ws, tmp, zb)
+        for r in range(r0, r1):
+            yr = y[r]
+            zr = zb[r - r0]
+            if wn_type == WN_ADDITIVE:
+                wstd = w_noise * xnorm[r]
+                for i in range(n):
+                    yr[i] = yr[i] + wstd * zr[i]
             else:
-                for j in range(k):
-                    xtr[j] = min(max(xr[j] * s, -bound), bound)
-            # --- input noise, after the DAC and the bound -----------------------------
-            if use_g:
-                gr = gb[r - r0]
-                for j in range(k):
-                    xtr[j] = xtr[j] + inp_noise * gr[j]
-            # --- by-products for the output-referred non-idealities ---------------------
-            if want_norm:
-                ssq = 0.0
-                for j in range(k):
-                    ssq += float(xtr[j]) * float(xtr[j])
-                xnorm[r] = np.float32(np.sqrt(ssq))
-            if want_sq:
-                xsqr = xsq[r]
-                for j in range(k):
-                    xsqr[j] = xtr[j] * xtr[j]
-            if want_ir:
-                xabsr = xabs[r]
-                xirr = xir[r]
-                for j in range(k):
-                    v = xtr[j]
-                    p = _F1 - np.float32(j) / kf
-                    xabsr[j] = abs(v)
-                    xirr[j] = v * (_F1 - p * p)
+                pwr = pw[r]
+                for i in range(n):
+                    yr[i] = yr[i] + w_noise * np.sqrt(pwr[i]) * zr[i]
+    # finalizeOutputImplStage5: NL, output noise, ADC, bound test
+    if nl_on:
+        for r in range(r0, r1):
+            yr = y[r]
+            for i in range(n):
+                v = yr[i]
+                yr[i] = nlf * v / (_F1 + abs(nl_vec[i] * v))
+    if noise_on:
+        _random_rows(row_ids, r0, r1, n, rnd, kn0, kn1, True, ws, tmp, zb)
+        for r in range(r0, r1):
+            yr = y[r]
+            zr = zb[r - r0]
+            for i in range(n):
+                yr[i] = yr[i] + noise_vec[i] * zr[i]
+    if use_u:
+        _random_rows(row_ids, r0, r1, n, rnd, ks0, ks1, False, ws, tmp, zb)
+    for r in range(r0, r1):
+        yr = y[r]
+        if skip[r]:
+            for i in range(n):
+                yr[i] = _F0
+            fail[r] = False
+            continue  # contributes exactly 0 to the digital sum
+        if use_u:
+            zr = zb[r - r0]
+            for i in range(n):
+                yr[i] = np.rint(yr[i] / res + (zr[i] - _FHALF)) * res
+        elif res > _F0:
+            for i in range(n):
+                yr[i] = np.rint(yr[i] / res) * res
+        hi = 0
+        lo = 0
+        for i in range(n):
+            v = yr[i]
+            hi += v > bound
+            lo += v < -bound
+            yr[i] = min(max(v, -bound), bound)
+        fail[r] = bm_on and (hi > 0 or (test_neg and lo > 0))
+        if accumulate:
+            f = out_scale / scale[r]
+            ar = acc[r, c0:c0 + n]
+            for i in range(n):
+                ar[i] += ((yr[i] * f) * ms[i]) * post[i]
 
 
 @njit(parallel=True, cache=True)
@@ -264,92 +400,65 @@ def _finalize_output(
     accumulate, scale, out_scale, ms, post, acc, c0,
 ):
     m, n = y.shape
-    use_w = wn_type != WN_NONE
-    use_u = res > _F0 and sto_round
-    nb = (n + 3) >> 2
+    need = wn_type != WN_NONE or noise_on or (res > _F0 and sto_round)
     for blk in prange((m + _ROWS - 1) // _ROWS):
         r0 = blk * _ROWS
         r1 = min(m, r0 + _ROWS)
-        ws = np.empty((4, _ROWS * nb if (use_w or noise_on or use_u) else 0), np.uint64)
-        tmp = np.empty(ws.shape[1], np.float64)
-        zb = np.empty((_ROWS if (use_w or noise_on or use_u) else 0, n), np.float32)
-        # applyNonIdealities: IR drop, then output-referred weight noise
-        if ir_drop > _F0:
-            for r in range(r0, r1):
-                yr = y[r]
-                curr = cur[r]
-                irmr = irm[r]
-                for i in range(n):
-                    a = a_scale * curr[i]
-                    c = a * (a * (_C005 * a - _C02) + _FHALF)
-                    yr[i] = yr[i] - c * (ir_drop * irmr[i])
-        if use_w:
-            _random_rows(row_ids, r0, r1, n, rnd, kw0, kw1, True, ws, tmp, zb)
-            for r in range(r0, r1):
-                yr = y[r]
-                zr = zb[r - r0]
-                if wn_type == WN_ADDITIVE:
-                    wstd = w_noise * xnorm[r]
-                    for i in range(n):
-                        yr[i] = yr[i] + wstd * zr[i]
-                else:
-                    pwr = pw[r]
-                    for i in range(n):
-                        yr[i] = yr[i] + w_noise * np.sqrt(pwr[i]) * zr[i]
-        # finalizeOutputImplStage5: NL, output noise, ADC, bound test
-        if nl_on:
-            for r in range(r0, r1):
-                yr = y[r]
-                for i in range(n):
-                    v = yr[i]
-                    yr[i] = nlf * v / (_F1 + abs(nl_vec[i] * v))
-        if noise_on:
-            _random_rows(row_ids, r0, r1, n, rnd, kn0, kn1, True, ws, tmp, zb)
-            for r in range(r0, r1):
-                yr = y[r]
-                zr = zb[r - r0]
-                for i in range(n):
-                    yr[i] = yr[i] + noise_vec[i] * zr[i]
-        if use_u:
-            _random_rows(row_ids, r0, r1, n, rnd, ks0, ks1, False, ws, tmp, zb)
-        for r in range(r0, r1):
-            yr = y[r]
-            if skip[r]:
-                for i in range(n):
-                    yr[i] = _F0
-                fail[r] = False
-                continue  # contributes exactly 0 to the digital sum
-            if use_u:
-                zr = zb[r - r0]
-                for i in range(n):
-                    yr[i] = np.rint(yr[i] / res + (zr[i] - _FHALF)) * res
-            elif res > _F0:
-                for i in range(n):
-                    yr[i] = np.rint(yr[i] / res) * res
-            hi = 0
-            lo = 0
-            for i in range(n):
-                v = yr[i]
-                hi += v > bound
-                lo += v < -bound
-                yr[i] = min(max(v, -bound), bound)
-            fail[r] = bm_on and (hi > 0 or (test_neg and lo > 0))
-            if accumulate:
-                f = out_scale / scale[r]
-                ar = acc[r, c0:c0 + n]
-                for i in range(n):
-                    ar[i] += ((yr[i] * f) * ms[i]) * post[i]
+        ws, tmp, zb = _finalize_scratch(n, need)
+        _finalize_rows(
+            y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
+            nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
+            wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
+            kn0, kn1, kw0, kw1, ks0, ks1, fail,
+            accumulate, scale, out_scale, ms, post, acc, c0, r0, r1, ws, tmp, zb,
+        )
+
+
+@njit(nogil=True, cache=True)
+def _finalize_output_serial(
+    y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
+    nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
+    wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
+    kn0, kn1, kw0, kw1, ks0, ks1, fail,
+    accumulate, scale, out_scale, ms, post, acc, c0,
+):
+    """:func:`_finalize_output` in the calling thread (no GIL): for worker threads."""
+    m, n = y.shape
+    need = wn_type != WN_NONE or noise_on or (res > _F0 and sto_round)
+    ws, tmp, zb = _finalize_scratch(n, need)
+    for blk in range((m + _ROWS - 1) // _ROWS):
+        r0 = blk * _ROWS
+        r1 = min(m, r0 + _ROWS)
+        _finalize_rows(
+            y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
+            nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
+            wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
+            kn0, kn1, kw0, kw1, ks0, ks1, fail,
+            accumulate, scale, out_scale, ms, post, acc, c0, r0, r1, ws, tmp, zb,
+        )
+
+
+@njit(cache=True)
+def _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r):
+    n = y.shape[1]
+    f = out_scale / scale[r]
+    yr = y[r]
+    ar = acc[r, c0:c0 + n]
+    for i in range(n):
+        ar[i] += ((yr[i] * f) * ms[i]) * post[i]
 
 
 @njit(parallel=True, cache=True)
 def _accumulate_output(y, scale, out_scale, ms, post, acc, c0):
-    m, n = y.shape
-    for r in prange(m):
-        f = out_scale / scale[r]
-        yr = y[r]
-        ar = acc[r, c0:c0 + n]
-        for i in range(n):
-            ar[i] += ((yr[i] * f) * ms[i]) * post[i]
+    for r in prange(y.shape[0]):
+        _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r)
+
+
+@njit(nogil=True, cache=True)
+def _accumulate_output_serial(y, scale, out_scale, ms, post, acc, c0):
+    """:func:`_accumulate_output` in the calling thread (no GIL)."""
+    for r in range(y.shape[0]):
+        _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r)
 
 
 # --------------------------------------------------------------------------------------
@@ -373,109 +482,164 @@ def _vec(a, n, name, dtype=np.float32):
     return a
 
 
-def prepare_input(
-    x, col0, ncols, row_ids, *, nm_type=NM_ABS_MAX, nm_thres=0.0, res=0.0, bound=1.0,
-    inp_noise=0.0, sto_round=False, red=1.0, rnd=0, noise_key=(0, 0), sto_key=(0, 0),
-    want_norm=False, want_sq=False, want_ir=False,
-):
-    """Prepare the inputs of one tile: columns ``col0 .. col0+ncols`` of ``x``.
+def _make_prepare_input(kernel):
+    """The wrapper :func:`prepare_input` around ``kernel`` (the parallel or the serial one)."""
 
-    Parameters
-    ----------
-    x : (M, K) float32, the layer input (only the tile's columns are read).
-    col0, ncols : the tile's input slice.
-    row_ids : (M,) int64 global row ids (random-number counters).
-    nm_type : ``NM_*`` code; nm_thres : aihwkit ``nm_thres``.
-    res : DAC step in the scaled domain (aihwkit's ``inp_res`` after initialisation,
-        i.e. resolution × 2 × inp_bound); <= 0 disables quantization.
-    bound : input clip bound (``inf`` for none).
-    inp_noise : std of the additive input noise; sto_round : stochastic DAC rounding.
-    red : bound-management reduction factor; rnd : bound-management round (counter).
-    noise_key, sto_key : Philox keys of the input-noise and stochastic-rounding streams.
-    want_norm, want_sq, want_ir : also return ‖x̃‖₂ per row, x̃², and (|x̃|, IR-weighted x̃).
+    def prepare_input(
+        x, col0, ncols, row_ids, *, nm_type=NM_ABS_MAX, nm_thres=0.0, res=0.0, bound=1.0,
+        inp_noise=0.0, sto_round=False, red=1.0, rnd=0, noise_key=(0, 0), sto_key=(0, 0),
+        want_norm=False, want_sq=False, want_ir=False,
+    ):
+        """Prepare the inputs of one tile: columns ``col0 .. col0+ncols`` of ``x``.
 
-    Returns
-    -------
-    dict with ``xt`` (M, ncols) prepared input, ``scale`` (M,) the applied input scale
-    (1/α/red, float32), ``skip`` (M,) bool rows whose output is exactly zero, and
-    ``xnorm``, ``xsq``, ``xabs``, ``xir`` when requested.
-    """
-    x = _f32_2d(x, "x")
-    m, kfull = x.shape
-    if not (0 <= col0 and ncols > 0 and col0 + ncols <= kfull):
-        raise ValueError(f"tile columns {col0}..{col0 + ncols} outside x with {kfull} columns")
-    row_ids = _vec(row_ids, m, "row_ids", np.int64)
-    xt = np.empty((m, ncols), dtype=np.float32)
-    scale = np.empty(m, dtype=np.float32)
-    skip = np.empty(m, dtype=np.bool_)
-    xnorm = np.empty(m, dtype=np.float32) if want_norm else _EMPTY1
-    xsq = np.empty((m, ncols), dtype=np.float32) if want_sq else _EMPTY2
-    xabs = np.empty((m, ncols), dtype=np.float32) if want_ir else _EMPTY2
-    xir = np.empty((m, ncols), dtype=np.float32) if want_ir else _EMPTY2
-    _prepare_input(
-        x, np.int64(col0), np.int64(nm_type), np.float32(nm_thres), np.float32(res),
-        np.float32(bound), np.float32(inp_noise), bool(sto_round), np.float32(red),
-        np.int64(rnd), row_ids, np.uint64(noise_key[0]), np.uint64(noise_key[1]),
-        np.uint64(sto_key[0]), np.uint64(sto_key[1]), bool(want_norm), bool(want_sq),
-        bool(want_ir), xt, scale, skip, xnorm, xsq, xabs, xir,
-    )
-    out = {"xt": xt, "scale": scale, "skip": skip}
-    if want_norm:
-        out["xnorm"] = xnorm
-    if want_sq:
-        out["xsq"] = xsq
-    if want_ir:
-        out["xabs"], out["xir"] = xabs, xir
-    return out
+        Parameters
+        ----------
+        x : (M, K) float32, the layer input (only the tile's columns are read).
+        col0, ncols : the tile's input slice.
+        row_ids : (M,) int64 global row ids (random-number counters).
+        nm_type : ``NM_*`` code; nm_thres : aihwkit ``nm_thres``.
+        res : DAC step in the scaled domain (aihwkit's ``inp_res`` after initialisation,
+            i.e. resolution × 2 × inp_bound); <= 0 disables quantization.
+        bound : input clip bound (``inf`` for none).
+        inp_noise : std of the additive input noise; sto_round : stochastic DAC rounding.
+        red : bound-management reduction factor; rnd : bound-management round (counter).
+        noise_key, sto_key : Philox keys of the input-noise and stochastic-rounding streams.
+        want_norm, want_sq, want_ir : also return ‖x̃‖₂ per row, x̃², and (|x̃|, IR-weighted x̃).
+
+        Returns
+        -------
+        dict with ``xt`` (M, ncols) prepared input, ``scale`` (M,) the applied input scale
+        (1/α/red, float32), ``skip`` (M,) bool rows whose output is exactly zero, and
+        ``xnorm``, ``xsq``, ``xabs``, ``xir`` when requested.
+        """
+        x = _f32_2d(x, "x")
+        m, kfull = x.shape
+        if not (0 <= col0 and ncols > 0 and col0 + ncols <= kfull):
+            raise ValueError(f"tile columns {col0}..{col0 + ncols} outside x with {kfull} columns")
+        row_ids = _vec(row_ids, m, "row_ids", np.int64)
+        xt = np.empty((m, ncols), dtype=np.float32)
+        scale = np.empty(m, dtype=np.float32)
+        skip = np.empty(m, dtype=np.bool_)
+        xnorm = np.empty(m, dtype=np.float32) if want_norm else _EMPTY1
+        xsq = np.empty((m, ncols), dtype=np.float32) if want_sq else _EMPTY2
+        xabs = np.empty((m, ncols), dtype=np.float32) if want_ir else _EMPTY2
+        xir = np.empty((m, ncols), dtype=np.float32) if want_ir else _EMPTY2
+        kernel(
+            x, np.int64(col0), np.int64(nm_type), np.float32(nm_thres), np.float32(res),
+            np.float32(bound), np.float32(inp_noise), bool(sto_round), np.float32(red),
+            np.int64(rnd), row_ids, np.uint64(noise_key[0]), np.uint64(noise_key[1]),
+            np.uint64(sto_key[0]), np.uint64(sto_key[1]), bool(want_norm), bool(want_sq),
+            bool(want_ir), xt, scale, skip, xnorm, xsq, xabs, xir,
+        )
+        out = {"xt": xt, "scale": scale, "skip": skip}
+        if want_norm:
+            out["xnorm"] = xnorm
+        if want_sq:
+            out["xsq"] = xsq
+        if want_ir:
+            out["xabs"], out["xir"] = xabs, xir
+        return out
+
+    return prepare_input
 
 
-def finalize_output(
-    y, skip, row_ids, *, res=0.0, bound=np.inf, bm=False, test_neg=True,
-    nl_vec=None, nlf=1.0, noise_vec=None, sto_round=False,
-    wn_type=WN_NONE, w_noise=0.0, xnorm=None, pw=None,
-    ir_drop=0.0, a_scale=0.0, cur=None, irm=None, rnd=0,
-    noise_key=(0, 0), w_key=(0, 0), sto_key=(0, 0),
-    acc=None, col0=0, scale=None, out_scale=1.0, ms=None, post=None,
-):
-    """Process the raw analog outputs ``y`` (M, N) of one tile in place.
+prepare_input = _make_prepare_input(_prepare_input)
+prepare_input_serial = _make_prepare_input(_prepare_input_serial)
+prepare_input_serial.__doc__ = (
+    ":func:`prepare_input` with a single-threaded, GIL-free kernel: for worker threads that "
+    "each process a block of rows (same arguments, same result).")
+prepare_input_serial.__name__ = prepare_input_serial.__qualname__ = "prepare_input_serial"
 
-    Applies, per output and in aihwkit's order: IR drop (needs ``cur`` = |x̃|·|W|ᵀ,
-    ``irm`` = x̃_ir·Wᵀ, ``a_scale`` = n / ir_drop_g_ratio), weight noise (additive:
-    needs ``xnorm``; pcm_read: needs ``pw`` = x̃²·|W|ᵀ), the non-linearity
-    ``nlf·v/(1+|nl_i v|)`` (``nl_vec``), output noise (std per output ``noise_vec``),
-    ADC quantization with step ``res`` and clipping at ``±bound``. With ``bm`` a row
-    fails if any output exceeded ``+bound`` (strictly, after the ADC), or ``-bound``
-    when ``test_neg``. (aihwkit's CUDA batch kernels do exactly this; its CPU loop
-    instead lets a later negative saturation reset the flag when ``test_neg`` is off,
-    an order-dependent quirk anasim does not copy.)
 
-    If ``acc`` is given, also adds ``((y·out_scale/scale)·ms)·post`` into
-    ``acc[:, col0:col0+N]`` (the digital periphery and the accumulation over tiles).
+def _make_finalize_output(kernel):
+    """The wrapper :func:`finalize_output` around ``kernel`` (the parallel or the serial one)."""
 
-    Returns the (M,) bool array of rows that failed the bound test.
-    """
-    if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.ndim == 2 and y.flags.c_contiguous):
-        raise ValueError("y must be a C-contiguous 2-D float32 array (it is modified in place)")
-    m, n = y.shape
-    skip = _vec(skip, m, "skip", np.bool_)
-    row_ids = _vec(row_ids, m, "row_ids", np.int64)
-    nl_on = nl_vec is not None
-    nl_vec = _vec(nl_vec, n, "nl_vec") if nl_on else _EMPTY1
-    noise_on = noise_vec is not None
-    noise_vec = _vec(noise_vec, n, "noise_vec") if noise_on else _EMPTY1
-    wn_type = int(wn_type) if w_noise > 0 else WN_NONE
-    xnorm = _vec(xnorm, m, "xnorm") if wn_type == WN_ADDITIVE else _EMPTY1
-    pw = _f32_2d(pw, "pw") if wn_type == WN_PCM_READ else _EMPTY2
-    if ir_drop > 0:
-        cur, irm = _f32_2d(cur, "cur"), _f32_2d(irm, "irm")
-        if cur.shape != y.shape or irm.shape != y.shape:
-            raise ValueError("cur and irm must have the shape of y")
-    else:
-        cur = irm = _EMPTY2
-    if wn_type == WN_PCM_READ and pw.shape != y.shape:
-        raise ValueError("pw must have the shape of y")
-    accumulate = acc is not None
-    if accumulate:
+    def finalize_output(
+        y, skip, row_ids, *, res=0.0, bound=np.inf, bm=False, test_neg=True,
+        nl_vec=None, nlf=1.0, noise_vec=None, sto_round=False,
+        wn_type=WN_NONE, w_noise=0.0, xnorm=None, pw=None,
+        ir_drop=0.0, a_scale=0.0, cur=None, irm=None, rnd=0,
+        noise_key=(0, 0), w_key=(0, 0), sto_key=(0, 0),
+        acc=None, col0=0, scale=None, out_scale=1.0, ms=None, post=None,
+    ):
+        """Process the raw analog outputs ``y`` (M, N) of one tile in place.
+
+        Applies, per output and in aihwkit's order: IR drop (needs ``cur`` = |x̃|·|W|ᵀ,
+        ``irm`` = x̃_ir·Wᵀ, ``a_scale`` = n / ir_drop_g_ratio), weight noise (additive:
+        needs ``xnorm``; pcm_read: needs ``pw`` = x̃²·|W|ᵀ), the non-linearity
+        ``nlf·v/(1+|nl_i v|)`` (``nl_vec``), output noise (std per output ``noise_vec``),
+        ADC quantization with step ``res`` and clipping at ``±bound``. With ``bm`` a row
+        fails if any output exceeded ``+bound`` (strictly, after the ADC), or ``-bound``
+        when ``test_neg``. (aihwkit's CUDA batch kernels do exactly this; its CPU loop
+        instead lets a later negative saturation reset the flag when ``test_neg`` is off,
+        an order-dependent quirk anasim does not copy.)
+
+        If ``acc`` is given, also adds ``((y·out_scale/scale)·ms)·post`` into
+        ``acc[:, col0:col0+N]`` (the digital periphery and the accumulation over tiles).
+
+        Returns the (M,) bool array of rows that failed the bound test.
+        """
+        if not (isinstance(y, np.ndarray) and y.dtype == np.float32 and y.ndim == 2 and y.flags.c_contiguous):
+            raise ValueError("y must be a C-contiguous 2-D float32 array (it is modified in place)")
+        m, n = y.shape
+        skip = _vec(skip, m, "skip", np.bool_)
+        row_ids = _vec(row_ids, m, "row_ids", np.int64)
+        nl_on = nl_vec is not None
+        nl_vec = _vec(nl_vec, n, "nl_vec") if nl_on else _EMPTY1
+        noise_on = noise_vec is not None
+        noise_vec = _vec(noise_vec, n, "noise_vec") if noise_on else _EMPTY1
+        wn_type = int(wn_type) if w_noise > 0 else WN_NONE
+        xnorm = _vec(xnorm, m, "xnorm") if wn_type == WN_ADDITIVE else _EMPTY1
+        pw = _f32_2d(pw, "pw") if wn_type == WN_PCM_READ else _EMPTY2
+        if ir_drop > 0:
+            cur, irm = _f32_2d(cur, "cur"), _f32_2d(irm, "irm")
+            if cur.shape != y.shape or irm.shape != y.shape:
+                raise ValueError("cur and irm must have the shape of y")
+        else:
+            cur = irm = _EMPTY2
+        if wn_type == WN_PCM_READ and pw.shape != y.shape:
+            raise ValueError("pw must have the shape of y")
+        accumulate = acc is not None
+        if accumulate:
+            if not (acc.dtype == np.float32 and acc.ndim == 2 and acc.flags.c_contiguous):
+                raise ValueError("acc must be a C-contiguous 2-D float32 array")
+            if acc.shape[0] != m or col0 < 0 or col0 + n > acc.shape[1]:
+                raise ValueError("acc does not fit y at col0")
+            scale = _vec(scale, m, "scale")
+            ms = _vec(np.ones(n, np.float32) if ms is None else ms, n, "ms")
+            post = _vec(np.ones(n, np.float32) if post is None else post, n, "post")
+        else:
+            acc, scale, ms, post = _EMPTY2, _EMPTY1, _EMPTY1, _EMPTY1
+        fail = np.empty(m, dtype=np.bool_)
+        kernel(
+            y, skip, cur, irm, pw, xnorm, np.float32(res), np.float32(bound), bool(bm),
+            bool(test_neg), nl_on, nl_vec, np.float32(nlf), noise_vec, noise_on,
+            bool(sto_round), np.int64(wn_type), np.float32(w_noise), np.float32(ir_drop),
+            np.float32(a_scale), row_ids, np.int64(rnd),
+            np.uint64(noise_key[0]), np.uint64(noise_key[1]), np.uint64(w_key[0]),
+            np.uint64(w_key[1]), np.uint64(sto_key[0]), np.uint64(sto_key[1]), fail,
+            accumulate, scale, np.float32(out_scale), ms, post, acc, np.int64(col0),
+        )
+        return fail
+
+    return finalize_output
+
+
+finalize_output = _make_finalize_output(_finalize_output)
+finalize_output_serial = _make_finalize_output(_finalize_output_serial)
+finalize_output_serial.__doc__ = (
+    ":func:`finalize_output` with a single-threaded, GIL-free kernel: for worker threads that "
+    "each process a block of rows (same arguments, same result).")
+finalize_output_serial.__name__ = finalize_output_serial.__qualname__ = "finalize_output_serial"
+
+
+def _make_accumulate_output(kernel):
+    """The wrapper :func:`accumulate_output` around ``kernel`` (the parallel or the serial one)."""
+
+    def accumulate_output(y, scale, acc, col0=0, *, out_scale=1.0, ms=None, post=None):
+        """``acc[:, col0:col0+N] += ((y · out_scale/scale) · ms) · post`` (float32, row-parallel)."""
+        y = _f32_2d(y, "y")
+        m, n = y.shape
         if not (acc.dtype == np.float32 and acc.ndim == 2 and acc.flags.c_contiguous):
             raise ValueError("acc must be a C-contiguous 2-D float32 array")
         if acc.shape[0] != m or col0 < 0 or col0 + n > acc.shape[1]:
@@ -483,33 +647,17 @@ def finalize_output(
         scale = _vec(scale, m, "scale")
         ms = _vec(np.ones(n, np.float32) if ms is None else ms, n, "ms")
         post = _vec(np.ones(n, np.float32) if post is None else post, n, "post")
-    else:
-        acc, scale, ms, post = _EMPTY2, _EMPTY1, _EMPTY1, _EMPTY1
-    fail = np.empty(m, dtype=np.bool_)
-    _finalize_output(
-        y, skip, cur, irm, pw, xnorm, np.float32(res), np.float32(bound), bool(bm),
-        bool(test_neg), nl_on, nl_vec, np.float32(nlf), noise_vec, noise_on,
-        bool(sto_round), np.int64(wn_type), np.float32(w_noise), np.float32(ir_drop),
-        np.float32(a_scale), row_ids, np.int64(rnd),
-        np.uint64(noise_key[0]), np.uint64(noise_key[1]), np.uint64(w_key[0]),
-        np.uint64(w_key[1]), np.uint64(sto_key[0]), np.uint64(sto_key[1]), fail,
-        accumulate, scale, np.float32(out_scale), ms, post, acc, np.int64(col0),
-    )
-    return fail
+        kernel(y, scale, np.float32(out_scale), ms, post, acc, np.int64(col0))
+
+    return accumulate_output
 
 
-def accumulate_output(y, scale, acc, col0=0, *, out_scale=1.0, ms=None, post=None):
-    """``acc[:, col0:col0+N] += ((y · out_scale/scale) · ms) · post`` (float32, row-parallel)."""
-    y = _f32_2d(y, "y")
-    m, n = y.shape
-    if not (acc.dtype == np.float32 and acc.ndim == 2 and acc.flags.c_contiguous):
-        raise ValueError("acc must be a C-contiguous 2-D float32 array")
-    if acc.shape[0] != m or col0 < 0 or col0 + n > acc.shape[1]:
-        raise ValueError("acc does not fit y at col0")
-    scale = _vec(scale, m, "scale")
-    ms = _vec(np.ones(n, np.float32) if ms is None else ms, n, "ms")
-    post = _vec(np.ones(n, np.float32) if post is None else post, n, "post")
-    _accumulate_output(y, scale, np.float32(out_scale), ms, post, acc, np.int64(col0))
+accumulate_output = _make_accumulate_output(_accumulate_output)
+accumulate_output_serial = _make_accumulate_output(_accumulate_output_serial)
+accumulate_output_serial.__doc__ = (
+    ":func:`accumulate_output` with a single-threaded, GIL-free kernel: for worker threads that "
+    "each process a block of rows (same arguments, same result).")
+accumulate_output_serial.__name__ = accumulate_output_serial.__qualname__ = "accumulate_output_serial"
 
 
 def warmup() -> None:
@@ -529,3 +677,13 @@ def warmup() -> None:
         irm=p["xir"] @ w.T, acc=acc, scale=p["scale"],
     )
     accumulate_output(y, p["scale"], acc)
+    p = prepare_input_serial(x, 0, 8, rows, res=1 / 127, inp_noise=0.1, sto_round=True,
+                             want_norm=True, want_sq=True, want_ir=True)
+    y = p["xt"] @ w.T
+    finalize_output_serial(
+        y, p["skip"], rows, res=0.01, bound=10.0, bm=True, nl_vec=np.ones(4, np.float32),
+        noise_vec=np.ones(4, np.float32), sto_round=True, wn_type=WN_PCM_READ, w_noise=0.1,
+        pw=p["xsq"] @ np.abs(w).T, ir_drop=1.0, a_scale=1e-3, cur=p["xabs"] @ np.abs(w).T,
+        irm=p["xir"] @ w.T, acc=acc, scale=p["scale"],
+    )
+    accumulate_output_serial(y, p["scale"], acc)

@@ -527,6 +527,104 @@ def _col2im_kernel(cols, out, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw):
                                 row[k * sw + x0] += s[k]
 
 
+@njit(nogil=True, cache=True)
+def _im2col_rows_kernel(xp, out, r0, r1, kh, kw, sh, sw, dh, dw, oh, ow):
+    """Rows r0..r1 of the im2col matrix of a zero-padded 2-D input, into ``out[0:r1-r0]``.
+
+    ``xp`` is (N, C, Hp, Wp) with the padding already in place; row ``r`` is output
+    pixel ``(n, i, k)`` = ``(r // P, (r % P) // ow, r % ow)``, columns (c, b, e); only
+    the first ``C*kh*kw`` columns of ``out`` are written. No bounds tests: every tap of
+    a padded input is inside it.
+    """
+    c_ = xp.shape[1]
+    p_ = oh * ow
+    kk = kh * kw
+    r = r0
+    while r < r1:
+        n = r // p_
+        q = r - n * p_
+        i = q // ow
+        k0 = q - i * ow
+        k1 = min(ow, k0 + (r1 - r))
+        base = r - r0
+        for c in range(c_):
+            for b in range(kh):
+                src = xp[n, c, i * sh + b * dh]
+                col = c * kk + b * kw
+                for k in range(k0, k1):
+                    dst = out[base + k - k0, col:col + kw]
+                    seg = src[k * sw:k * sw + (kw - 1) * dw + 1]
+                    for e in range(kw):
+                        dst[e] = seg[e * dw]
+        r += k1 - k0
+
+
+@njit(nogil=True, cache=True)
+def _rows_to_nchw_kernel(y, b, out, r0):
+    """out[n, o, p] = y[r - r0, o] + b[o] for the rows r = n*P + p in r0 .. r0 + len(y)."""
+    m, o_ = y.shape
+    p_ = out.shape[2]
+    r = r0
+    r1 = r0 + m
+    while r < r1:
+        n = r // p_
+        p0 = r - n * p_
+        p1 = min(p_, p0 + (r1 - r))
+        blk = y[r - r0:r - r0 + p1 - p0]
+        for o in range(o_):
+            bias = b[o]
+            dst = out[n, o, p0:p1]
+            for p in range(p1 - p0):
+                dst[p] = blk[p, o] + bias
+        r += p1 - p0
+
+
+def padded_input(x: np.ndarray, geom: ConvGeometry) -> tuple[np.ndarray, tuple]:
+    """The input as (N, C, Hp, Wp) with its zero padding in place, and the 2-D parameters.
+
+    For :func:`im2col_rows`; 1-D convolutions become 2-D ones with a unit row axis. The
+    parameters are ``(kh, kw, sh, sw, dh, dw, oh, ow)``. Padding that no tap reaches is
+    not allocated.
+    """
+    _check_input(x, geom)
+    if geom.n_spatial > 2:
+        raise UnsupportedOpError("padded_input supports 1-D and 2-D convolutions")
+    n, c = x.shape[:2]
+    if geom.n_spatial == 1:
+        x = x.reshape(n, c, 1, x.shape[2])
+        (h, wd), (kh, kw), (sh, sw), (dh, dw) = (1, geom.in_shape[0]), (1, geom.kernel[0]), (1, geom.strides[0]), (1, geom.dilations[0])
+        (ph, pw), (oh, ow) = (0, geom.pads_begin[0]), (1, geom.out_shape[0])
+    else:
+        (h, wd), (kh, kw), (sh, sw), (dh, dw) = geom.in_shape, geom.kernel, geom.strides, geom.dilations
+        (ph, pw), (oh, ow) = geom.pads_begin, geom.out_shape
+    hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
+    if (hp, wp) == (h, wd) and not (ph or pw):
+        xp = np.ascontiguousarray(x)
+    else:
+        xp = np.zeros((n, c, hp, wp), x.dtype)
+        hh, ww = min(h, hp - ph), min(wd, wp - pw)  # rows/columns past every tap are dropped
+        xp[:, :, ph:ph + hh, pw:pw + ww] = x[:, :, :hh, :ww]
+    return xp, (kh, kw, sh, sw, dh, dw, oh, ow)
+
+
+def im2col_rows(xp: np.ndarray, params: tuple, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+    """Rows ``r0 .. r1`` of :func:`im2col` from :func:`padded_input`'s result, into ``out``.
+
+    ``out`` is a C-contiguous (>= r1 - r0, >= C*kk) array; its first ``C*kk`` columns
+    of rows ``0 .. r1 - r0`` are written (the same values as :func:`im2col`). Single
+    threaded and GIL-free, for worker threads that each take a block of rows.
+    """
+    _im2col_rows_kernel(xp, out, r0, r1, *params)
+    return out[:r1 - r0]
+
+
+def rows_to_nchw(y: np.ndarray, bias: np.ndarray, out: np.ndarray, r0: int) -> None:
+    """Write the product rows ``r0 .. r0 + len(y)`` (rows (n, p), columns OC) plus ``bias``
+    into ``out`` (N, OC, P): the row-block form of :func:`cols_to_output` (serial, GIL-free)."""
+    _rows_to_nchw_kernel(y, bias, out, r0)
+
+
 # --------------------------------------------------------------------------- public API
 def im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """The input vectors of a convolution, one row per output pixel.
