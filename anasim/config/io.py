@@ -45,7 +45,7 @@ def _toml_str(s: str) -> str:
 
 def _toml_key(k: Any) -> str:
     k = str(k)
-    return k if _BARE_KEY.match(k) else _toml_str(k)
+    return k if _BARE_KEY.fullmatch(k) else _toml_str(k)
 
 
 def _toml_value(v: Any) -> str:
@@ -70,6 +70,11 @@ def _toml_value(v: Any) -> str:
     if hasattr(v, "tolist") and callable(v.tolist):  # NumPy array
         return _toml_value(v.tolist())
     raise ConfigError(f"Cannot write {type(v).__name__} value {v!r} to TOML.")
+
+
+def toml_literal(v: Any) -> str:
+    """``v`` (bool, number, string, list, dict, NumPy scalar/array) as a TOML literal."""
+    return _toml_value(v)
 
 
 def _is_aot(v: Any) -> bool:

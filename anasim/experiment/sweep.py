@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..config.io import toml_literal
 from ..config import AnalogConfig, apply_overrides, load_config
 from ..errors import ConfigError, closest
 from .evaluate import Job, ModelSource, as_data, check_times, make_job, run_meta
@@ -155,26 +156,11 @@ def _lookup(tree: dict, dotted: str):
 
 
 def _literal(v) -> str:
-    """A value as a TOML literal for ``apply_overrides``."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_literal(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_literal(x)}" for k, x in v.items()) + "}"
-    if hasattr(v, "item"):
-        return _literal(v.item())
-    raise ConfigError(f"Cannot use {type(v).__name__} value {v!r} in a grid.")
+    """A value as a TOML literal for ``apply_overrides`` (a grid value)."""
+    try:
+        return toml_literal(v)
+    except ConfigError:
+        raise ConfigError(f"Cannot use {type(v).__name__} value {v!r} in a grid.") from None
 
 
 def _flatten(table: dict, prefix: str = "", keep_typed: bool = True) -> dict:
