@@ -225,7 +225,7 @@ def parse_literal(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError as exc:
-        if _BARE_WORD.match(text):
+        if _BARE_WORD.fullmatch(text):
             return text
         raise ConfigError(f"Cannot read {text!r} as a TOML value ({exc}); quote strings, "
                           "e.g. 'forward.w_noise_type=\"pcm_read\"'.") from exc
