@@ -163,3 +163,18 @@ np.testing.assert_allclose(out, cpu, rtol=1e-5, atol=1e-5 * float(np.abs(cpu).ma
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_large_batches_are_chunked_automatically(monkeypatch):
+    rng = np.random.default_rng(6)
+    g = _small_cnn(rng)
+    sim = anasim.analog(g, NOISY, seed=2)
+    x = rng.standard_normal((40, 4, 6, 6)).astype(np.float32)
+    full = sim(x)
+    monkeypatch.setenv("ANASIM_MEMORY_BUDGET", str(16 * 8 * 36 * 4 * 3))  # 3 samples' worth
+    assert g.auto_batch_size() == 3
+    calls = []
+    original = sim._executor._run_once
+    monkeypatch.setattr(sim._executor, "_run_once", lambda f, w: calls.append(len(next(iter(f.values())))) or original(f, w))
+    np.testing.assert_array_equal(sim(x), full)
+    assert max(calls) == 3 and sum(calls) == 40

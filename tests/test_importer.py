@@ -221,3 +221,49 @@ def test_nan_weights_and_inputs_are_reported():
     with pytest.raises(InputError, match=r"1 NaN/infinite value.*sample\(s\) \[2\]"):
         anasim.analog(g)(bad)
     assert np.isinf(g(bad)).sum() == 1  # plain graphs follow ONNX: inf is a value
+
+
+def _external(tmp_path, location, name="evil.onnx"):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    w.data_location = TensorProto.EXTERNAL
+    w.ClearField("raw_data")
+    for k, v in (("location", location), ("offset", "0"), ("length", "16")):
+        e = w.external_data.add()
+        e.key, e.value = k, v
+    m = _model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [x], [y], [w])
+    p = tmp_path / name
+    p.write_bytes(m.SerializeToString())
+    return p
+
+
+def test_external_data_absolute_path_and_symlink_refused(tmp_path):
+    secret = tmp_path.parent / f"{tmp_path.name}_secret.bin"
+    secret.write_bytes(np.ones(4, np.float32).tobytes())
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        anasim.load(_external(tmp_path, str(secret)))
+    (tmp_path / "link.bin").symlink_to(secret)
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        anasim.load(_external(tmp_path, "link.bin"))
+    # the same data inside the folder loads, and a length beyond the file is refused
+    (tmp_path / "ok.bin").write_bytes(np.full(4, 2, np.float32).tobytes())
+    g = anasim.load(_external(tmp_path, "ok.bin", "good.onnx"))
+    np.testing.assert_array_equal(g(np.zeros((1, 4), np.float32)), np.full((1, 4), 2, np.float32))
+    (tmp_path / "short.bin").write_bytes(b"\0" * 8)
+    with pytest.raises(ModelLoadError, match="beyond the end"):
+        anasim.load(_external(tmp_path, "short.bin", "short.onnx"))
+
+
+def test_inconsistent_tensor_and_unknown_domain(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    w.dims[:] = [1000]  # declares 1000 values, holds 4
+    m = _model([helper.make_node("Add", ["x", "w"], ["y"], name="add")], [x], [y], [w])
+    with pytest.raises(ModelLoadError, match="'w'"):
+        anasim.load(m, check=False)
+    node = helper.make_node("FancyOp", ["x"], ["y"], name="fancy", domain="com.example")
+    m = _model([node], [x], [y], opset=OPSET + [helper.make_opsetid("com.example", 1)])
+    with pytest.raises(UnsupportedOpError, match="com.example"):
+        anasim.load(m, check=False)

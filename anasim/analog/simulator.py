@@ -215,6 +215,8 @@ class AnalogSimulator:
         feeds = self._executor._check_feeds(feeds, finite=True)
         want = outputs or [o.name for o in self.outputs]
         total = next(iter(feeds.values())).shape[0] if feeds else 0
+        if batch_size is None and total > self.graph.auto_batch_size():
+            batch_size = self.graph.auto_batch_size()  # bounded memory; results do not change
         step = batch_size or max(total, 1)
         if step < 1:
             raise InputError(f"batch_size must be a positive integer; got {batch_size}.")

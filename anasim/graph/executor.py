@@ -159,6 +159,18 @@ class Graph:
             out[name] = np.ascontiguousarray(arr)
         return out
 
+    def auto_batch_size(self) -> int:
+        """Samples per chunk that keep peak memory near ``ANASIM_MEMORY_BUDGET`` (bytes,
+        default 2 GiB): the largest per-sample activation × 16 (im2col and workspace)."""
+        budget = int(os.environ.get("ANASIM_MEMORY_BUDGET", 2 * 2**30))
+        per_sample = 1
+        for vi in self.ir.value_info.values():
+            if vi.shape and len(vi.shape) > 1 and not isinstance(vi.shape[0], int) and all(
+                    isinstance(d, int) for d in vi.shape[1:]):
+                itemsize = vi.dtype.itemsize if vi.dtype is not None else 4
+                per_sample = max(per_sample, int(np.prod(vi.shape[1:])) * itemsize)
+        return max(1, budget // (16 * per_sample))
+
     def _run_once(self, feeds: dict[str, np.ndarray], want: list[str]) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = dict(self.ir.constants)
         values.update(feeds)
@@ -206,7 +218,9 @@ class Graph:
         batch_size : int, optional
             If given, the inputs are split along axis 0 into chunks of at most this many
             samples, run one after the other and the outputs concatenated; bounds peak
-            memory for large batches. Default: the whole batch at once.
+            memory for large batches. Default: the whole batch at once, unless it is larger
+            than :meth:`auto_batch_size` (memory budget ``ANASIM_MEMORY_BUDGET``, 2 GiB),
+            in which case it is chunked automatically.
         outputs : list of str, optional
             Names of the outputs to return (default: all model outputs).
         check_finite : bool, default False
@@ -216,6 +230,11 @@ class Graph:
         """
         feeds = self._check_feeds(feeds, check_finite)
         want = outputs or [o.name for o in self.outputs]
+        if batch_size is None and feeds:
+            n = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
+            auto = self.auto_batch_size()
+            if len(n) == 1 and n.pop() > auto:
+                batch_size = auto
         if batch_size is None or not feeds:
             return self._run_once(feeds, want)
         if batch_size < 1:
