@@ -25,6 +25,13 @@ vectorises) and the normal quantile in two passes (central rational function for
 values, tails where needed) -- the same numbers as the scalar ``normal4`` / ``uniform4``
 that CUDA kernels call (about 7 ns per normal instead of 20).
 
+Each kernel has a ``*_serial`` twin (same wrapper, same numbers) that runs in the calling
+thread without the GIL, for worker threads that each take a block of rows (the analog
+convolution's row blocks); both drive the same per-block code (``_prepare_rows``,
+``_finalize_rows``). Kernels use ``error_model="numpy"``: a float division then has no
+Python zero-division branch, which lets LLVM vectorise the loops (the divisors are
+never zero where the results are used, so the numbers do not change).
+
 Public wrappers validate and convert; the ``_`` kernels assume valid input. Caution:
 Numba's cache tracks only this file; after editing ``rng.py`` delete
 ``anasim/kernels/__pycache__``.
@@ -58,11 +65,14 @@ _C02 = np.float32(0.2)
 
 
 _ROWS = 32  # rows per parallel work item (amortises the scratch buffer)
+_TAIL_LO_W = np.uint64(int(_P_LOW * 2.0**32) + 2)
+_TAIL_HI_W = np.uint64(2**32 - int(_P_LOW * 2.0**32) - 2)
+"""Philox words below / above these may fall in the normal quantile's tails (a superset)."""
 _I31 = np.int32(0x7FFFFFFF)
 _S31 = np.int32(31)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _abs_max(xr):
     """Bit pattern (int32) of max |x| of a row: |x| bits order like |x| (vectorises)."""
     xi = xr.view(np.int32)
@@ -72,7 +82,7 @@ def _abs_max(xr):
     return a
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _max(xr):
     """Bit pattern (int32) of max x of a row, via order-preserving integer keys."""
     xi = xr.view(np.int32)
@@ -83,7 +93,7 @@ def _max(xr):
     return a ^ ((a >> _S31) & _I31)
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _philox_soa(c0, c1, c2, c3, cnt, k0, k1):
     """Philox-4x32-10 on ``cnt`` counters held structure-of-arrays, in place.
 
@@ -105,7 +115,7 @@ def _philox_soa(c0, c1, c2, c3, cnt, k0, k1):
         k1 = (k1 + _W1) & _MASK32
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
     """out[0:r1-r0, 0:n] = the normals (or uniforms) of elements 0..n-1 of rows r0..r1.
 
@@ -114,13 +124,14 @@ def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
     :func:`~anasim.kernels.rng.normal4` / :func:`~anasim.kernels.rng.uniform4`, made
     in vectorisable passes: counters, Philox, then per output word the central
     rational approximation for every value and the tail formula where needed.
-    ``ws`` is a (4, >= rows*nb) uint64 and ``tmp`` a (>= rows*nb,) float64 scratch.
+    ``ws`` is a (5, >= rows*nb) uint64 and ``tmp`` a (>= rows*nb,) float64 scratch.
     """
     nb = (n + 3) >> 2
     c0 = ws[0]
     c1 = ws[1]
     c2 = ws[2]
     c3 = ws[3]
+    cand = ws[4]
     rr = np.uint64(rnd) & _MASK32
     cnt = 0
     for r in range(r0, r1):
@@ -144,7 +155,15 @@ def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
                 tmp[i] = ((((((_A0 * t + _A1) * t + _A2) * t + _A3) * t + _A4) * t + _A5) * q) / (
                     ((((_B0 * t + _B1) * t + _B2) * t + _B3) * t + _B4) * t + 1.0
                 )
+            # tails (about 5 %): gather candidates branch-free by an integer test that
+            # covers both tails with a margin, then the exact test and formula
+            nt = 0
             for i in range(cnt):
+                v = cw[i]
+                cand[nt] = i
+                nt += (v < _TAIL_LO_W) | (v > _TAIL_HI_W)
+            for j in range(nt):
+                i = cand[j]
                 p = (np.float64(np.int64(cw[i])) + 0.5) * _TWO_M32
                 if p < _P_LOW:
                     tmp[i] = _tail(p)
@@ -163,19 +182,56 @@ def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
                 i += 1
 
 
-@njit(cache=True)
+@njit(inline="always", error_model="numpy")
+def _row_norms(xt, xnorm, r0, r1):
+    """xnorm[r] = ‖xt[r]‖₂, each a float64 sum in element order (aihwkit's), eight rows
+    interleaved so their dependency chains overlap. Skipped rows are zero: norm 0."""
+    k = xt.shape[1]
+    r = r0
+    while r + 8 <= r1:
+        a0, a1, a2, a3 = xt[r], xt[r + 1], xt[r + 2], xt[r + 3]
+        a4, a5, a6, a7 = xt[r + 4], xt[r + 5], xt[r + 6], xt[r + 7]
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        for j in range(k):
+            s0 += float(a0[j]) * float(a0[j])
+            s1 += float(a1[j]) * float(a1[j])
+            s2 += float(a2[j]) * float(a2[j])
+            s3 += float(a3[j]) * float(a3[j])
+            s4 += float(a4[j]) * float(a4[j])
+            s5 += float(a5[j]) * float(a5[j])
+            s6 += float(a6[j]) * float(a6[j])
+            s7 += float(a7[j]) * float(a7[j])
+        xnorm[r] = np.float32(np.sqrt(s0))
+        xnorm[r + 1] = np.float32(np.sqrt(s1))
+        xnorm[r + 2] = np.float32(np.sqrt(s2))
+        xnorm[r + 3] = np.float32(np.sqrt(s3))
+        xnorm[r + 4] = np.float32(np.sqrt(s4))
+        xnorm[r + 5] = np.float32(np.sqrt(s5))
+        xnorm[r + 6] = np.float32(np.sqrt(s6))
+        xnorm[r + 7] = np.float32(np.sqrt(s7))
+        r += 8
+    while r < r1:
+        a0 = xt[r]
+        s0 = 0.0
+        for j in range(k):
+            s0 += float(a0[j]) * float(a0[j])
+        xnorm[r] = np.float32(np.sqrt(s0))
+        r += 1
+
+
+@njit(cache=True, error_model="numpy")
 def _prepare_scratch(k, use_u, use_g):
     """Scratch of one block of ``_ROWS`` rows for :func:`_prepare_rows`."""
     nb = (k + 3) >> 2
     bits = np.empty(1, np.int32)  # to reinterpret an int32 bit pattern as float32
-    ws = np.empty((4, _ROWS * nb if (use_u or use_g) else 0), np.uint64)
+    ws = np.empty((5, _ROWS * nb if (use_u or use_g) else 0), np.uint64)
     tmp = np.empty(ws.shape[1], np.float64)
     ub = np.empty((_ROWS if use_u else 0, k), np.float32)
     gb = np.empty((_ROWS if use_g else 0, k), np.float32)
     return bits, ws, tmp, ub, gb
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _prepare_rows(
     x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
     kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
@@ -241,11 +297,6 @@ def _prepare_rows(
             for j in range(k):
                 xtr[j] = xtr[j] + inp_noise * gr[j]
         # --- by-products for the output-referred non-idealities ---------------------
-        if want_norm:
-            ssq = 0.0
-            for j in range(k):
-                ssq += float(xtr[j]) * float(xtr[j])
-            xnorm[r] = np.float32(np.sqrt(ssq))
         if want_sq:
             xsqr = xsq[r]
             for j in range(k):
@@ -258,9 +309,11 @@ def _prepare_rows(
                 p = _F1 - np.float32(j) / kf
                 xabsr[j] = abs(v)
                 xirr[j] = v * (_F1 - p * p)
+    if want_norm:
+        _row_norms(xt, xnorm, r0, r1)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _prepare_input(
     x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
     kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
@@ -280,7 +333,7 @@ def _prepare_input(
         )
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _prepare_input_serial(
     x, c0, nm_type, nm_thres, res, bound, inp_noise, sto_round, red, rnd, row_ids,
     kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
@@ -301,17 +354,17 @@ def _prepare_input_serial(
         )
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _finalize_scratch(n, need):
     """Scratch of one block of ``_ROWS`` rows for :func:`_finalize_rows`."""
     nb = (n + 3) >> 2
-    ws = np.empty((4, _ROWS * nb if need else 0), np.uint64)
+    ws = np.empty((5, _ROWS * nb if need else 0), np.uint64)
     tmp = np.empty(ws.shape[1], np.float64)
     zb = np.empty((_ROWS if need else 0, n), np.float32)
     return ws, tmp, zb
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _finalize_rows(
     y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
     nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
@@ -391,7 +444,7 @@ def _finalize_rows(
                 ar[i] += ((yr[i] * f) * ms[i]) * post[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _finalize_output(
     y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
     nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
@@ -414,7 +467,7 @@ def _finalize_output(
         )
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _finalize_output_serial(
     y, skip, cur, irm, pw, xnorm, res, bound, bm_on, test_neg,
     nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
@@ -438,7 +491,7 @@ def _finalize_output_serial(
         )
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r):
     n = y.shape[1]
     f = out_scale / scale[r]
@@ -448,13 +501,13 @@ def _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r):
         ar[i] += ((yr[i] * f) * ms[i]) * post[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _accumulate_output(y, scale, out_scale, ms, post, acc, c0):
     for r in prange(y.shape[0]):
         _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate_output_serial(y, scale, out_scale, ms, post, acc, c0):
     """:func:`_accumulate_output` in the calling thread (no GIL)."""
     for r in range(y.shape[0]):

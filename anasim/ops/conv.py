@@ -57,6 +57,10 @@ __all__ = [
     "conv",
     "conv_transpose",
     "conv_transpose_geometry",
+    "padded_input",
+    "im2col_rows",
+    "rows_to_nchw",
+    "run_blocks",
 ]
 
 
@@ -162,6 +166,17 @@ def run_chunks(n_chunks: int, make_state, do_chunk) -> None:
     with _Blas.single_threaded():
         for f in [_POOL.submit(worker, k) for k in range(n)]:
             f.result()
+
+
+def run_blocks(n_blocks: int, make_state, do_block) -> None:
+    """:func:`run_chunks` for blocks whose BLAS products are small (the analog layers'
+    row blocks): BLAS stays single-threaded also when the blocks run in the calling
+    thread (one worker), where its own threads would only add overhead."""
+    if min(num_threads(), n_blocks) <= 1 and _Blas.available():
+        with _Blas.single_threaded():
+            run_chunks(n_blocks, make_state, do_block)
+    else:
+        run_chunks(n_blocks, make_state, do_block)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -534,29 +549,37 @@ def _im2col_rows_kernel(xp, out, r0, r1, kh, kw, sh, sw, dh, dw, oh, ow):
     ``xp`` is (N, C, Hp, Wp) with the padding already in place; row ``r`` is output
     pixel ``(n, i, k)`` = ``(r // P, (r % P) // ow, r % ow)``, columns (c, b, e); only
     the first ``C*kh*kw`` columns of ``out`` are written. No bounds tests: every tap of
-    a padded input is inside it.
+    a padded input is inside it. Each row is written front to back from ``C*kh`` input
+    rows (flat indices: no slicing per tap; 3-wide taps unrolled).
     """
-    c_ = xp.shape[1]
+    c_, hp, wp = xp.shape[1], xp.shape[2], xp.shape[3]
+    kx = out.shape[1]
+    xf = xp.reshape(-1)
+    of = out.reshape(-1)
     p_ = oh * ow
-    kk = kh * kw
     r = r0
     while r < r1:
         n = r // p_
         q = r - n * p_
         i = q // ow
         k0 = q - i * ow
-        k1 = min(ow, k0 + (r1 - r))
-        base = r - r0
-        for c in range(c_):
-            for b in range(kh):
-                src = xp[n, c, i * sh + b * dh]
-                col = c * kk + b * kw
-                for k in range(k0, k1):
-                    dst = out[base + k - k0, col:col + kw]
-                    seg = src[k * sw:k * sw + (kw - 1) * dw + 1]
-                    for e in range(kw):
-                        dst[e] = seg[e * dw]
-        r += k1 - k0
+        cnt = min(ow - k0, r1 - r)  # pixels of this output row in the block
+        obase = (r - r0) * kx
+        sbase = (n * c_ * hp + i * sh) * wp + k0 * sw
+        for k in range(cnt):
+            o = obase + k * kx
+            for c in range(c_):
+                for b in range(kh):
+                    s = sbase + (c * hp + b * dh) * wp + k * sw
+                    if kw == 3 and dw == 1:
+                        of[o] = xf[s]
+                        of[o + 1] = xf[s + 1]
+                        of[o + 2] = xf[s + 2]
+                    else:
+                        for e in range(kw):
+                            of[o + e] = xf[s + e * dw]
+                    o += kw
+        r += cnt
 
 
 @njit(nogil=True, cache=True)
@@ -1170,3 +1193,8 @@ def warmup(dtype=np.float32) -> None:
         conv(x, w, np.zeros(w_shape[0], dtype), g)
         cols_to_output(im2col(x, g) @ w.reshape(w_shape[0], -1)[:, :g.k_per_group].T if g.group == 1
                        else np.zeros((2 * g.n_pixels, w_shape[0]), dtype), 2, g)
+        if dtype == np.float32:  # the analog layers' row-block kernels
+            xp, params = padded_input(x, g)
+            cols = im2col_rows(xp, params, 0, 2 * g.n_pixels, np.empty((2 * g.n_pixels, g.k), dtype))
+            rows_to_nchw(np.ascontiguousarray(cols[:, :w_shape[0]]), np.zeros(w_shape[0], dtype),
+                         np.empty((2, w_shape[0], g.n_pixels), dtype), 0)
