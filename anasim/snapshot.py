@@ -562,11 +562,7 @@ def _check_state(state: dict, t, where: str) -> None:
 
 
 def _restore(sim, meta: dict, layers: list[_Layer]) -> None:
-    """Put the (checked) saved state into ``sim``.
-
-    Uses the simulator's public attributes; ``_references`` (a cache that
-    :meth:`AnalogSimulator.program` resets) is cleared likewise.
-    """
+    """Put the (checked) saved state into ``sim`` through its public attributes."""
     from .devices.base import ProgrammedState
 
     saved = {x.name: x for x in layers}
@@ -584,10 +580,6 @@ def _restore(sim, meta: dict, layers: list[_Layer]) -> None:
     sim.repetition = repetition
     sim.context.epoch = repetition
     sim.t_inference = float(meta["t_inference"])
-    if hasattr(sim, "_programmed"):
-        sim._programmed = True
-    if hasattr(sim, "_references"):
-        sim._references = None
 
 
 # --------------------------------------------------------------------------- config diff

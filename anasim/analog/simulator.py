@@ -103,7 +103,6 @@ class AnalogSimulator:
         self._executor = graph.with_overrides({layer.name: layer for layer in self.layers})
         self.repetition = 0
         self.t_inference = 0.0
-        self._programmed = False
         if self.has_device_model:
             self.program(0)
 
@@ -141,8 +140,6 @@ class AnalogSimulator:
         self.repetition = repetition
         self.context.epoch = repetition
         self.t_inference = 0.0
-        self._programmed = True
-        self._references = None
         return self
 
     def drift(self, t_inference: float) -> "AnalogSimulator":
