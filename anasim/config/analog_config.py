@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from ..errors import ConfigError, closest
 from .layers import LayerConfig, LayerOverride
-from .registry import BUILTIN, get_entry, registered_sections
+from .registry import BUILTIN, get_entry, registered_sections, section_attribute
 from .schema import ForwardParameters, MappingParameters
 
 TOP_LEVEL = BUILTIN + ("preset",)
@@ -87,8 +87,7 @@ class AnalogConfig:
 
     # -- access ------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
+        return section_attribute(self, name)
         sections = self.__dict__.get("sections", {})
         if name in sections:
             return sections[name]

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Iterable
 
 from ..errors import ConfigError, closest
 from .params import Section, documented, param
-from .registry import registered_sections
+from .registry import registered_sections, section_attribute
 from .schema import ForwardParameters, MappingParameters
 
 
@@ -171,8 +171,7 @@ class LayerConfig:
     matched: tuple = ()  # the [[layers]] patterns that selected this layer, in order
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
+        return section_attribute(self, name)
         sections = self.__dict__.get("sections", {})
         if name in sections:
             return sections[name]

@@ -248,3 +248,17 @@ class TypedFactory:
 
     def serialize(self, obj: Any) -> dict:
         return {"type": self.type_name(obj), **_default_serialize(obj)}
+
+
+def section_attribute(obj: Any, name: str) -> Any:
+    """``obj.<name>`` for a registered section: the value in ``obj.sections``, else the
+    section's default. Shared ``__getattr__`` of AnalogConfig and LayerConfig."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+    sections = obj.__dict__.get("sections", {})
+    if name in sections:
+        return sections[name]
+    entries = registered_sections()
+    if name in entries:
+        return entries[name].default_value()
+    raise AttributeError(f"{type(obj).__name__} has no attribute or section {name!r}")
