@@ -21,10 +21,16 @@ one of the unblocked path bit for bit wherever BLAS's sums do not depend on the 
 of rows in a product (ResNet-20: identical; ResNet-18: 2 of 19.7 M convolution outputs
 differ by one ADC step, from OpenBLAS choosing another kernel for a different row count).
 Grouped convolutions, Gemm/MatMul and GPU tiles take the unblocked path.
+
+On the GPU (the simulator's graph placed on ``"cuda"``) the layer receives a device
+array and keeps everything there (:meth:`AnalogLayer._call_device`): im2col blocks and
+row ids are made by device kernels, the :class:`~anasim.analog.tile_cuda.CudaAnalogMatrix`
+tiles run on them, and the NCHW output is written on the device.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +116,8 @@ class AnalogLayer:
         )
 
     def __call__(self, *inputs):
+        if not isinstance(inputs[0], np.ndarray) and _on_device(inputs[0]):
+            return self._call_device(inputs[0])
         if self.op_type == "Conv":
             y = self._conv(inputs[0])
         elif self.op_type == "Gemm":
@@ -178,6 +186,70 @@ class AnalogLayer:
         run_blocks(n_blocks, make_state, do_block)
         return out.reshape((n, oc) + geom.out_shape)
 
+    # ------------------------------------------------------------------ on the GPU
+    def _call_device(self, x):
+        """The layer on a device array (graph placed on "cuda"): im2col, tiles, layout and
+        row ids all on the device; returns a device array. CPU tiles get a host copy."""
+        from ..kernels import cuda_digital as D
+        from ..kernels.cuda import as_device, to_host
+
+        if not all(hasattr(m, "refresh_weights") for m in self.matrices):  # CPU tiles
+            return as_device(self(to_host(x)))
+        if self.op_type == "Conv":
+            y = self._conv_device(x)
+        elif self.op_type == "Gemm":
+            if self.attrs.get("transA", 0):
+                x = D.copy_strided(x, 0, (1, x.shape[1]), tuple(x.shape)[::-1])
+            if len(x.shape) != 2:
+                raise InputError(f"Gemm node {self.name!r} expects a 2-D input; got shape {tuple(x.shape)}.")
+            y = self._rows_device(x, x.shape[0], 1)
+            if self.extra_bias is not None:
+                y = D.binary(y, as_device(self.extra_bias), D.ADD)
+        else:
+            k, shape = self.matrices[0].in_size, tuple(x.shape)
+            if shape[-1] != k:
+                raise InputError(f"MatMul node {self.name!r}: input's last dimension is {shape[-1]}, "
+                                 f"weight has {k} rows.")
+            lead = shape[:-1] or (1,)
+            per_sample = math.prod(lead[1:])
+            y = self._rows_device(x.reshape(math.prod(lead), k), lead[0], per_sample)
+            y = y.reshape(shape[:-1] + (y.shape[1],))
+        bad = D.count_nonfinite(y)
+        if bad:
+            src = "its input" if D.count_nonfinite(x) else "the tile model"
+            raise ExecutionError(
+                f"Analog layer {self.name!r} ({self.op_type}) produced {bad} NaN/infinite output(s); they come "
+                f"from {src}. Check the data and the configuration (e.g. a zero bound or an extreme noise scale).")
+        return y
+
+    def _rows_device(self, rows, n_samples: int, per_sample: int):
+        from ..kernels import cuda_digital as D
+
+        first = self.context.sample_offset * per_sample
+        return self.matrices[0].forward(rows, D.arange(first, n_samples * per_sample), self.context.epoch)
+
+    def _conv_device(self, x):
+        """im2col rows of each group in blocks, through the group's tiles, into NCHW."""
+        from ..kernels import cuda_digital as D
+        from ..kernels.cuda import device_empty
+        from ..ops.cuda import as5d, conv_params, row_blocks
+
+        a = self.attrs
+        geom = conv_geometry(tuple(x.shape), self.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
+                             a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
+        n, oc, p = x.shape[0], geom.out_channels, geom.n_pixels
+        out = device_empty((n, oc, p))
+        x5, params = as5d(x, geom), conv_params(geom)
+        cg, ocg = geom.channels_per_group, geom.out_channels_per_group
+        first = self.context.sample_offset * p
+        for g, m in enumerate(self.matrices):
+            for r0, r1 in row_blocks(n * p, 4 * geom.k_per_group):
+                cols = D.im2col(x5, params, r0, r1, g * cg, cg)
+                y = m.forward(cols, D.arange(first + r0, r1 - r0), self.context.epoch)
+                D.rows_to_nchw(y, out, r0, g * ocg)
+        return out.reshape((n, oc) + geom.out_shape)
+
+    # ------------------------------------------------------------------ on the CPU
     def _gemm(self, a: np.ndarray) -> np.ndarray:
         if self.attrs.get("transA", 0):
             a = a.T
@@ -199,6 +271,12 @@ class AnalogLayer:
         rows = a.reshape(-1, k)
         y = self._run_rows(rows, self._row_ids(lead[0], per_sample))
         return y.reshape(*lead, -1)
+
+
+def _on_device(x) -> bool:
+    from ..kernels.cuda import is_device_array
+
+    return is_device_array(x)
 
 
 def layer_matrix(node: Node, ir: GraphIR) -> tuple[list[np.ndarray], list[np.ndarray | None], np.ndarray | None]:

@@ -58,9 +58,9 @@ class AnalogSimulator:
         if device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda'; got {device!r}.")
         if device == "cuda":
-            from numba import cuda
+            from ..kernels.cuda import available
 
-            if not cuda.is_available():
+            if not available():
                 raise ConfigError("device='cuda' needs a CUDA GPU with numba.cuda (pip install 'anasim[cuda]'); "
                                   "none is available here. Use device='cpu' (the same numbers).")
         self.device = device
@@ -100,7 +100,7 @@ class AnalogSimulator:
             self.layers.append(AnalogLayer(name, node.op_type, index, shape, matrices, dict(node.attrs),
                                            self.context, extra))
         self._layer_configs = {layer.name: self.config.for_layer(layer.name) for layer in self.layers}
-        self._executor = graph.with_overrides({layer.name: layer for layer in self.layers})
+        self._executor = graph.to(device).with_overrides({layer.name: layer for layer in self.layers})
         self.repetition = 0
         self.t_inference = 0.0
         if self.has_device_model:
@@ -305,9 +305,11 @@ def analog(graph, config=None, seed: int = 0, **kwargs) -> AnalogSimulator:
     seed : int, default 0. Master seed of all random numbers.
     strict_patterns : bool, default True. A ``[[layers]]`` pattern that matches no
         analog layer is an error (False: a warning).
-    device : "cpu" (default) or "cuda". With "cuda" the tiles' weights stay on the GPU and
-        the periphery runs as numba.cuda kernels drawing the same random numbers as the
-        CPU kernels (digital ops and im2col still run on the CPU for now).
+    device : "cpu" (default) or "cuda". With "cuda" the whole network runs on the GPU:
+        the tiles' weights stay there, the periphery runs as numba.cuda kernels drawing
+        the same random numbers as the CPU kernels, and the digital ops and im2col run
+        as device kernels too (:mod:`anasim.ops.cuda`), so each batch crosses the PCIe
+        bus once in and once out.
 
     If the configuration has a device noise model, the tiles are programmed for
     repetition 0 right away (t_inference = 0); call :meth:`AnalogSimulator.program`

@@ -17,7 +17,8 @@ in-place edit of those arrays).
 
 Bound management: after each pass the (M,) saturation flags are copied to the host
 (one byte per row), the saturated rows are compacted there (``np.flatnonzero``, as on
-the CPU) and their indices sent back; the re-run gathers those rows on the device,
+the CPU) and their indices sent back; the re-run gathers those rows (and their row
+ids) on the device,
 prepares, multiplies and finalizes them, and scatters outputs and scales back. Only
 the flags and the index lists cross the bus.
 
@@ -30,8 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import cuda as K
 from ..kernels import cpu
+from ..kernels import cuda as K
+from ..kernels import cuda_digital as D
 from .tile import AnalogMatrix
 
 __all__ = ["CudaAnalogMatrix", "to_cuda"]
@@ -114,7 +116,8 @@ class CudaAnalogMatrix:
         Parameters
         ----------
         x : (M, in) float32, NumPy array or device array (numba / CuPy).
-        row_ids : (M,) int64 global row ids (NumPy or device); default ``arange(M)``.
+        row_ids : (M,) int64 global row ids, NumPy or device array (made on the device,
+            they cost no transfer); default ``arange(M)``.
         epoch : repetition index (part of the random-stream key).
 
         Returns
@@ -128,17 +131,19 @@ class CudaAnalogMatrix:
             raise ValueError(f"x must have shape (M, {am.in_size}), got {tuple(dx.shape)}")
         m = dx.shape[0]
         if row_ids is None:
-            rid_host = np.arange(m, dtype=np.int64)
+            rid = D.arange(0, m)
+        elif K.is_device_array(row_ids):
+            rid = K.as_device(row_ids, np.int64)  # made on the device (AnalogLayer): no transfer
         else:
-            rid_host = np.ascontiguousarray(K.to_host(row_ids), dtype=np.int64)
-        if rid_host.shape != (m,):
-            raise ValueError(f"row_ids must have shape ({m},), got {rid_host.shape}")
+            rid = np.ascontiguousarray(row_ids, dtype=np.int64)
+        if tuple(rid.shape) != (m,):
+            raise ValueError(f"row_ids must have shape ({m},), got {tuple(rid.shape)}")
         self._sync()
         if am.analog_bias:
             dx = K.append_ones(dx)
         acc = K.device_zeros((m, am.out_size))
         if m:
-            rid = K.as_device(rid_host, np.int64)
+            rid = K.as_device(rid, np.int64)
             if am.periphery.perfect:
                 self._forward_perfect(dx, acc)
             else:
@@ -146,7 +151,7 @@ class CudaAnalogMatrix:
                     cache = {}
                     for j in range(am.n_out_chunks):
                         k = i * am.n_out_chunks + j
-                        self._forward_tile(am.tiles[k], self._tiles[k], dx, rid, rid_host, epoch, acc, cache)
+                        self._forward_tile(am.tiles[k], self._tiles[k], dx, rid, epoch, acc, cache)
         if self._bias is not None:
             K.add_bias(acc, self._bias)
         return acc if on_device else acc.copy_to_host()
@@ -198,7 +203,7 @@ class CudaAnalogMatrix:
         )
         return y, fail
 
-    def _forward_tile(self, t, d, dx, rid, rid_host, epoch, acc, cache) -> None:
+    def _forward_tile(self, t, d, dx, rid, epoch, acc, cache) -> None:
         am = self.matrix
         p = am.periphery
         keys = am.stream_keys(t.index, epoch)
@@ -224,7 +229,7 @@ class CudaAnalogMatrix:
             red, rnd = np.float32(red * 2), rnd + 1
             didx = K.as_device(idx.astype(np.int64), np.int64)
             xs = K.gather_rows(dx, didx, t.in_start, t.n_in)
-            rs = K.as_device(rid_host[idx], np.int64)
+            rs = D.gather1(rid, didx)
             prep2 = self._prepare(t, xs, 0, rs, keys, red, rnd)
             y2, fail = self._analog(t, d, prep2, rs, keys, rnd)
             K.scatter_rows(y2, didx, y, prep2["scale"], scale)

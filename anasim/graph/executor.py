@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -34,16 +35,40 @@ class BoundNode:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     fn: Callable
+    on_device: bool = False
+    """Placed on the GPU and runs there (False on the CPU, and for host fallbacks)."""
 
 
-def bind(node, ir: GraphIR) -> BoundNode:
-    """Resolve ``node``'s op for the model's opset and bind its attributes."""
+def bind(node, ir: GraphIR, device: str = "cpu") -> BoundNode:
+    """Resolve ``node``'s op for the model's opset and bind its attributes.
+
+    With ``device="cuda"`` the node gets its device implementation
+    (:mod:`anasim.ops.cuda`) if it has one, else its CPU one run on host copies
+    (``BoundNode.on_device`` tells which).
+    """
     impl = resolve(node.domain, node.op_type, ir.opset(node.domain), node.name)
     attrs = dict(node.attrs)
     if impl.wants_n_outputs:
         attrs["n_outputs"] = len(node.outputs)
+    if device == "cuda":
+        from ..ops.cuda import bind_cuda
+
+        fn, on_device = bind_cuda(node, impl, attrs, ir.constants, ir.opset(node.domain))
+        return BoundNode(node.name, node.op_type, tuple(node.inputs), tuple(node.outputs), fn, on_device)
     fn = functools.partial(impl.fn, **attrs) if attrs else impl.fn
     return BoundNode(node.name, node.op_type, tuple(node.inputs), tuple(node.outputs), fn)
+
+
+DEVICES = ("cpu", "cuda")
+"""Where a graph can run (:meth:`Graph.to`)."""
+
+
+def _require_gpu() -> None:
+    from ..kernels.cuda import available
+
+    if not available():
+        raise InputError("device='cuda' needs a CUDA GPU usable by numba.cuda (pip install 'anasim[cuda]'); "
+                         "none is available here. Use device='cpu' (the same numbers).")
 
 
 class Graph:
@@ -61,20 +86,33 @@ class Graph:
         the layers an analog simulation maps onto tiles.
     """
 
-    def __init__(self, ir: GraphIR, overrides: Mapping[str, Callable] | None = None):
+    def __init__(self, ir: GraphIR, overrides: Mapping[str, Callable] | None = None, device: str = "cpu"):
+        if device not in DEVICES:
+            raise InputError(f"device must be one of {list(DEVICES)}; got {device!r}.")
+        if device == "cuda":
+            _require_gpu()
         self.ir = ir
+        self.device = device
         overrides = dict(overrides or {})
         unknown = set(overrides) - {n.name for n in ir.nodes}
         if unknown:
             raise KeyError(f"overrides for unknown nodes: {sorted(unknown)}")
         bound = []
         for node in ir.nodes:
-            b = bind(node, ir)
-            if node.name in overrides:
-                b = BoundNode(b.name, b.op_type, b.inputs, b.outputs, overrides[node.name])
+            if node.name in overrides:  # resolved for validation; the override runs
+                b = bind(node, ir)
+                b = BoundNode(b.name, b.op_type, b.inputs, b.outputs, overrides[node.name], device == "cuda")
+            else:
+                b = bind(node, ir, device)
             bound.append(b)
         self.nodes: tuple[BoundNode, ...] = tuple(bound)
         self._overrides = overrides
+        if self.host_nodes:
+            ops = sorted({n.op_type for n in self.nodes if n.name in self.host_nodes})
+            warnings.warn(
+                f"On device 'cuda', {len(self.host_nodes)} node(s) run on the CPU because their op has no "
+                f"CUDA implementation here ({', '.join(ops)}); their inputs cross the PCIe bus. "
+                "Graph.host_nodes lists them.", stacklevel=3)
         out_names = {o.name for o in ir.outputs}
         last_use: dict[str, int] = {}
         for k, n in enumerate(self.nodes):
@@ -102,11 +140,31 @@ class Graph:
 
         return analog_candidates(self.ir)
 
+    @property
+    def host_nodes(self) -> list[str]:
+        """On ``device="cuda"``: the nodes that run on the CPU (no device implementation)."""
+        if self.device == "cpu":
+            return []
+        return [n.name for n in self.nodes if not n.on_device]
+
     def with_overrides(self, overrides: Mapping[str, Callable]) -> "Graph":
         """A copy of this graph in which the named nodes run ``overrides[name]`` instead."""
         merged = dict(self._overrides)
         merged.update(overrides)
-        return Graph(self.ir, merged)
+        return Graph(self.ir, merged, self.device)
+
+    def to(self, device: str) -> "Graph":
+        """This graph placed on ``device``: ``"cpu"`` or ``"cuda"`` (a GPU through numba.cuda).
+
+        On ``"cuda"``, inputs are copied to the GPU once per run (per ``batch_size``
+        chunk), every op with a device implementation (:mod:`anasim.ops.cuda`) runs
+        there, and the outputs come back at the end; the numbers equal the CPU's to
+        float32 rounding. Ops without one run on the CPU (:attr:`host_nodes`, with a
+        warning). Needs a CUDA GPU (``pip install 'anasim[cuda]'``) or Numba's simulator.
+        """
+        if device == self.device:
+            return self
+        return Graph(self.ir, self._overrides, device)
 
     def __repr__(self) -> str:
         ins = ", ".join(i.describe() for i in self.inputs)
@@ -173,6 +231,10 @@ class Graph:
 
     def _run_once(self, feeds: dict[str, np.ndarray], want: list[str]) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = dict(self.ir.constants)
+        if self.device == "cuda":
+            from ..kernels.cuda import as_device
+
+            feeds = {k: as_device(v, v.dtype) for k, v in feeds.items()}
         values.update(feeds)
         trace = os.environ.get("ANASIM_TRACE", "") not in ("", "0")
         stop = os.environ.get("ANASIM_STOP_AFTER")
@@ -204,6 +266,10 @@ class Graph:
                 return values
             for name in self._free_after[k]:
                 values.pop(name, None)
+        if self.device == "cuda":
+            from ..kernels.cuda import to_host
+
+            return {n: np.asarray(to_host(values[n])) for n in want}
         return {n: values[n] for n in want}
 
     def run(self, feeds: Mapping[str, np.ndarray], batch_size: int | None = None,

@@ -290,8 +290,8 @@ def slice_(data, starts, ends, axes=None, steps=None):
 _PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
 
 
-def _pad(data, pads, mode="constant", value=0.0, axes=None):
-    rank = data.ndim
+def pad_amounts(rank: int, pads, axes=None) -> tuple[list[int], list[int]]:
+    """Elements added (negative: removed) before and after each of ``rank`` axes."""
     pads = _ints(pads)
     axes = list(range(rank)) if axes is None else [_axis(a, rank) for a in _ints(axes)]
     if len(pads) != 2 * len(axes):
@@ -299,6 +299,17 @@ def _pad(data, pads, mode="constant", value=0.0, axes=None):
     begin, end = [0] * rank, [0] * rank
     for i, a in enumerate(axes):
         begin[a], end[a] = pads[i], pads[i + len(axes)]
+    return begin, end
+
+
+def pad_value(constant_value) -> float:
+    """The Pad-11 ``constant_value`` input as a scalar (0 when absent or empty)."""
+    cv = None if constant_value is None else np.asarray(constant_value).reshape(-1)
+    return cv[0] if cv is not None and cv.size else 0
+
+
+def _pad(data, pads, mode="constant", value=0.0, axes=None):
+    begin, end = pad_amounts(data.ndim, pads, axes)
     if min(begin + end, default=0) < 0:  # negative pads crop
         data = data[tuple(slice(max(-b, 0), d - max(-e, 0)) for b, e, d in zip(begin, end, data.shape))]
         begin, end = [max(b, 0) for b in begin], [max(e, 0) for e in end]
@@ -326,9 +337,7 @@ def pad_2(data, *, pads, mode="constant", value=0.0):
 @register("Pad", since=11)
 def pad(data, pads, constant_value=None, axes=None, *, mode="constant"):
     """Pad (or, with negative pads, crop) ``data``; modes constant, reflect, edge, wrap (19)."""
-    cv = None if constant_value is None else np.asarray(constant_value).reshape(-1)
-    value = cv[0] if cv is not None and cv.size else 0
-    return _pad(data, pads, mode, value, axes)
+    return _pad(data, pads, mode, pad_value(constant_value), axes)
 
 
 # ------------------------------------------------------------------------- Gather
