@@ -461,7 +461,8 @@ def _add_run_options(s, sweep: bool = False) -> None:
                    help="Numba and BLAS threads (default $ANASIM_NUM_THREADS, else all cores)")
     if not sweep:
         g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                       help="where the analog tiles run: cpu (default) or cuda (numba.cuda; same numbers)")
+                       help="where the network runs: cpu (default) or cuda (the whole network on the GPU "
+                            "via numba.cuda; the same random numbers, results equal to float rounding)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no explanations")
     g.add_argument("--plot", metavar="PNG", help="draw the results (needs matplotlib)")
 

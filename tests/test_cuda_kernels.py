@@ -397,7 +397,7 @@ def test_sim_cuda_matrix_device_io_and_weight_refresh():
     cm = to_cuda(am)
     assert to_cuda(cm) is cm and isinstance(cm, CudaAnalogMatrix)
     assert cm.in_size == 6 and cm.out_size == 4 and len(cm.tiles) == 2  # forwarded to the CPU object
-    dy = cm.forward(G.as_device(x), G.as_device(np.arange(3, dtype=np.int64)))
+    dy = cm.forward(G.as_device(x), G.as_device(np.arange(3), np.int64))
     assert G.is_device_array(dy)
     np.testing.assert_array_equal(dy.copy_to_host(), am.forward(x))
     cm.set_tile_weights([2 * t.weight for t in am.tiles])  # through the wrapper

@@ -221,7 +221,7 @@ class Job:
     batch_size: int
     metrics: list  # of Metric; the requested one first
     output: str | None = None
-    device: str = "cpu"  # where the analog tiles run ("cpu" or "cuda"); does not change the numbers
+    device: str = "cpu"  # where the network runs ("cpu" or "cuda"); the numbers agree to float rounding
     _ideal: dict = field(default_factory=dict, repr=False)  # fold -> (per-metric values, outputs)
 
     def __getstate__(self):
@@ -276,7 +276,7 @@ class Job:
             if bar is not None:
                 bar.update(len(self.data))
             return self._ideal[fold]
-        graph = self.model.graph(fold)
+        graph = self.model.graph(fold).to(self.device)
         feed, outname = self._feed(graph), self._output(graph)
         n = len(self.data)
         keep = any(m.needs_ideal for m in self.metrics)
@@ -433,7 +433,8 @@ def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, see
     overrides : ``section.key=value`` strings applied to ``config`` (like ``--set``).
     progress : show a progress bar (None: when stderr is a terminal).
     threads : Numba and BLAS threads (default ``$ANASIM_NUM_THREADS`` or the libraries' default).
-    device : ``"cpu"`` (default) or ``"cuda"``: where the analog tiles run (same numbers).
+    device : ``"cpu"`` (default) or ``"cuda"``: where the network (ideal and analog) runs;
+        the results agree to float32 rounding (same random numbers).
 
     Returns a :class:`Results` table: one ideal row and one row per (t, repetition).
     """

@@ -76,6 +76,16 @@ class Graph:
 
     Create it with :func:`anasim.load`. ``graph.run({"input": x})`` returns a dict of
     outputs; ``graph(x)`` is the shortcut for single-input, single-output models.
+    ``graph.to("cuda")`` is the same network on the GPU (NumPy in and out).
+
+    Parameters
+    ----------
+    ir : GraphIR
+        The imported model.
+    overrides : dict of node name to callable, optional
+        Callables that replace the named nodes (the analog layers).
+    device : "cpu" (default) or "cuda"
+        Where the nodes run (see :meth:`to`).
 
     Attributes
     ----------
@@ -84,6 +94,10 @@ class Graph:
     analog_candidates : list of str
         Node names of the Conv/Gemm/MatMul nodes whose weight is a constant; these are
         the layers an analog simulation maps onto tiles.
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+    host_nodes : list of str
+        On ``"cuda"``, the nodes that run on the CPU for lack of a device implementation.
     """
 
     def __init__(self, ir: GraphIR, overrides: Mapping[str, Callable] | None = None, device: str = "cpu"):

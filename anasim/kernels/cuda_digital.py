@@ -89,6 +89,17 @@ def unary(x, op: int, p0=0.0, p1=0.0):
     return out
 
 
+@cuda.jit(device=True)
+def _arith(u, v, op):
+    if op == ADD:
+        return u + v
+    if op == SUB:
+        return u - v
+    if op == MUL:
+        return _fmul(u, v)
+    return u / v
+
+
 @cuda.jit(cache=not SIMULATOR)
 def _binary_kernel(a, a_off, a_str, b, b_off, b_str, out, shape, op):
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
@@ -96,22 +107,21 @@ def _binary_kernel(a, a_off, a_str, b, b_off, b_str, out, shape, op):
         ao = a_off
         bo = b_off
         for d in range(MAX_RANK - 1, -1, -1):
+            if shape[d] == 1:  # the padding axes (and real unit ones) cost no division
+                continue
             q = rem // shape[d]
             j = rem - q * shape[d]
             rem = q
             ao += j * a_str[d]
             bo += j * b_str[d]
-        u = a[ao]
-        v = b[bo]
-        if op == ADD:
-            r = u + v
-        elif op == SUB:
-            r = u - v
-        elif op == MUL:
-            r = _fmul(u, v)
-        else:
-            r = u / v
-        out[i] = r
+        out[i] = _arith(a[ao], b[bo], op)
+
+
+@cuda.jit(cache=not SIMULATOR)
+def _binary_same_kernel(a, b, out, op):
+    """Both operands of the output's shape (a residual Add): no index arithmetic."""
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = _arith(a[i], b[i], op)
 
 
 def broadcast_strides(shape, out_shape) -> tuple:
@@ -129,7 +139,10 @@ def binary(a, b, op: int):
     """``a (op) b`` with NumPy broadcasting; float32 device arrays in, a new one out."""
     out_shape = np.broadcast_shapes(tuple(a.shape), tuple(b.shape))
     out = device_empty(out_shape)
-    if out.size:
+    if out.size and tuple(a.shape) == tuple(b.shape):
+        blocks, threads = _flat(out.size)
+        _binary_same_kernel[blocks, threads](a.reshape(-1), b.reshape(-1), out.reshape(-1), np.int64(op))
+    elif out.size:
         blocks, threads = _flat(out.size)
         _binary_kernel[blocks, threads](
             a.reshape(-1), np.int64(0), broadcast_strides(a.shape, out_shape), b.reshape(-1), np.int64(0),
@@ -145,6 +158,8 @@ def _copy_kernel(src, s_off, s_str, dst, d_off, d_str, shape, n):
         so = s_off
         do = d_off
         for d in range(MAX_RANK - 1, -1, -1):
+            if shape[d] == 1:
+                continue
             q = rem // shape[d]
             j = rem - q * shape[d]
             rem = q
