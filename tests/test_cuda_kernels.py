@@ -20,8 +20,6 @@ MVM sum is exact whatever the summation order, as ``test_tile_properties`` does.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 import time
@@ -30,30 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_helpers import gpu_only, run_ptx_script, run_simulator_suite, sim_only
 
 try:  # a module global, so that the simulator can swap it inside kernels defined here
     from numba import cuda
 except ImportError:  # pragma: no cover
     cuda = None
-
-IN_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-ROOT = Path(__file__).resolve().parents[1]
-
-sim_only = pytest.mark.skipif(not IN_SIM,
-                              reason="simulator test: run by test_simulator_suite in a child process")
-
-
-def _have_gpu() -> bool:
-    if IN_SIM:
-        return False
-    try:
-        return bool(cuda.is_available())
-    except Exception:
-        return False
-
-
-gpu_only = pytest.mark.skipif(not _have_gpu(), reason="needs a CUDA GPU (numba.cuda.is_available())")
-
 
 # ---------------------------------------------------------------------- helpers
 
@@ -95,16 +75,7 @@ def _tiny_x(rng, m=5, k=9):
 
 def test_simulator_suite():
     """Run the ``test_sim_*`` tests of this file under the CUDA simulator (child process)."""
-    if IN_SIM:
-        pytest.skip("already running under the simulator")
-    pytest.importorskip("numba.cuda")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "test_sim_",
-           str(Path(__file__).resolve())]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, f"simulator tests failed:\n{tail}"
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], tail
+    run_simulator_suite(__file__, timeout=300)
 
 
 _PTX_SCRIPT = textwrap.dedent(r'''
@@ -167,16 +138,7 @@ _PTX_SCRIPT = textwrap.dedent(r'''
 
 def test_ptx_has_no_contracted_fma():
     """NVVM contracts a*b+c by default; the kernels' products must stay unfused."""
-    if IN_SIM:
-        pytest.skip("needs the real numba.cuda (not the simulator)")
-    pytest.importorskip("numba.cuda")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
-    proc = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    if proc.returncode == 0 and out.startswith("SKIP"):
-        pytest.skip(out.strip())
-    assert proc.returncode == 0 and "PTX OK" in out, out[-4000:]
+    run_ptx_script(_PTX_SCRIPT)
 
 
 # ---------------------------------------------------------------------- simulator: kernels

@@ -90,6 +90,20 @@ def unary(x, op: int, p0=0.0, p1=0.0):
 
 
 @cuda.jit(device=True)
+def _two_offsets(i, shape, a_off, a_str, b_off, b_str):
+    """Offsets in two strided views of the element with flat index ``i`` in ``shape``."""
+    for d in range(MAX_RANK - 1, -1, -1):
+        if shape[d] == 1:  # the padding axes (and real unit ones) cost no division
+            continue
+        q = i // shape[d]
+        j = i - q * shape[d]
+        i = q
+        a_off += j * a_str[d]
+        b_off += j * b_str[d]
+    return a_off, b_off
+
+
+@cuda.jit(device=True)
 def _arith(u, v, op):
     if op == ADD:
         return u + v
@@ -103,17 +117,7 @@ def _arith(u, v, op):
 @cuda.jit(cache=not SIMULATOR)
 def _binary_kernel(a, a_off, a_str, b, b_off, b_str, out, shape, op):
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        rem = i
-        ao = a_off
-        bo = b_off
-        for d in range(MAX_RANK - 1, -1, -1):
-            if shape[d] == 1:  # the padding axes (and real unit ones) cost no division
-                continue
-            q = rem // shape[d]
-            j = rem - q * shape[d]
-            rem = q
-            ao += j * a_str[d]
-            bo += j * b_str[d]
+        ao, bo = _two_offsets(i, shape, a_off, a_str, b_off, b_str)
         out[i] = _arith(a[ao], b[bo], op)
 
 
@@ -154,17 +158,7 @@ def binary(a, b, op: int):
 def _copy_kernel(src, s_off, s_str, dst, d_off, d_str, shape, n):
     """dst[d_off + Σ j_d·d_str_d] = src[s_off + Σ j_d·s_str_d] over the index space ``shape``."""
     for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        rem = i
-        so = s_off
-        do = d_off
-        for d in range(MAX_RANK - 1, -1, -1):
-            if shape[d] == 1:
-                continue
-            q = rem // shape[d]
-            j = rem - q * shape[d]
-            rem = q
-            so += j * s_str[d]
-            do += j * d_str[d]
+        so, do = _two_offsets(i, shape, s_off, s_str, d_off, d_str)
         dst[do] = src[so]
 
 
@@ -303,6 +297,18 @@ def rows_to_nchw(y, out, r0: int, oc0: int, bias=None) -> None:
                                               device_empty(0) if bias is None else bias, bias is not None)
 
 
+@cuda.jit(device=True)
+def _unravel5(t, c_, od, oh, ow):
+    """(n, c, i, j, k) of the flat index ``t`` of a C-contiguous (N, C, OD, OH, OW) array."""
+    k = t % ow
+    t //= ow
+    j = t % oh
+    t //= oh
+    i = t % od
+    t //= od
+    return t // c_, t % c_, i, j, k
+
+
 @cuda.jit(cache=not SIMULATOR)
 def _conv_direct_kernel(x, w, bias, has_bias, out, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw):
     """Grouped convolution, one thread per output element: x (N,C,D,H,W), w (OC,Cg,KD,KH,KW)."""
@@ -312,15 +318,7 @@ def _conv_direct_kernel(x, w, bias, has_bias, out, kd, kh, kw, sd, sh, sw, dd, d
     groups = x.shape[1] // cg
     ocg = oc_ // groups
     for t in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        q = t
-        k = q % ow
-        q //= ow
-        j = q % oh
-        q //= oh
-        i = q % od
-        q //= od
-        oc = q % oc_
-        n = q // oc_
+        n, oc, i, j, k = _unravel5(t, oc_, od, oh, ow)
         c0 = (oc // ocg) * cg
         acc = _F0
         for c in range(cg):
@@ -359,15 +357,7 @@ def _pool_kernel(x, out, is_max, include_pad, kd, kh, kw, sd, sh, sw, dd, dh, dw
     n_, c_, od, oh, ow = out.shape
     d_, h_, w_ = x.shape[2], x.shape[3], x.shape[4]
     for t in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        q = t
-        k = q % ow
-        q //= ow
-        j = q % oh
-        q //= oh
-        i = q % od
-        q //= od
-        c = q % c_
-        n = q // c_
+        n, c, i, j, k = _unravel5(t, c_, od, oh, ow)
         z0 = i * sd - pd
         y0 = j * sh - ph
         x0 = k * sw - pw
