@@ -34,7 +34,8 @@ _ap.add_argument("--profile", action="store_true", help="also print anasim's tim
 _ap.add_argument("--heap-malloc", action="store_true",
                  help="re-run with glibc's mmap allocation off (MALLOC_MMAP_MAX_=0, no trimming), so "
                       "large arrays reuse freed heap memory instead of page-faulting fresh pages")
-ARGS = _ap.parse_args()
+# imported by bench/analog.py for its model table: ignore that script's own options
+ARGS = _ap.parse_args() if __name__ == "__main__" else _ap.parse_known_args()[0]
 
 if ARGS.heap_malloc and os.environ.get("MALLOC_MMAP_MAX_") != "0":
     os.environ.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40))

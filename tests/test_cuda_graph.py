@@ -102,8 +102,9 @@ def test_cuda_placement_without_gpu_is_a_clear_error():
 # ---------------------------------------------------------------------- models
 
 
-def _model(nodes, inputs, output, inits, opset=17):
-    """An anasim Graph of ``nodes``; the output's shape is taken from the ONNX reference run."""
+def _model(nodes, inputs, output, inits, opset=17, as_proto=False):
+    """An anasim Graph of ``nodes`` (or its ModelProto); the output's shape is taken from the
+    ONNX reference run."""
     import anasim
     from onnx.reference import ReferenceEvaluator
 
@@ -117,12 +118,12 @@ def _model(nodes, inputs, output, inits, opset=17):
     shape[0] = "N" if len(shape) > 1 and any(not d.dim_value for d in inputs[0].type.tensor_type.shape.dim[:1]) \
         else shape[0]
     out = helper.make_tensor_value_info(output, TensorProto.FLOAT, shape)
-    graph = helper.make_graph(nodes, "t", inputs, [out], inits)
-    return anasim.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]),
-                       fold_batchnorm=False)
+    proto = helper.make_model(helper.make_graph(nodes, "t", inputs, [out], inits),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    return proto if as_proto else anasim.load(proto, fold_batchnorm=False)
 
 
-def _tiny_cnn(rng, softmax=True):
+def _tiny_cnn(rng, softmax=True, as_proto=False):
     """Every op the shared models use, and more, on (N, 2, 5, 5) inputs.
 
     conv (pads, bias) → BatchNorm → Relu → depthwise conv → Clip → Add (residual) →
@@ -175,7 +176,7 @@ def _tiny_cnn(rng, softmax=True):
         nodes.append(n("Softmax", ["mm"], ["y"], name="softmax", axis=-1))
         out = "y"
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])
-    return _model(nodes, [x], out, inits, opset=14)
+    return _model(nodes, [x], out, inits, opset=14, as_proto=as_proto)
 
 
 # ---------------------------------------------------------------------- simulator: digital
@@ -312,6 +313,26 @@ def test_sim_analog_network_on_cuda_equals_cpu():
     cpu.drift(86400.0)
     dev.drift(86400.0)
     np.testing.assert_allclose(dev(x), cpu(x), rtol=1e-4, atol=1e-4)
+
+
+@sim_only
+def test_sim_evaluate_on_cuda_equals_cpu():
+    """evaluate(..., device="cuda"): the ideal and the analog rows of the CPU's table."""
+    from anasim.experiment import evaluate
+
+    rng = np.random.default_rng(6)
+    proto = _tiny_cnn(rng, softmax=False, as_proto=True)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 2)
+    cfg = dict(NOISY, noise_model={"type": "pcm"}, drift_compensation={"type": "global"})
+    kw = dict(times=(86400.0,), seed=2, batch_size=1, metric="logits_rel_error", progress=False)
+    want = evaluate(proto, (x, y), cfg, **kw).rows
+    got = evaluate(proto, (x, y), cfg, device="cuda", **kw).rows
+    assert [r["kind"] for r in got] == ["ideal", "analog"]
+    for a, b in zip(want, got):
+        assert a["t_inference"] == b["t_inference"]
+        assert b["logits_rel_error"] == pytest.approx(a["logits_rel_error"], rel=1e-3, abs=1e-6)
+    assert got[1]["logits_rel_error"] > 0.01  # noise and drift are there
 
 
 @sim_only
