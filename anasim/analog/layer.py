@@ -20,7 +20,9 @@ straight into the output. Row ids are those of the whole batch, so the result is
 one of the unblocked path bit for bit wherever BLAS's sums do not depend on the number
 of rows in a product (ResNet-20: identical; ResNet-18: 2 of 19.7 M convolution outputs
 differ by one ADC step, from OpenBLAS choosing another kernel for a different row count).
-Grouped convolutions, Gemm/MatMul and GPU tiles take the unblocked path.
+Grouped convolutions build each group's im2col rows from its own channels and share the
+groups out among the worker threads (:meth:`AnalogLayer._conv_grouped`). 3-D
+convolutions, Gemm/MatMul and GPU tiles on host arrays take the unblocked path.
 
 On the GPU (the simulator's graph placed on ``"cuda"``) the layer receives a device
 array and keeps everything there (:meth:`AnalogLayer._call_device`): im2col blocks and
@@ -31,7 +33,7 @@ tiles run on them, and the NCHW output is written on the device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -138,10 +140,47 @@ class AnalogLayer:
                              a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
             return self._conv_blocked(np.ascontiguousarray(x, dtype=np.float32), geom)
+        if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
+            return self._conv_grouped(np.asarray(x, dtype=np.float32), geom)
         cols = im2col(np.ascontiguousarray(x, dtype=np.float32), geom)
         per_sample = int(np.prod(geom.out_shape))
         y = self._run_rows(cols, self._row_ids(x.shape[0], per_sample))
         return cols_to_output(y, x.shape[0], geom)
+
+    def _conv_grouped(self, x: np.ndarray, geom) -> np.ndarray:
+        """A grouped (e.g. depthwise) convolution: the groups are shared out among the
+        convolution's worker threads.
+
+        Each group's im2col rows are built from its own channels, an (N·P, C/group·kk)
+        matrix, instead of slicing the group's columns out of the whole (N·P, C·kk) one
+        (which, for a depthwise layer, reads the whole matrix once per group); the
+        group's tiles run with the single-threaded kernels (:data:`SERIAL`). Same rows
+        and row ids as the unblocked path, so the same numbers.
+        """
+        n, p = x.shape[0], geom.n_pixels
+        cg, ocg = geom.channels_per_group, geom.out_channels_per_group
+        one = replace(geom, in_channels=cg, out_channels=ocg, group=1)
+        out = np.empty((n, geom.out_channels, p), np.float32)
+        total = n * p
+        first = self.context.sample_offset * p
+        ids = np.arange(first, first + total, dtype=np.int64)
+        epoch = self.context.epoch
+
+        def do_group(_state, g):
+            m = self.matrices[g]
+            xp, params = padded_input(np.ascontiguousarray(x[:, g * cg:(g + 1) * cg]), one)
+            cols = np.empty((total, one.k + (1 if m.analog_bias else 0)), np.float32)
+            if m.analog_bias:
+                cols[:, one.k] = 1
+            im2col_rows(xp, params, 0, total, cols)
+            acc = np.zeros((total, ocg), np.float32)
+            m.forward_into(cols, ids, epoch, acc, SERIAL)
+            tmp = np.empty((n, ocg, p), np.float32)
+            rows_to_nchw(acc, np.zeros(ocg, np.float32) if m.bias is None else m.bias, tmp, 0)
+            out[:, g * ocg:(g + 1) * ocg] = tmp
+
+        run_blocks(len(self.matrices), lambda: None, do_group)
+        return out.reshape((n, geom.out_channels) + geom.out_shape)
 
     def _conv_blocked(self, x: np.ndarray, geom) -> np.ndarray:
         """The convolution in blocks of rows that stay in cache, on worker threads.
