@@ -375,6 +375,7 @@ def _sha_file(path) -> str:
 def _cmd_sweep(args) -> int:
     import time
 
+    from .errors import InputError
     from .experiment import sweep
     from .experiment.storage import result_format
 
@@ -383,6 +384,8 @@ def _cmd_sweep(args) -> int:
     if args.out:
         result_format(args.out)
     _check_outputs([], args.overwrite, args.plot)
+    if args.data is None:
+        raise InputError("sweep needs --data FILE (an .npz with x and y, CIFAR batches, IDX files, ...).")
     pre, pre_note = _preprocessing(args, args.model)
     from .datasets import load_dataset
 
@@ -394,7 +397,7 @@ def _cmd_sweep(args) -> int:
     res = sweep(args.model, data, args.grid, out=args.out, batch_size=args.batch_size, workers=args.workers,
                 threads=args.threads, scheduler=args.scheduler, progress=False if args.quiet else None,
                 times=times, repeats=args.repeats, seed=args.seed, metric=args.metric,
-                overrides=args.set or (), output=args.output, log=log)
+                overrides=args.set or (), output=args.output, log=log, device=args.device)
     print(res.summary())
     meta = res.meta
     say(f"\n{meta['points']} point(s): {meta['evaluated']} evaluated now, {meta['skipped']} already in "
@@ -459,10 +462,9 @@ def _add_run_options(s, sweep: bool = False) -> None:
                    help="samples per forward pass (memory only; results do not depend on it; default 256)")
     g.add_argument("--threads", type=int, metavar="N",
                    help="Numba and BLAS threads (default $ANASIM_NUM_THREADS, else all cores)")
-    if not sweep:
-        g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                       help="where the network runs: cpu (default) or cuda (the whole network on the GPU "
-                            "via numba.cuda; the same random numbers, results equal to float rounding)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the network runs: cpu (default) or cuda (the whole network on the GPU "
+                        "via numba.cuda; the same random numbers, results equal to float rounding)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no explanations")
     g.add_argument("--plot", metavar="PNG", help="draw the results (needs matplotlib)")
 

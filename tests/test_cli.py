@@ -66,6 +66,25 @@ def test_unknown_set_key_is_one_line_naming_the_closest(files, capsys):
     assert rc == 2 and "cifar10" in _error_line(capsys)
 
 
+def test_missing_data_and_unavailable_device_are_one_line_errors(files, tmp_path, capsys):
+    model, data = files
+    grid = tmp_path / "g.toml"
+    grid.write_text('[grid]\n"forward.out_noise" = [0.0, 0.1]\n')
+    rc = main(["sweep", str(model), "--grid", str(grid)])
+    assert rc == 2 and "sweep needs --data" in _error_line(capsys)
+    rc = main(["evaluate", str(model)])
+    assert rc == 2 and "evaluate needs --data" in _error_line(capsys)
+    from anasim.kernels.cuda import available
+
+    if available():
+        return
+    for cmd in (["evaluate", str(model), "--data", str(data)],
+                ["sweep", str(model), "--data", str(data), "--grid", str(grid), "--out", str(tmp_path / "r.csv")]):
+        rc = main(cmd + ["--device", "cuda", "-q"])
+        assert rc == 2 and "needs a CUDA GPU" in _error_line(capsys)
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_parse_times():
     assert parse_times("0,1,3600") == [0.0, 1.0, 3600.0]
     assert parse_times("10s, 2min,1h,1d,1w,1y, 1e6") == [

@@ -99,6 +99,28 @@ def test_cuda_placement_without_gpu_is_a_clear_error():
         anasim.analog(g, "ideal", device="cuda")
 
 
+def test_experiments_check_the_device_up_front(tmp_path):
+    """evaluate / sweep refuse a bad or unavailable device before any work, naming the way out."""
+    from anasim.errors import ConfigError
+    from anasim.experiment import evaluate, sweep
+    from anasim.kernels.cuda import available
+
+    rng = np.random.default_rng(0)
+    proto = _tiny_cnn(rng, softmax=False, as_proto=True)
+    data = (rng.standard_normal((2, 2, 5, 5)).astype(np.float32), np.array([0, 1]))
+    with pytest.raises(ConfigError, match="device must be 'cpu' or 'cuda'"):
+        evaluate(proto, data, "ideal", device="gpu", progress=False)
+    if available():
+        pytest.skip("a GPU (or the simulator) is available")
+    out = tmp_path / "r.csv"
+    with pytest.raises(ConfigError, match="needs a CUDA GPU.*Use device 'cpu'"):
+        evaluate(proto, data, "ideal", device="cuda", progress=False)
+    grid = {"grid": {"forward.out_noise": [0.0, 0.1]}}
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        sweep(proto, data, grid, out=out, device="cuda", progress=False)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------- models
 
 

@@ -352,7 +352,7 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
           batch_size: int = 256, workers: int = 1, threads: int | None = None, scheduler=None,
           progress: bool | None = None, times=None, repeats: int | None = None, seed: int | None = None,
           metric=None, overrides: Sequence[str] = (), output: str | None = None,
-          log=None) -> Results:
+          log=None, device: str = "cpu") -> Results:
     """Evaluate every point of ``grid`` (a file, dict or :class:`Grid`) like :func:`evaluate`.
 
     Parameters besides those of :func:`~anasim.experiment.evaluate`:
@@ -364,6 +364,8 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
     scheduler : Dask scheduler address (``tcp://host:8786``) or a ``distributed.Client``.
     threads : Numba + BLAS threads in all (each of ``workers`` processes gets threads // workers).
     log : callable taking a line of text (progress messages), default none.
+    device : ``"cpu"`` (default) or ``"cuda"``: where each point's network runs (in
+        every worker; local workers then share the GPU). Results agree to float32 rounding.
 
     Returns the :class:`Results` of all the grid's points (finished earlier or now), in
     grid order, with ``meta["skipped"]`` / ``meta["evaluated"]`` counts.
@@ -379,7 +381,7 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
     data = as_data(dataset, preprocessing, limit)
     first_fold = bool(getattr(points[0][1].mapping, "fold_batchnorm", True))
     job = make_job(msrc, data, times=g.times, repeats=g.repeats, seed=g.seed, batch_size=batch_size,
-                   metric=g.metric, output=output, fold_batchnorm=first_fold)
+                   metric=g.metric, output=output, fold_batchnorm=first_fold, device=device)
     metrics = [m.name for m in job.metrics]
     ids, unique = [], []
     seen = set()
