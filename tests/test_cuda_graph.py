@@ -306,6 +306,48 @@ def test_sim_device_op_equals_cpu(case):
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
 
 
+@sim_only
+def test_sim_review_regressions():
+    """Cases a review found: 0-d values keep their rank on upload (PyTorch's flatten chain),
+    GlobalMaxPool propagates NaN, transposed weights are freed with their graph, float64
+    data through an analog layer, and small shape arithmetic stays on the host."""
+    import gc
+
+    import anasim
+    from anasim.ops import cuda as ops_cuda
+
+    n = helper.make_node
+    nodes = [n("Shape", ["x"], ["s"], name="shape"), n("Gather", ["s", "i0"], ["d0"], name="gather", axis=0),
+             n("Unsqueeze", ["d0", "ax"], ["u"], name="unsq"), n("Concat", ["u", "m1"], ["shp"], name="cat", axis=0),
+             n("Reshape", ["x", "shp"], ["r"], name="reshape"), n("Gemm", ["r", "w"], ["y"], name="fc")]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2, 2])
+    consts = {"i0": np.array(0, np.int64), "ax": np.array([0], np.int64), "m1": np.array([-1], np.int64),
+              "w": np.linspace(-1, 1, 24).reshape(12, 2).astype(np.float32)}
+    g = _model(nodes, [x_info], "y", consts)
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 2)).astype(np.float32)
+    gd = g.to("cuda")
+    assert gd.host_nodes == ["gather"]
+    np.testing.assert_allclose(gd(x), g(x), rtol=1e-6, atol=1e-6)
+    del gd
+    gc.collect()
+    assert not ops_cuda._TRANSPOSED  # the Gemm's transposed weight went with its graph
+
+    g2, feeds = _one_node("GlobalMaxPool", [(1, 2, 2, 2)])
+    feeds["i0"][0, 1, 1, 0] = np.nan
+    got = g2.to("cuda").run(feeds)["y"]
+    assert np.isnan(got[0, 1, 0, 0]) and np.isfinite(got[0, 0, 0, 0])
+
+    w = np.linspace(-1, 1, 2 * 3 * 9).reshape(2, 3, 3, 3)
+    node = n("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    x64 = helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 3, 3, 3])
+    y64 = helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 2, 3, 3])
+    proto = helper.make_model(helper.make_graph([node], "f64", [x64], [y64], [numpy_helper.from_array(w, "w")]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    xd = np.random.default_rng(1).standard_normal((1, 3, 3, 3))
+    want = anasim.analog(proto, NOISY, seed=1)(xd)
+    np.testing.assert_allclose(anasim.analog(proto, NOISY, seed=1, device="cuda")(xd), want, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------------- simulator: analog
 
 NOISY = {"forward": {"inp_res": 126, "out_res": 254, "out_bound": 4.0, "out_noise": 0.05,

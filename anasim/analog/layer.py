@@ -77,6 +77,8 @@ class AnalogLayer:
     """Gemm ``beta·C`` that is not a per-output vector; added digitally after the tiles."""
     states: dict = field(default_factory=dict, repr=False)
     """Programmed device state per (matrix, tile) — filled by the simulator."""
+    _extra_bias_device: object = field(default=None, repr=False, compare=False)
+    """GPU copy of ``extra_bias``, made on first use."""
 
     # ------------------------------------------------------------------ info
     @property
@@ -232,18 +234,23 @@ class AnalogLayer:
         from ..kernels import cuda_digital as D
         from ..kernels.cuda import as_device, to_host
 
-        if not all(hasattr(m, "refresh_weights") for m in self.matrices):  # CPU tiles
+        if not all(hasattr(m, "refresh_weights") for m in self.matrices) or np.dtype(x.dtype) not in (
+                np.float32, np.float64):  # CPU tiles, or float16 data: the host path
             return as_device(self(to_host(x)))
+        if np.dtype(x.dtype) == np.float64:
+            x = D.to_float32(x)  # as the CPU path casts
         if self.op_type == "Conv":
             y = self._conv_device(x)
         elif self.op_type == "Gemm":
-            if self.attrs.get("transA", 0):
-                x = D.copy_strided(x, 0, (1, x.shape[1]), tuple(x.shape)[::-1])
             if len(x.shape) != 2:
                 raise InputError(f"Gemm node {self.name!r} expects a 2-D input; got shape {tuple(x.shape)}.")
+            if self.attrs.get("transA", 0):
+                x = D.copy_strided(x, 0, (1, x.shape[1]), tuple(x.shape)[::-1])
             y = self._rows_device(x, x.shape[0], 1)
             if self.extra_bias is not None:
-                y = D.binary(y, as_device(self.extra_bias), D.ADD)
+                if self._extra_bias_device is None:
+                    self._extra_bias_device = as_device(self.extra_bias)
+                y = D.binary(y, self._extra_bias_device, D.ADD)
         else:
             k, shape = self.matrices[0].in_size, tuple(x.shape)
             if shape[-1] != k:

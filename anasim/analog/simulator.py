@@ -100,7 +100,8 @@ class AnalogSimulator:
             self.layers.append(AnalogLayer(name, node.op_type, index, shape, matrices, dict(node.attrs),
                                            self.context, extra))
         self._layer_configs = {layer.name: self.config.for_layer(layer.name) for layer in self.layers}
-        self._executor = graph.to(device).with_overrides({layer.name: layer for layer in self.layers})
+        # bound on the CPU first, then placed once: the analog nodes' weights are not uploaded
+        self._executor = graph.with_overrides({layer.name: layer for layer in self.layers}).to(device)
         self.repetition = 0
         self.t_inference = 0.0
         if self.has_device_model:

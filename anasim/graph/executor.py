@@ -71,6 +71,16 @@ def _require_gpu() -> None:
                          "none is available here. Use device='cpu' (the same numbers).")
 
 
+def _gpu_memory() -> int:
+    """Total memory of the current GPU in bytes (8 GiB where it cannot be read, e.g. the simulator)."""
+    try:
+        from numba import cuda
+
+        return int(cuda.current_context().get_memory_info()[1])
+    except Exception:
+        return 8 * 2**30
+
+
 class Graph:
     """An imported ONNX model, runnable with NumPy (ideal, digital arithmetic).
 
@@ -83,7 +93,9 @@ class Graph:
     ir : GraphIR
         The imported model.
     overrides : dict of node name to callable, optional
-        Callables that replace the named nodes (the analog layers).
+        Callables that replace the named nodes (the analog layers). On ``"cuda"`` they
+        receive and should return device arrays (``anasim.kernels.cuda.to_host`` /
+        ``as_device`` convert).
     device : "cpu" (default) or "cuda"
         Where the nodes run (see :meth:`to`).
 
@@ -232,9 +244,16 @@ class Graph:
         return out
 
     def auto_batch_size(self) -> int:
-        """Samples per chunk that keep peak memory near ``ANASIM_MEMORY_BUDGET`` (bytes,
-        default 2 GiB): the largest per-sample activation × 16 (im2col and workspace)."""
-        budget = int(os.environ.get("ANASIM_MEMORY_BUDGET", 2 * 2**30))
+        """Samples per chunk that keep peak memory near the budget: the largest
+        per-sample activation × 16 (im2col and workspace).
+
+        The budget (bytes) is ``ANASIM_MEMORY_BUDGET`` (default 2 GiB) on the CPU and
+        ``ANASIM_GPU_MEMORY_BUDGET`` (default a quarter of the GPU's memory) on "cuda".
+        """
+        if self.device == "cuda":
+            budget = int(os.environ.get("ANASIM_GPU_MEMORY_BUDGET", 0)) or _gpu_memory() // 4
+        else:
+            budget = int(os.environ.get("ANASIM_MEMORY_BUDGET", 2 * 2**30))
         per_sample = 1
         for vi in self.ir.value_info.values():
             if vi.shape and len(vi.shape) > 1 and not isinstance(vi.shape[0], int) and all(

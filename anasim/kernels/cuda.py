@@ -533,7 +533,7 @@ def as_device(a, dtype=np.float32):
         if not a.is_c_contiguous():
             raise ValueError("device arrays must be C-contiguous")
         return a
-    return cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+    return cuda.to_device(np.asarray(a, dtype=dtype, order="C"))  # (ascontiguousarray makes 0-d 1-d)
 
 
 def to_host(a):

@@ -191,6 +191,13 @@ def copy_strided(src, src_offset: int, src_strides, shape, dst=None, dst_offset:
     return dst
 
 
+def to_float32(x):
+    """A float32 copy of a float64 device array (the copy kernel converts on assignment)."""
+    shape = tuple(x.shape)
+    strides = contiguous_strides(shape)
+    return copy_strided(x, 0, strides, shape, device_empty(shape, np.float32), 0, strides)
+
+
 @cuda.jit(cache=not SIMULATOR)
 def _pad_kernel(x, x_shape, begin, out, out_shape, value):
     for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
@@ -404,7 +411,7 @@ def pool(x5, out5, is_max: bool, include_pad: bool, params) -> None:
 
 @cuda.jit(cache=not SIMULATOR)
 def _plane_reduce_kernel(x, out, is_max):
-    """out[r] = mean (or max) of row r of x (planes × pixels), summed in element order."""
+    """out[r] = mean (or max, NaN if any) of row r of x (planes × pixels), summed in element order."""
     rows, cols = x.shape
     for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
         acc = _F0
@@ -412,7 +419,7 @@ def _plane_reduce_kernel(x, out, is_max):
         for c in range(cols):
             v = x[r, c]
             acc += v
-            if v > best:
+            if v > best or v != v:  # NaN propagates, as np.max does
                 best = v
         out[r] = best if is_max else acc / cols
 

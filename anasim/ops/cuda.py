@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -115,6 +116,8 @@ def _view_op(cpu, data, *rest, **_attrs):
     op that returns something else than a view of it runs on the host instead.
     """
     shape = tuple(int(s) for s in data.shape)
+    if not K.is_device_array(data) or len(shape) > D.MAX_RANK:
+        return on_host(cpu, data, *rest)  # host data (shape computations) stays on the host
     probe = np.empty(shape, np.uint8)
     res = cpu(probe, *[None if a is None else K.to_host(a) for a in rest])
     if not isinstance(res, np.ndarray) or res.dtype != np.uint8 or (
@@ -136,9 +139,9 @@ for _op in ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose
 
 @register_cuda("Concat", since=1)
 def concat(cpu, *inputs, axis=1):
-    if not inputs or not _same_dtype(inputs):
+    rank = len(inputs[0].shape) if inputs else 0
+    if not inputs or not _same_dtype(inputs) or rank > D.MAX_RANK:
         return on_host(cpu, *inputs)
-    rank = len(inputs[0].shape)
     ax = _axis(axis, rank)
     shapes = [tuple(a.shape) for a in inputs]
     if any(len(s) != rank or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:] for s in shapes):
@@ -158,7 +161,7 @@ def _same_dtype(arrays) -> bool:
 
 
 def _pad(cpu, data, begin, end, mode, value, *original):
-    if mode != "constant" or min(begin + end, default=0) < 0 or not _f32(data):
+    if mode != "constant" or min(begin + end, default=0) < 0 or not _f32(data) or len(data.shape) > D.MAX_RANK:
         return on_host(cpu, data, *original)
     return D.pad_constant(data, begin, end, value)
 
@@ -287,17 +290,22 @@ def conv(cpu, X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kerne
 
 
 _TRANSPOSED: dict[int, tuple] = {}
+"""id(b) -> (weak reference to b, b.T): transposed weights, dropped when b is freed."""
 
 
 def transposed(b):
-    """``b.T`` (2-D) as a contiguous device array; cached for arrays that live on (weights)."""
+    """``b.T`` (2-D) as a contiguous device array, cached while ``b`` lives (a weight
+    uploaded once by :func:`bind_cuda` is transposed once, and freed with its graph)."""
     hit = _TRANSPOSED.get(id(b))
-    if hit is not None and hit[0] is b:
+    if hit is not None and hit[0]() is b:
         return hit[1]
     t = D.copy_strided(b, 0, D.contiguous_strides(b.shape)[::-1], tuple(b.shape)[::-1])
-    if len(_TRANSPOSED) > 256:
-        _TRANSPOSED.clear()
-    _TRANSPOSED[id(b)] = (b, t)
+    try:
+        ref = weakref.ref(b)
+    except TypeError:  # not weak-referenceable: no caching
+        return t
+    _TRANSPOSED[id(b)] = (ref, t)
+    weakref.finalize(b, _TRANSPOSED.pop, id(b), None)
     return t
 
 
@@ -406,6 +414,10 @@ def bind_cuda(node, impl, attrs: dict, constants: dict, opset: int) -> tuple[Cal
     ``constants`` the graph's initializers (those the device implementation reads on
     the device are uploaded here, once) and ``opset`` the model's opset of the node's
     domain.
+
+    At run time, a node whose inputs computed at run time are all on the host (shape
+    arithmetic after a host fallback, say) runs its CPU op there: small integer tensors
+    do not travel to the device and back.
     """
     cpu = functools.partial(impl.fn, **attrs) if attrs else impl.fn
     dev = resolve_cuda(node.domain, node.op_type, opset, impl.since)
@@ -422,6 +434,8 @@ def bind_cuda(node, impl, attrs: dict, constants: dict, opset: int) -> tuple[Cal
                 fixed[pos] = K.as_device(arr, arr.dtype)
 
     def run(*args):
+        if not any(K.is_device_array(a) for pos, a in enumerate(args) if pos not in fixed):
+            return cpu(*args)  # nothing computed on the device: stay on the host
         args = list(args)
         for pos, a in enumerate(args):
             if pos in fixed:
@@ -429,10 +443,8 @@ def bind_cuda(node, impl, attrs: dict, constants: dict, opset: int) -> tuple[Cal
             elif a is not None:
                 if pos in host:
                     args[pos] = K.to_host(a)
-                elif not K.is_device_array(a):
-                    a = np.asarray(a)
-                    args[pos] = K.as_device(a, a.dtype)
                 else:
+                    a = a if K.is_device_array(a) else np.asarray(a)
                     args[pos] = K.as_device(a, a.dtype)
         return dev.fn(cpu, *args, **attrs)
 
