@@ -292,9 +292,14 @@ class Graph:
             if trace:
                 for name in node.outputs:
                     v = values.get(name)
+                    where = ""
+                    if self.device == "cuda" and v is not None and not isinstance(v, np.ndarray):
+                        from ..kernels.cuda import to_host
+
+                        v, where = np.asarray(to_host(v)), " (on the GPU)"  # a debugging copy
                     if isinstance(v, np.ndarray) and v.size and v.dtype.kind in "fiu":
                         print(f"[anasim] {k:4d} {node.op_type:>18s} {name}: {v.shape} {v.dtype} "
-                              f"min {v.min():.5g} max {v.max():.5g}", file=sys.stderr)
+                              f"min {v.min():.5g} max {v.max():.5g}{where}", file=sys.stderr)
             if k == stop_after:
                 return values
             for name in self._free_after[k]:
