@@ -111,9 +111,9 @@ def _view_op(cpu, data, *rest, **_attrs):
     """Run the CPU op on a stand-in of ``data``'s shape; gather the view it returns.
 
     ``cpu`` carries the attributes. The stand-in is a uint8 array (one byte per element,
-    never read), so the returned
-    view's byte offset and strides are element offsets and strides into ``data``. An
-    op that returns something else than a view of it runs on the host instead.
+    never read), so the returned view's byte offset and strides are element offsets and
+    strides into ``data``. An op that returns something else than a view of it runs on
+    the host instead (Shape and Size return their small host vector).
     """
     shape = tuple(int(s) for s in data.shape)
     if not K.is_device_array(data) or len(shape) > D.MAX_RANK:
