@@ -108,7 +108,7 @@ def test_experiments_check_the_device_up_front(tmp_path):
     rng = np.random.default_rng(0)
     proto = _tiny_cnn(rng, softmax=False, as_proto=True)
     data = (rng.standard_normal((2, 2, 5, 5)).astype(np.float32), np.array([0, 1]))
-    with pytest.raises(ConfigError, match="device must be 'cpu' or 'cuda'"):
+    with pytest.raises(ConfigError, match="device must be one of \['cpu', 'cuda'\]"):
         evaluate(proto, data, "ideal", device="gpu", progress=False)
     if available():
         pytest.skip("a GPU (or the simulator) is available")

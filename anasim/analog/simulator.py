@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import AnalogConfig, load_config, unmatched_patterns
 from ..errors import ConfigError, InputError
-from ..graph.executor import Graph
+from ..graph.executor import Graph, check_device
 from .layer import AnalogLayer, RunContext, layer_matrix
 from .tile import AnalogMatrix
 
@@ -55,14 +55,7 @@ class AnalogSimulator:
             raise InputError(f"anasim.analog expects a Graph from anasim.load; got {type(graph).__name__}.")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
-        if device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda'; got {device!r}.")
-        if device == "cuda":
-            from ..kernels.cuda import available
-
-            if not available():
-                raise ConfigError("device='cuda' needs a CUDA GPU with numba.cuda (pip install 'anasim[cuda]'); "
-                                  "none is available here. Use device='cpu' (the same numbers).")
+        check_device(device, ConfigError)
         self.device = device
         self.config: AnalogConfig = load_config(config) if config is not None else AnalogConfig()
         graph = _graph_for(graph, self.config)

@@ -18,9 +18,8 @@ in-place edit of those arrays).
 Bound management: after each pass the (M,) saturation flags are copied to the host
 (one byte per row), the saturated rows are compacted there (``np.flatnonzero``, as on
 the CPU) and their indices sent back; the re-run gathers those rows (and their row
-ids) on the device,
-prepares, multiplies and finalizes them, and scatters outputs and scales back. Only
-the flags and the index lists cross the bus.
+ids) on the device, prepares, multiplies and finalizes them, and scatters outputs and
+scales back. Only the flags and the index lists cross the bus.
 
 Use: ``cm = to_cuda(am)``; ``cm.forward(x, row_ids, epoch)`` with a NumPy ``x`` returns
 a NumPy array (a drop-in replacement for ``am`` in an ``AnalogLayer``), with a device

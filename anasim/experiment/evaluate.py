@@ -30,6 +30,7 @@ import numpy as np
 from .. import __version__
 from ..config import AnalogConfig, apply_overrides, load_config
 from ..errors import ConfigError, InputError
+from ..graph.executor import check_device
 from ..graph.executor import Graph
 from .metrics import Metric, default_metrics, get_metric
 from .progress import progress_bar
@@ -372,14 +373,7 @@ def make_job(model, data, *, times=(0.0,), repeats=1, seed=0, batch_size=256, me
     batch_size = _check_positive("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be 'cpu' or 'cuda'; got {device!r}.")
-    if device == "cuda":
-        from ..kernels.cuda import available
-
-        if not available():
-            raise ConfigError("device 'cuda' needs a CUDA GPU usable by numba.cuda (pip install "
-                              "'anasim[cuda]'); none is available here. Use device 'cpu' (the same numbers).")
+    check_device(device, ConfigError)
     primary = get_metric(metric)
     graph = model.graph(fold_batchnorm)
     job = Job(model, data, times, repeats, int(seed), batch_size, [primary], output, device)

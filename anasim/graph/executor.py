@@ -63,12 +63,20 @@ DEVICES = ("cpu", "cuda")
 """Where a graph can run (:meth:`Graph.to`)."""
 
 
-def _require_gpu() -> None:
-    from ..kernels.cuda import available
+def check_device(device, error=InputError) -> str:
+    """``device`` if it names a place the network can run, else ``error`` with the way out.
 
-    if not available():
-        raise InputError("device='cuda' needs a CUDA GPU usable by numba.cuda (pip install 'anasim[cuda]'); "
-                         "none is available here. Use device='cpu' (the same numbers).")
+    ``"cuda"`` also needs a GPU usable by numba.cuda (or Numba's CUDA simulator).
+    """
+    if device not in DEVICES:
+        raise error(f"device must be one of {list(DEVICES)}; got {device!r}.")
+    if device == "cuda":
+        from ..kernels.cuda import available
+
+        if not available():
+            raise error("device 'cuda' needs a CUDA GPU usable by numba.cuda (pip install 'anasim[cuda]'); "
+                        "none is available here. Use device 'cpu' (the same numbers).")
+    return device
 
 
 def _gpu_memory() -> int:
@@ -113,10 +121,7 @@ class Graph:
     """
 
     def __init__(self, ir: GraphIR, overrides: Mapping[str, Callable] | None = None, device: str = "cpu"):
-        if device not in DEVICES:
-            raise InputError(f"device must be one of {list(DEVICES)}; got {device!r}.")
-        if device == "cuda":
-            _require_gpu()
+        check_device(device)
         self.ir = ir
         self.device = device
         overrides = dict(overrides or {})
