@@ -440,13 +440,15 @@ def test_gpu_shared_model_runs_on_device(name):
 
 
 @gpu_only
-def test_gpu_analog_resnet20_equals_cpu():
-    """aihwkit preset + PCM at 1 day: the GPU draws the CPU's noise (top-1 of 128 images agree)."""
+@pytest.mark.parametrize("name,n", [("resnet20_cifar10.onnx", 128), ("mobilenet_v2_fmnist.onnx", 32)])
+def test_gpu_analog_model_equals_cpu(name, n):
+    """aihwkit preset + PCM at 1 day: the GPU draws the CPU's noise (ResNet-20; MobileNetV2
+    for the grouped path), and repeats itself exactly."""
     import anasim
-    from conftest import cifar10_test, shared_path
+    from conftest import MODEL_DATA, shared_path
 
-    x, _ = cifar10_test(128)
-    path = shared_path("models", "resnet20_cifar10.onnx")
+    x, _ = MODEL_DATA[name](n)
+    path = shared_path("models", name)
     cpu = anasim.analog(path, "aihwkit", seed=3)
     dev = anasim.analog(path, "aihwkit", seed=3, device="cuda")
     assert dev._executor.host_nodes == []
@@ -456,3 +458,4 @@ def test_gpu_analog_resnet20_equals_cpu():
     # float rounding can move an ADC level now and then; the noise itself is identical
     assert np.mean(np.abs(got - want) <= 1e-3 * np.abs(want).max()) > 0.99
     assert np.mean(got.argmax(1) == want.argmax(1)) > 0.97
+    np.testing.assert_array_equal(dev(x), got)  # deterministic on the device
