@@ -56,7 +56,8 @@ _PTX_SCRIPT = textwrap.dedent(r'''
         "_rows_to_nchw_kernel": (f"void({F2}, float32[:, :, ::1], int64, int64, {F1}, boolean)", True),
         "_conv_direct_kernel": (f"void({F5}, {F5}, {F1}, boolean, {F5}, {I12})", True),
         "_pool_kernel": (f"void({F5}, {F5}, boolean, boolean, {I15})", True),
-        "_plane_reduce_kernel": (f"void({F2}, {F1}, boolean)", True),
+        "_plane_reduce_kernel": (f"void({F2}, {F1}, int64)", True),
+        "_softmax_kernel": (f"void({F2}, {F2}, boolean)", False),
         "_bn_coefficients_kernel": (f"void({F1}, {F1}, {F1}, {F1}, float32, {F1}, {F1})", True),
         "_channel_affine_kernel": (f"void({F1}, {F1}, {F1}, {F1}, int64)", True),
         "_arange_kernel": (f"void({I1}, int64)", True),
@@ -106,9 +107,9 @@ def test_experiments_check_the_device_up_front(tmp_path):
     from anasim.kernels.cuda import available
 
     rng = np.random.default_rng(0)
-    proto = _tiny_cnn(rng, softmax=False, as_proto=True)
+    proto = _tiny_cnn(rng, host_tail=False, as_proto=True)
     data = (rng.standard_normal((2, 2, 5, 5)).astype(np.float32), np.array([0, 1]))
-    with pytest.raises(ConfigError, match="device must be one of \['cpu', 'cuda'\]"):
+    with pytest.raises(ConfigError, match=r"device must be one of \['cpu', 'cuda'\]"):
         evaluate(proto, data, "ideal", device="gpu", progress=False)
     if available():
         pytest.skip("a GPU (or the simulator) is available")
@@ -145,14 +146,14 @@ def _model(nodes, inputs, output, inits, opset=17, as_proto=False):
     return proto if as_proto else anasim.load(proto, fold_batchnorm=False)
 
 
-def _tiny_cnn(rng, softmax=True, as_proto=False):
+def _tiny_cnn(rng, host_tail=True, as_proto=False):
     """Every op the shared models use, and more, on (N, 2, 5, 5) inputs.
 
     conv (pads, bias) → BatchNorm → Relu → depthwise conv → Clip → Add (residual) →
     ResNet-20's shortcut (Slice ::2 spatially, Pad channels) → Concat → MaxPool (ceil) and
     AveragePool (count_include_pad) → Mul/Sub/Div by constants, LeakyRelu, Sigmoid, Tanh,
-    HardSwish → Transpose → GlobalAveragePool → Flatten → Gemm → MatMul → Softmax
-    (no device implementation here: the host fallback).
+    HardSwish → Transpose → GlobalAveragePool → Flatten → Gemm → MatMul, then (``host_tail``)
+    ReduceMean → Softmax → Abs (no device implementation: the host fallback).
     """
     f = lambda *s: (rng.standard_normal(s) * 0.5).astype(np.float32)  # noqa: E731
     inits = {
@@ -194,8 +195,12 @@ def _tiny_cnn(rng, softmax=True, as_proto=False):
     ]
     inits["rs"] = np.array([0, 6, 2, -1], np.int64)
     out = "mm"
-    if softmax:
-        nodes.append(n("Softmax", ["mm"], ["y"], name="softmax", axis=-1))
+    if host_tail:
+        inits["rm"] = np.array([1], np.int64)
+        nodes += [n("Unsqueeze", ["mm", "rm"], ["mu"], name="unsq"),
+                  n("ReduceMean", ["mu"], ["mr"], name="mean", axes=[2], keepdims=0),
+                  n("Softmax", ["mr"], ["sm"], name="softmax", axis=-1),
+                  n("Abs", ["sm"], ["y"], name="abs")]
         out = "y"
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])
     return _model(nodes, [x], out, inits, opset=14, as_proto=as_proto)
@@ -212,9 +217,9 @@ def test_sim_graph_on_cuda_equals_cpu():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gd = g.to("cuda")
-    assert gd.host_nodes == ["softmax"]
-    assert any("Softmax" in str(w.message) and "host_nodes" in str(w.message) for w in caught)
-    assert all(n.on_device for n in gd.nodes if n.name != "softmax")
+    assert gd.host_nodes == ["abs"]
+    assert any("(Abs)" in str(w.message) and "host_nodes" in str(w.message) for w in caught)
+    assert all(n.on_device for n in gd.nodes if n.name != "abs")
     np.testing.assert_allclose(gd(x), g(x), rtol=2e-5, atol=2e-6)
     # every node's output, not just the end: ANASIM_STOP_AFTER returns all values so far
     from anasim.kernels.cuda import to_host
@@ -236,7 +241,7 @@ def test_sim_graph_on_cuda_equals_cpu():
 @sim_only
 def test_sim_graph_on_cuda_no_fallback_and_chunking():
     rng = np.random.default_rng(2)
-    g = _tiny_cnn(rng, softmax=False)
+    g = _tiny_cnn(rng, host_tail=False)
     gd = g.to("cuda")
     assert gd.host_nodes == []
     x = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
@@ -288,6 +293,11 @@ OP_CASES = [
                                                                                                      np.float32)}),
     ("MatMul", [(2, 3, 5)], {}, {"w": np.linspace(-1, 1, 10).reshape(5, 2).astype(np.float32)}),
     ("HardSigmoid", [(3, 4)], {"alpha": 0.3, "beta": 0.4}, None),
+    ("Softmax", [(2, 3, 5)], {}, None),
+    ("LogSoftmax", [(2, 3, 5)], {"axis": 1}, None),  # (opset 17: over axis 1 only: on the host)
+    ("ReduceMean", [(2, 3, 4, 5)], {"axes": [-1, 2], "keepdims": 0}, None),
+    ("ReduceMax", [(2, 3, 4)], {"axes": [2]}, None),
+    ("ReduceSum", [(2, 3, 4)], {"keepdims": 1}, {"ax": np.array([1, 2], np.int64)}),
     ("Clip", [(3, 4)], {}, {"lo": np.float32(-0.2)}),
 ]
 
@@ -363,7 +373,7 @@ def test_sim_analog_network_on_cuda_equals_cpu():
     import anasim
 
     rng = np.random.default_rng(3)
-    g = _tiny_cnn(rng, softmax=False)
+    g = _tiny_cnn(rng, host_tail=False)
     cfg = dict(NOISY, noise_model={"type": "pcm"}, drift_compensation={"type": "global"})
     cpu = anasim.analog(g, cfg, seed=5)
     dev = anasim.analog(g, cfg, seed=5, device="cuda")
@@ -385,7 +395,7 @@ def test_sim_evaluate_on_cuda_equals_cpu():
     from anasim.experiment import evaluate
 
     rng = np.random.default_rng(6)
-    proto = _tiny_cnn(rng, softmax=False, as_proto=True)
+    proto = _tiny_cnn(rng, host_tail=False, as_proto=True)
     x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
     y = rng.integers(0, 3, 2)
     cfg = dict(NOISY, noise_model={"type": "pcm"}, drift_compensation={"type": "global"})
@@ -405,7 +415,7 @@ def test_sim_analog_layer_nan_is_reported_on_cuda():
     from anasim.errors import ExecutionError, InputError
 
     rng = np.random.default_rng(4)
-    g = _tiny_cnn(rng, softmax=False)
+    g = _tiny_cnn(rng, host_tail=False)
     dev = anasim.analog(g, NOISY, seed=0, device="cuda")
     x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
     x[0, 0, 1, 1] = np.nan

@@ -409,9 +409,12 @@ def pool(x5, out5, is_max: bool, include_pad: bool, params) -> None:
         _pool_kernel[blocks, threads](x5, out5, bool(is_max), bool(include_pad), *(np.int64(v) for v in params))
 
 
+MEAN, MAX, SUM = range(3)  # plane_reduce modes
+
+
 @cuda.jit(cache=not SIMULATOR)
-def _plane_reduce_kernel(x, out, is_max):
-    """out[r] = mean (or max, NaN if any) of row r of x (planes × pixels), summed in element order."""
+def _plane_reduce_kernel(x, out, mode):
+    """out[r] = mean, max (NaN if any) or sum of row r of x (planes × pixels), in element order."""
     rows, cols = x.shape
     for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
         acc = _F0
@@ -421,15 +424,52 @@ def _plane_reduce_kernel(x, out, is_max):
             acc += v
             if v > best or v != v:  # NaN propagates, as np.max does
                 best = v
-        out[r] = best if is_max else acc / cols
+        if mode == MAX:
+            out[r] = best
+        elif mode == SUM:
+            out[r] = acc
+        else:
+            out[r] = acc / cols
 
 
-def plane_reduce(x2, is_max: bool):
-    """Mean (or max) over axis 1 of the (planes, pixels) device array ``x2``."""
+def plane_reduce(x2, mode: int):
+    """Mean, max or sum (``mode``: MEAN, MAX, SUM) over axis 1 of the (planes, pixels) device array ``x2``."""
     out = device_empty(x2.shape[0], x2.dtype)
     if out.size and x2.shape[1]:
         blocks, threads = _flat(out.size)
-        _plane_reduce_kernel[blocks, threads](x2, out, bool(is_max))
+        _plane_reduce_kernel[blocks, threads](x2, out, np.int64(mode))
+    return out
+
+
+@cuda.jit(cache=not SIMULATOR)
+def _softmax_kernel(x, out, log):
+    """Softmax (or log-softmax) of every row: the CPU op's max shift, exp, sum, divide."""
+    rows, cols = x.shape
+    for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
+        m = x[r, 0]
+        for c in range(cols):
+            if x[r, c] > m or x[r, c] != x[r, c]:
+                m = x[r, c]
+        acc = _F0
+        for c in range(cols):
+            e = math.exp(x[r, c] - m)
+            out[r, c] = e
+            acc += e
+        if log:
+            lg = math.log(acc)
+            for c in range(cols):
+                out[r, c] = (x[r, c] - m) - lg
+        else:
+            for c in range(cols):
+                out[r, c] = out[r, c] / acc
+
+
+def softmax_rows(x2, log: bool):
+    """Softmax (``log``: log-softmax) along axis 1 of a (rows, classes) float32 device array."""
+    out = device_empty(x2.shape, x2.dtype)
+    if out.size:
+        blocks, threads = _flat(x2.shape[0])
+        _softmax_kernel[blocks, threads](x2, out, bool(log))
     return out
 
 

@@ -365,19 +365,70 @@ def _pool(x, is_max, include_pad, geom):
     return out5.reshape((n, c) + geom.out_shape)
 
 
-def _global(is_max):
+def _global(mode):
     def impl(cpu, X):
         if not _f32(X) or len(X.shape) < 3 or X.size == 0:
             return on_host(cpu, X)
         n, c = X.shape[0], X.shape[1]
-        y = D.plane_reduce(X.reshape(n * c, X.size // (n * c)), is_max)
+        y = D.plane_reduce(X.reshape(n * c, X.size // (n * c)), mode)
         return y.reshape((n, c) + (1,) * (len(X.shape) - 2))
 
     return impl
 
 
-register_cuda("GlobalAveragePool", since=1)(_global(False))
-register_cuda("GlobalMaxPool", since=1)(_global(True))
+register_cuda("GlobalAveragePool", since=1)(_global(D.MEAN))
+register_cuda("GlobalMaxPool", since=1)(_global(D.MAX))
+
+
+def _reduce(mode, cpu, data, axes, keepdims, noop_with_empty_axes=0, original=()):
+    """Reductions over trailing axes (e.g. the spatial mean some exporters write instead of
+    GlobalAveragePool) on the device; other axes, all axes or no axes on the host."""
+    shape = tuple(data.shape)
+    rank = len(shape)
+    axes = [] if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+    axes = sorted(a + rank if a < 0 else a for a in axes)
+    if (not _f32(data) or not axes or axes != list(range(axes[0], rank)) or axes[0] == 0
+            or data.size == 0 or len(set(axes)) != len(axes)):
+        return on_host(cpu, data, *original)
+    lead = shape[:axes[0]]
+    y = D.plane_reduce(data.reshape(math.prod(lead), math.prod(shape[axes[0]:])), mode)
+    return y.reshape(lead + ((1,) * len(axes) if keepdims else ()))
+
+
+def _register_reduce(kind, mode, input_since):
+    def attr_form(cpu, data, *, axes=None, keepdims=1):
+        return _reduce(mode, cpu, data, axes, keepdims)
+
+    def input_form(cpu, data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+        return _reduce(mode, cpu, data, axes, keepdims, noop_with_empty_axes, (axes,))
+
+    register_cuda(kind, since=1)(attr_form)
+    register_cuda(kind, since=input_since, host_inputs=(1,))(input_form)
+
+
+for _kind, _mode, _since in (("ReduceMean", D.MEAN, 18), ("ReduceMax", D.MAX, 18), ("ReduceSum", D.SUM, 13)):
+    _register_reduce(_kind, _mode, _since)
+
+
+def _softmax(log, coerced):
+    def impl(cpu, input, *, axis=1 if coerced else -1):
+        shape = tuple(input.shape)
+        rank = len(shape)
+        if not _f32(input) or rank == 0 or input.size == 0:
+            return on_host(cpu, input)
+        ax = axis % rank
+        if not coerced and ax != rank - 1:
+            return on_host(cpu, input)  # a softmax over an inner axis: not on the device
+        rows = math.prod(shape[:ax]) if coerced else math.prod(shape[:-1])
+        return D.softmax_rows(input.reshape(rows, input.size // rows), log).reshape(shape)
+
+    return impl
+
+
+register_cuda("Softmax", since=1)(_softmax(False, True))
+register_cuda("Softmax", since=13)(_softmax(False, False))
+register_cuda("LogSoftmax", since=1)(_softmax(True, True))
+register_cuda("LogSoftmax", since=13)(_softmax(True, False))
 
 
 def _batch_norm(cpu, X, scale, B, mean, var, epsilon):
