@@ -181,8 +181,12 @@ def main() -> int:
     from anasim.kernels import cuda as G
 
     numba.set_num_threads(ARGS.threads)
-    dev = cuda.get_current_device()
-    print(f"GPU {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, batch {ARGS.batch}, "
+    if G.SIMULATOR:  # a smoke test of this script (tiny --batch): the timings mean nothing
+        gpu_name = "Numba CUDA simulator"
+    else:
+        dev = cuda.get_current_device()
+        gpu_name = dev.name.decode() if isinstance(dev.name, bytes) else dev.name
+    print(f"GPU {gpu_name}, batch {ARGS.batch}, "
           f"runs {ARGS.runs} (median), CPU threads {ARGS.threads}, config {ARGS.config!r}, "
           f"tile matmul {G.matmul_backend()}, anasim {anasim.__version__}")
     t = time.perf_counter()

@@ -2,13 +2,14 @@
 
 The analog tiles' periphery lives in :mod:`anasim.kernels.cuda`; this module holds what
 the rest of the network needs on the device: element-wise maps, broadcasting binary
-arithmetic, strided copies (transpose, slice, concat, expand), constant padding,
-im2col and its inverse layout change for convolutions, a direct kernel for grouped
-convolutions, pooling, the BatchNorm channel affine, and the small helpers of the
-analog layers (row ids, NaN counting). :mod:`anasim.ops.cuda` builds the device ops
-on top of them.
+arithmetic, strided copies (transpose, slice, concat), constant padding, im2col and
+its inverse layout change for convolutions, a direct kernel for grouped convolutions,
+pooling, row reductions (mean, max, sum) and softmax, the BatchNorm channel affine,
+and the small helpers of the analog layers (row ids, NaN counting). :mod:`anasim.ops.cuda`
+builds the device ops on top of them.
 
-Every kernel is a 1-D grid-stride loop over its output elements with the launch
+Every kernel is a 1-D grid-stride loop over its output elements (rows, for the row
+reductions and softmax: one thread sums a row in element order) with the launch
 geometry of :func:`anasim.kernels.cuda._launch_flat`; shapes and strides of up to
 :data:`MAX_RANK` dimensions are passed as tuples (kernel arguments, no host-device
 copies). Arithmetic is float32 in the CPU kernels' order; products that meet an
