@@ -342,6 +342,19 @@ def test_sim_review_regressions():
     gc.collect()
     assert not ops_cuda._TRANSPOSED  # the Gemm's transposed weight went with its graph
 
+    i32 = [helper.make_tensor_value_info(v, TensorProto.INT32, [2, 3]) for v in ("a", "b")]
+    g3 = anasim.load(helper.make_model(helper.make_graph([n("Relu", ["a"], ["b"], name="op")], "i", i32[:1],
+                                                         i32[1:]), opset_imports=[helper.make_opsetid("", 14)]))
+    gd3 = g3.to("cuda")
+    assert gd3.host_nodes == []  # decided at run time: int32 data runs the CPU op
+    feeds = {"a": np.arange(-3, 3, dtype=np.int32).reshape(2, 3)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        np.testing.assert_array_equal(gd3.run(feeds)["b"], g3.run(feeds)["b"])
+        gd3.run(feeds)
+    said = [w for w in caught if "ran on the CPU" in str(w.message)]
+    assert len(said) == 1 and "'op' (Relu)" in str(said[0].message)
+
     g2, feeds = _one_node("GlobalMaxPool", [(1, 2, 2, 2)])
     feeds["i0"][0, 1, 1, 0] = np.nan
     got = g2.to("cuda").run(feeds)["y"]

@@ -141,8 +141,8 @@ class Graph:
         if self.host_nodes:
             ops = sorted({n.op_type for n in self.nodes if n.name in self.host_nodes})
             warnings.warn(
-                f"On device 'cuda', {len(self.host_nodes)} node(s) run on the CPU because their op has no "
-                f"CUDA implementation here ({', '.join(ops)}); their inputs cross the PCIe bus. "
+                f"On device 'cuda', {len(self.host_nodes)} node(s) run on the CPU because no CUDA implementation "
+                f"covers their op or attributes ({', '.join(ops)}); their inputs cross the PCIe bus. "
                 "Graph.host_nodes lists them.", stacklevel=3)
         out_names = {o.name for o in ir.outputs}
         last_use: dict[str, int] = {}

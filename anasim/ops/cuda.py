@@ -6,7 +6,7 @@ opset and attributes; otherwise the node runs its CPU implementation on host cop
 its inputs (a *host fallback*, listed by :attr:`Graph.host_nodes` and announced by a
 warning when the graph is placed). A device op also hands data it does not cover to
 the CPU op at run time (:func:`on_host`): tensors of another type than float32, and
-negative (cropping) pads. The networks in use (ResNets, VGG, MobileNetV2, the bundled
+negative (cropping) pads; a warning says so, once per node. The networks in use (ResNets, VGG, MobileNetV2, the bundled
 demo) run entirely on the device: data crosses the PCIe bus once per batch, in and out.
 
 Contract of an implementation registered with :func:`register_cuda`: it is called as
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -484,6 +485,8 @@ def bind_cuda(node, impl, attrs: dict, constants: dict, opset: int) -> tuple[Cal
             if arr.dtype.kind in "fiub":
                 fixed[pos] = K.as_device(arr, arr.dtype)
 
+    warned = []
+
     def run(*args):
         if not any(K.is_device_array(a) for pos, a in enumerate(args) if pos not in fixed):
             return cpu(*args)  # nothing computed on the device: stay on the host
@@ -497,6 +500,18 @@ def bind_cuda(node, impl, attrs: dict, constants: dict, opset: int) -> tuple[Cal
                 else:
                     a = a if K.is_device_array(a) else np.asarray(a)
                     args[pos] = K.as_device(a, a.dtype)
-        return dev.fn(cpu, *args, **attrs)
+        out = dev.fn(cpu, *args, **attrs)
+        if not warned and node.op_type not in _HOST_RESULT_OPS and not any(
+                K.is_device_array(o) for o in (out if isinstance(out, tuple) else (out,))):
+            warned.append(True)
+            warnings.warn(
+                f"Node {node.name!r} ({node.op_type}) ran on the CPU on device 'cuda': its device implementation "
+                "does not cover this case (data other than float32, negative Pad amounts, a softmax over an "
+                "inner axis, ...); its inputs cross the PCIe bus (said once per node).", stacklevel=2)
+        return out
 
     return run, True
+
+
+_HOST_RESULT_OPS = frozenset({"Shape", "Size"})
+"""Device ops whose result is a small host vector by design (not a fallback)."""
