@@ -41,6 +41,7 @@ from ..errors import ExecutionError, InputError, UnsupportedOpError
 from ..graph.ir import GraphIR, Node
 from ..ops.conv import (cols_to_output, conv_geometry, im2col, im2col_rows, padded_input,
                         rows_to_nchw, run_blocks)
+from .fused import FusedConv, fused_available
 from .tile import SERIAL, AnalogMatrix
 
 _BLOCK_BYTES = 4 << 20
@@ -79,6 +80,12 @@ class AnalogLayer:
     """Programmed device state per (matrix, tile) — filled by the simulator."""
     _extra_bias_device: object = field(default=None, repr=False, compare=False)
     """GPU copy of ``extra_bias``, made on first use."""
+    fused: bool = True
+    """Convolutions run on the fused CPU kernel where it serves them (:mod:`.fused`)."""
+
+    def __post_init__(self):
+        self._fused = (FusedConv(self.matrices) if self.fused and self.op_type == "Conv"
+                       and fused_available(self.matrices) else None)
 
     # ------------------------------------------------------------------ info
     @property
@@ -140,6 +147,9 @@ class AnalogLayer:
         a = self.attrs
         geom = conv_geometry(x.shape, self.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
                              a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
+        if geom.n_spatial <= 2 and self._fused is not None:
+            return self._fused.run(np.ascontiguousarray(x, dtype=np.float32), geom,
+                                   self.context.sample_offset * geom.n_pixels, self.context.epoch)
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
             return self._conv_blocked(np.ascontiguousarray(x, dtype=np.float32), geom)
         if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..kernels import cpu
+from ..kernels import cpu, stages
 from ..kernels.rng import normals_numpy, stream_key
 
 __all__ = ["AnalogMatrix", "PhysicalTile", "split_sizes", "Periphery", "SERIAL"]
@@ -168,6 +168,19 @@ class Periphery:
             max_bm_res=np.float32(g("max_bm_res", 0.25)),
             out_scale=np.float32(g("out_scale", 1.0)),
         )
+
+    def kernel_params(self) -> stages.Periphery:
+        """These parameters as the fused kernels take them (one named tuple of scalars)."""
+        wn = self.wn_type if self.w_noise > 0 else cpu.WN_NONE
+        red_max = np.float32(self.max_bm_res / self.inp_step) if self.inp_step > 0 else np.float32(np.inf)
+        return stages.Periphery(
+            nm_type=int(self.nm_type), nm_thres=self.nm_thres, inp_step=self.inp_step,
+            inp_bound=self.inp_bound, inp_noise=self.inp_noise, inp_sto_round=self.inp_sto_round,
+            out_step=self.out_step, out_bound=self.out_bound, out_sto_round=self.out_sto_round,
+            wn_type=int(wn), w_noise=self.w_noise, ir_drop=self.ir_drop,
+            ir_drop_g_ratio=self.ir_drop_g_ratio, bm=self.bm,
+            bm_test_negative_bound=self.bm_test_negative_bound, max_bm_factor=int(self.max_bm_factor),
+            bm_red_max=red_max, out_scale=self.out_scale)
 
     def bm_limit_reached(self, red: np.float32) -> bool:
         """aihwkit's stop rule, checked after a pass at reduction ``red``.

@@ -117,7 +117,14 @@ def _philox_soa(c0, c1, c2, c3, cnt, k0, k1):
 
 @njit(inline="always", error_model="numpy")
 def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
-    """out[0:r1-r0, 0:n] = the normals (or uniforms) of elements 0..n-1 of rows r0..r1.
+    """out[0:r1-r0, 0:n] = the normals (or uniforms) of elements 0..n-1 of rows r0..r1."""
+    _random_block(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out, False)
+
+
+@njit(inline="always", error_model="numpy")
+def _random_block(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out, transposed):
+    """out[0:r1-r0, 0:n] (or, ``transposed``, out[0:n, 0:r1-r0]) = the normals (or
+    uniforms) of elements 0..n-1 of rows r0..r1.
 
     Element e of a row is word ``e & 3`` of the Philox block with counter
     ``(e >> 2, rnd, row & 0xffffffff, row >> 32)`` -- the numbers of
@@ -174,11 +181,13 @@ def _random_rows(row_ids, r0, r1, n, rnd, k0, k1, normal, ws, tmp, out):
                 tmp[i] = np.float64(np.float32(cw[i] >> np.uint64(8)) * _TWO_M24)
         i = 0
         for rl in range(r1 - r0):
-            o = out[rl]
             for b in range(nb):
                 e = 4 * b + w
                 if e < n:
-                    o[e] = np.float32(tmp[i])
+                    if transposed:
+                        out[e, rl] = np.float32(tmp[i])
+                    else:
+                        out[rl, e] = np.float32(tmp[i])
                 i += 1
 
 

@@ -1,0 +1,141 @@
+"""An analog convolution layer described for the fused CPU kernel (:mod:`anasim.kernels.cpu_conv`).
+
+:class:`FusedConv` packs the tiles of every group of an :class:`~anasim.analog.layer.AnalogLayer`
+(weights, |weights|, digital scales, fixed per-output variations, Philox keys) into the
+flat arrays the kernel reads, once per repetition and device state: the packing is
+rebuilt when a tile's effective weights or post scales are replaced (programming, drift,
+compensation) or the repetition changes. :meth:`FusedConv.run` computes the layer's output
+from an (N, C, *in_shape) input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import cpu_conv
+from ..kernels import stages as S
+from ..ops.conv import _Blas, num_threads, padded_input
+from .tile import AnalogMatrix
+
+__all__ = ["FusedConv", "fused_available"]
+
+_BLOCK_BYTES = 1 << 20
+"""Working set of one block of pixels (gathered inputs, by-products, outputs, accumulator):
+about half a core's L2 cache."""
+_MIN_BLOCK, _MAX_BLOCK = 64, 4096
+_KEYS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
+
+
+def fused_available(matrices) -> bool:
+    """Whether the fused kernel serves these matrices: CPU tiles with a periphery, the same
+    periphery for all, and NumPy's BLAS reachable from kernels."""
+    return (cpu_conv.available() and _Blas.available()
+            and all(type(m) is AnalogMatrix and not m.periphery.perfect for m in matrices)
+            and all(m.periphery == matrices[0].periphery for m in matrices))
+
+
+class FusedConv:
+    """The tiles of one analog convolution, packed for :func:`~anasim.kernels.cpu_conv.analog_conv`."""
+
+    def __init__(self, matrices: list[AnalogMatrix]):
+        self.matrices = matrices
+        p = matrices[0].periphery
+        self.params = p.kernel_params()
+        self.nl_on = any(t.nl_vec is not None for m in matrices for t in m.tiles)
+        self.noise_on = any(t.noise_vec is not None for m in matrices for t in m.tiles)
+        self.need_abs = self.params.ir_drop > 0 or self.params.wn_type == S.WN_PCM_READ
+        deterministic_input = p.inp_noise <= 0 and not p.inp_sto_round
+        rows, self.bias = [], np.zeros(sum(m.out_size for m in matrices), np.float32)
+        w_off = v_off = o_off = out0 = 0
+        for m in matrices:
+            if m.bias is not None:
+                self.bias[out0:out0 + m.out_size] = m.bias
+            for t in m.tiles:
+                new_input = not deterministic_input or t.out_start == 0
+                rows.append((t.in_start, t.n_in, out0 + t.out_start, t.n_out, w_off, v_off, o_off, new_input))
+                w_off += t.n_in * t.n_out
+                v_off += t.n_out
+                o_off += t.n_in
+            out0 += m.out_size
+        self.tiles = np.array(rows, np.int64).reshape(-1, 8)
+        self._state = None
+        self._packed = None
+        self._offsets = {}
+
+    def _pack(self, epoch: int):
+        """Flat weights, |weights|, vectors, non-linearity factors and keys (cached per state)."""
+        tiles = [t for m in self.matrices for t in m.tiles]
+        state = (epoch, [(t.weight, t.post_scale) for t in tiles])
+        if self._state is not None and self._state[0] == epoch and all(
+                a is c and b is d for (a, b), (c, d) in zip(self._state[1], state[1])):
+            return self._packed
+        wflat = np.concatenate([t.weight.reshape(-1) for t in tiles]).astype(np.float32, copy=False)
+        awflat = np.abs(wflat) if self.need_abs else np.zeros(0, np.float32)
+        n = sum(t.n_out for t in tiles)
+        vecs = np.zeros((4, n), np.float32)
+        nlf = np.ones(len(tiles), np.float32)
+        keys = np.zeros((len(tiles), 10), np.uint64)
+        v0, k = 0, 0
+        for m in self.matrices:
+            for t in m.tiles:
+                sl = slice(v0, v0 + t.n_out)
+                vecs[0, sl], vecs[1, sl] = t.mapping_scale, t.post_scale
+                if t.nl_vec is not None:
+                    vecs[2, sl] = t.nl_vec
+                if t.noise_vec is not None:
+                    vecs[3, sl] = t.noise_vec
+                nlf[k] = t.nlf
+                ks = m.stream_keys(t.index, epoch)
+                keys[k] = [w for name in _KEYS for w in ks[name]]
+                v0 += t.n_out
+                k += 1
+        self._state, self._packed = state, (wflat, awflat, vecs, nlf, keys)
+        return self._packed
+
+    def _column_offsets(self, geom, hp: int, wp: int) -> np.ndarray:
+        """Offset in a padded image of every tile column's input (-1: an analog bias's constant 1)."""
+        key = (hp, wp, geom)
+        if key not in self._offsets:
+            kh, kw = (1,) * (2 - geom.n_spatial) + tuple(geom.kernel)
+            dh, dw = (1,) * (2 - geom.n_spatial) + tuple(geom.dilations)
+            cg, kk = geom.channels_per_group, kh * kw
+            parts = []
+            for g, m in enumerate(self.matrices):
+                for t in m.tiles:
+                    col = np.arange(t.in_start, t.in_stop, dtype=np.int64)
+                    c, tap = np.divmod(col, kk)
+                    a, e = np.divmod(tap, kw)
+                    off = ((g * cg + c) * hp + a * dh) * wp + e * dw
+                    off[col >= cg * kk] = -1
+                    parts.append(off)
+            self._offsets = {key: np.concatenate(parts)}
+        return self._offsets[key]
+
+    def block_rows(self, total: int, workers: int) -> int:
+        """Pixels per block: the working set in cache, and enough blocks for the workers."""
+        nk = int(self.tiles[:, 1].max())
+        no = int(self.tiles[:, 3].max())
+        extra = 2 if self.params.ir_drop > 0 else (1 if self.params.wn_type == S.WN_PCM_READ else 0)
+        per_pixel = 4 * (nk * (1 + extra) + no * (2 + extra) + len(self.bias))
+        rows = int(min(_MAX_BLOCK, max(_MIN_BLOCK, _BLOCK_BYTES // per_pixel)))
+        n_blocks = -(-total // rows)
+        n_blocks = -(-n_blocks // workers) * workers if n_blocks >= workers else n_blocks
+        return max(1, -(-total // n_blocks))
+
+    def run(self, x: np.ndarray, geom, first: int, epoch: int) -> np.ndarray:
+        """The layer's output (N, OC, *out_shape) for the float32 input ``x``; ``first`` is
+        the global row id of the batch's first pixel."""
+        n, oc = x.shape[0], geom.out_channels
+        out = np.empty((n, oc, geom.n_pixels), np.float32)
+        total = n * geom.n_pixels
+        if total:
+            xp, (kh, kw, sh, sw, dh, dw, oh, ow) = padded_input(x, geom)
+            wflat, awflat, vecs, nlf, keys = self._pack(epoch)
+            offs = self._column_offsets(geom, xp.shape[2], xp.shape[3])
+            workers = max(1, num_threads())
+            rows = self.block_rows(total, workers)
+            with _Blas.single_threaded():
+                cpu_conv.analog_conv(
+                    xp, xp.shape[3], ow, sh, sw, self.tiles, offs, wflat, awflat, vecs, nlf, keys,
+                    self.params, self.nl_on, self.noise_on, self.bias, out, np.int64(first), rows, workers)
+        return out.reshape((n, oc) + geom.out_shape)

@@ -1,0 +1,486 @@
+"""Fused analog convolution on the CPU: im2col, the tile periphery and the MVM in one kernel.
+
+:func:`analog_conv` runs a whole analog 1-D/2-D convolution layer (every group, every
+tile) in one call. The layer's rows -- one per output pixel, (n, p) order, global row id
+``first + r`` -- are cut into blocks of ``rows`` consecutive rows; the worker threads
+(``prange``) take blocks in turn, and per block and tile:
+
+1. gather the tile's columns of the block's im2col rows, *transposed* (tile inputs ×
+   pixels), from the zero-padded input (:func:`_gather`): for every input column the
+   pixels of one output row are a contiguous (stride 1) or strided slice of the input, so
+   the copy vectorises;
+2. noise management, DAC, input noise and the by-products of the output-referred
+   non-idealities over the block (:func:`_condition`), each a pass that vectorises over
+   pixels; reused by the tiles of the same input chunk when the input is deterministic;
+3. the MVM ``W_tile @ block`` with sgemm called from the kernel (:mod:`.blas`, the library
+   NumPy uses: the same sums as ``np.matmul``), then IR drop, weight noise,
+   non-linearity, output noise, ADC, clipping and the bound-management test
+   (:func:`_finalize`);
+4. iterative bound management re-runs only the saturated pixels (gathered again, at
+   reduction 2, 4, …; :func:`_rerun`);
+5. scaling and accumulation over the tiles (:func:`_accumulate`); after the last tile,
+   bias and the NCHW layout (:func:`_layout`).
+
+The formulas are :mod:`.stages`; the random numbers are those of :mod:`.rng` at (row id,
+element, round), made by :func:`.cpu._random_block` in the transposed layout. The result
+is the one of :class:`anasim.analog.tile.AnalogMatrix` on the im2col rows, bit for bit:
+the same float32 operations per value in the same order, and sgemm's sums do not depend
+on the orientation or the number of rows of the product.
+
+Layer description (built by :mod:`anasim.analog.fused`): ``tiles`` (T, 8) int64 rows
+``(in0, n_in, out0, n_out, w_off, v_off, o_off, new_input)``, in processing order (group,
+input chunk, output chunk); ``offs`` the flat offsets, inside one padded image, of each
+tile column's input (-1: the constant 1 of an analog bias); ``wflat``/``awflat`` the tiles'
+weights and |weights| (row-major, at ``w_off``); ``vecs`` (4, Σ n_out) rows mapping scale,
+post scale, non-linearity and output-noise std (at ``v_off``); ``nlf`` (T,); ``keys`` (T, 10)
+the Philox keys (inp_noise, out_noise, w_noise, inp_sto_round, out_sto_round).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import stages as S
+from .blas import SGEMM_NAME, sgemm_type
+from .cpu import _ROWS, _random_block
+
+__all__ = ["analog_conv", "available"]
+
+_sgemm = sgemm_type() if SGEMM_NAME else None
+_ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_I31 = np.int32(0x7FFFFFFF)
+_S31 = np.int32(31)
+_IMIN = np.int32(-2147483648)
+
+
+def available() -> bool:
+    """Whether the fused kernels can run here (NumPy's BLAS exports an ILP64 CBLAS sgemm)."""
+    return _sgemm is not None
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _random_cols(rid, q, n, rnd, k0, k1, normal, ws, tmp, out):
+    """out[0:n, 0:q] = normals (uniforms) of elements 0..n-1 of the rows ``rid[0:q]``, in
+    blocks of ``_ROWS`` rows (the scratch ``ws``/``tmp`` holds one block)."""
+    for c0 in range(0, q, _ROWS):
+        c1 = min(q, c0 + _ROWS)
+        _random_block(rid, c0, c1, n, rnd, k0, k1, normal, ws, tmp, out[:, c0:c1], True)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _gather(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, xt):
+    """xt[j, r - r0] = input of tile column j of im2col row r, for rows r0..r1."""
+    nk = offs.size
+    b = 0
+    r = r0
+    while r < r1:
+        n = r // p_
+        q = r - n * p_
+        i = q // ow
+        k0 = q - i * ow
+        cnt = min(ow - k0, r1 - r)  # pixels of this output row in the block
+        base = n * img + i * sh * wp + k0 * sw
+        for j in range(nk):
+            o = offs[j]
+            dst = xt[j, b:b + cnt]
+            if o < 0:
+                for t in range(cnt):
+                    dst[t] = _F1
+            elif sw == 1:
+                src = xf[base + o:base + o + cnt]
+                for t in range(cnt):
+                    dst[t] = src[t]
+            else:
+                src = xf[base + o:base + o + (cnt - 1) * sw + 1]
+                for t in range(cnt):
+                    dst[t] = src[t * sw]
+        b += cnt
+        r += cnt
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, q, xt):
+    """xt[j, t] = input of tile column j of im2col row ``rows[t]`` (the re-run pixels)."""
+    for t in range(q):
+        r = rows[t]
+        n = r // p_
+        qq = r - n * p_
+        i = qq // ow
+        base = n * img + i * sh * wp + (qq - i * ow) * sw
+        for j in range(offs.size):
+            o = offs[j]
+            xt[j, t] = _F1 if o < 0 else xf[base + o]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _buffers(nk, nout, q, pp, noise_rows):
+    """Scratch of one pass over ``q`` pixels of a tile with ``nk`` inputs, ``nout`` outputs."""
+    want_sq = pp.wn_type == S.WN_PCM_READ
+    want_ir = pp.ir_drop > _F0
+    nb = (max(nk, nout) + 3) >> 2
+    xt = np.empty((nk, q), np.float32)
+    xsq = np.empty((nk if want_sq else 0, q), np.float32)
+    xabs = np.empty((nk if want_ir else 0, q), np.float32)
+    xir = np.empty((nk if want_ir else 0, q), np.float32)
+    rin = np.empty((nk if (pp.inp_noise > _F0 or pp.inp_sto_round) else 0, q), np.float32)
+    y = np.empty((nout, q), np.float32)
+    cur = np.empty((nout if want_ir else 0, q), np.float32)
+    irm = np.empty((nout if want_ir else 0, q), np.float32)
+    pw = np.empty((nout if want_sq else 0, q), np.float32)
+    zb = np.empty((nout if noise_rows else 0, q), np.float32)
+    ws = np.empty((5, _ROWS * nb), np.uint64)
+    tmp = np.empty(_ROWS * nb, np.float64)
+    rowf = np.empty((5, q), np.float32)  # scale, applied scale, xnorm, out factor, input stat
+    rowi = np.empty((4, q), np.int32)  # skip, fail, hi, lo
+    xn64 = np.empty(q, np.float64)
+    return xt, xsq, xabs, xir, rin, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, xn64
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _condition(xt, nk, q, pp, red, rnd, rid, key, xsq, xabs, xir, rin, ws, tmp, rowf, rowi, xn64):
+    """Noise management, DAC, input noise and by-products of the pixels 0..q of ``xt`` in place.
+
+    Writes rowf[0] = the applied input scale s = 1/α/red (1 for skipped pixels), rowi[0] =
+    skip (output exactly 0: aihwkit's short cut), rowf[2] = ‖x̃‖₂ when additive weight noise
+    needs it; xsq = x̃², xabs = |x̃|, xir = IR-weighted x̃ when needed.
+    """
+    nm = pp.nm_type
+    xti = xt.view(np.int32)
+    stat = rowf[4].view(np.int32)
+    if nm == S.NM_ABS_MAX:  # max |x| by bit patterns, which order like |x|
+        for t in range(q):
+            stat[t] = 0
+        for j in range(nk):
+            xr = xti[j, :q]
+            for t in range(q):
+                stat[t] = max(stat[t], xr[t] & _I31)
+    elif nm == S.NM_MAX:  # max x through order-preserving integer keys
+        for t in range(q):
+            stat[t] = _IMIN
+        for j in range(nk):
+            xr = xti[j, :q]
+            for t in range(q):
+                v = xr[t]
+                stat[t] = max(stat[t], v ^ ((v >> _S31) & _I31))
+        for t in range(q):
+            a = stat[t]
+            stat[t] = a ^ ((a >> _S31) & _I31)
+    fstat = rowf[4]
+    scale = rowf[0]
+    sv = rowf[1]
+    skip = rowi[0]
+    nskip = 0
+    for t in range(q):
+        nmv = S.noise_management(nm, pp.nm_thres, fstat[t])
+        if nm != S.NM_NONE and nmv <= _F0 and pp.inp_noise <= _F0:
+            skip[t] = 1
+            scale[t] = _F1
+            sv[t] = _F0
+            nskip += 1
+        else:
+            skip[t] = 0
+            s = _F1
+            if nm != S.NM_NONE and nmv > _F0:
+                s = s / nmv
+            s = s / red
+            scale[t] = s
+            sv[t] = s
+    res, bound = pp.inp_step, pp.inp_bound
+    svq = sv[:q]
+    if res > _F0 and pp.inp_sto_round:
+        _random_cols(rid, q, nk, rnd, key[6], key[7], False, ws, tmp, rin)
+        for j in range(nk):
+            xr = xt[j, :q]
+            ur = rin[j, :q]
+            for t in range(q):
+                xr[t] = S.dac_stochastic(xr[t], svq[t], res, bound, ur[t])
+    else:
+        for j in range(nk):
+            xr = xt[j, :q]
+            for t in range(q):
+                xr[t] = S.dac(xr[t], svq[t], res, bound)
+    if nskip:
+        for j in range(nk):
+            for t in range(q):
+                if skip[t]:
+                    xt[j, t] = _F0
+    if pp.inp_noise > _F0:  # after the DAC and the bound
+        _random_cols(rid, q, nk, rnd, key[0], key[1], True, ws, tmp, rin)
+        for j in range(nk):
+            xr = xt[j, :q]
+            gr = rin[j, :q]
+            for t in range(q):
+                xr[t] = xr[t] + pp.inp_noise * gr[t]
+    if pp.wn_type == S.WN_ADDITIVE:  # ‖x̃‖₂: a float64 sum in element order, per pixel
+        for t in range(q):
+            xn64[t] = 0.0
+        for j in range(nk):
+            xr = xt[j, :q]
+            for t in range(q):
+                v = np.float64(xr[t])
+                xn64[t] += v * v
+        xnorm = rowf[2]
+        for t in range(q):
+            xnorm[t] = np.float32(np.sqrt(xn64[t]))
+    if pp.wn_type == S.WN_PCM_READ:
+        for j in range(nk):
+            xr = xt[j, :q]
+            sr = xsq[j, :q]
+            for t in range(q):
+                sr[t] = xr[t] * xr[t]
+    if pp.ir_drop > _F0:
+        kf = np.float32(nk)
+        for j in range(nk):
+            xr = xt[j, :q]
+            ar = xabs[j, :q]
+            ir = xir[j, :q]
+            p = _F1 - np.float32(j) / kf
+            f = _F1 - p * p
+            for t in range(q):
+                v = xr[t]
+                ar[t] = abs(v)
+                ir[t] = v * f
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _gemm(w, nout, nk, x, q, y):
+    """y[0:nout, 0:q] = w (nout × nk, row-major) @ x[0:nk, 0:q] (sgemm, leading dims of the arrays)."""
+    _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, nout, q, nk, _F1, w.ctypes, nk, x.ctypes, x.shape[1],
+           _F0, y.ctypes, y.shape[1])
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, cur, irm, pw,
+              rid, rnd, key, zb, ws, tmp, rowf, rowi):
+    """Output stages of the pixels 0..q of ``y`` (nout × q) in place; returns the number
+    of pixels that failed the bound test (rowi[1])."""
+    if pp.ir_drop > _F0:
+        for i in range(nout):
+            yr = y[i, :q]
+            cr = cur[i, :q]
+            mr = irm[i, :q]
+            for t in range(q):
+                yr[t] = S.ir_drop(yr[t], cr[t], mr[t], a_scale, pp.ir_drop)
+    if pp.wn_type != S.WN_NONE:
+        _random_cols(rid, q, nout, rnd, key[4], key[5], True, ws, tmp, zb)
+        if pp.wn_type == S.WN_ADDITIVE:
+            xnorm = rowf[2, :q]
+            for i in range(nout):
+                yr = y[i, :q]
+                zr = zb[i, :q]
+                for t in range(q):
+                    yr[t] = yr[t] + (pp.w_noise * xnorm[t]) * zr[t]
+        else:
+            for i in range(nout):
+                yr = y[i, :q]
+                zr = zb[i, :q]
+                pr = pw[i, :q]
+                for t in range(q):
+                    yr[t] = yr[t] + pp.w_noise * np.sqrt(pr[t]) * zr[t]
+    if nl_on:
+        for i in range(nout):
+            yr = y[i, :q]
+            nl = nl_vec[i]
+            for t in range(q):
+                yr[t] = S.nonlinearity(yr[t], nl, nlf)
+    if noise_on:
+        _random_cols(rid, q, nout, rnd, key[2], key[3], True, ws, tmp, zb)
+        for i in range(nout):
+            yr = y[i, :q]
+            zr = zb[i, :q]
+            sd = noise_vec[i]
+            for t in range(q):
+                yr[t] = yr[t] + sd * zr[t]
+    res, bound = pp.out_step, pp.out_bound
+    sto = res > _F0 and pp.out_sto_round
+    if sto:
+        _random_cols(rid, q, nout, rnd, key[8], key[9], False, ws, tmp, zb)
+    hi = rowi[2, :q]
+    lo = rowi[3, :q]
+    for t in range(q):
+        hi[t] = 0
+        lo[t] = 0
+    for i in range(nout):
+        yr = y[i, :q]
+        if sto:
+            zr = zb[i, :q]
+            for t in range(q):
+                yr[t] = S.adc_stochastic(yr[t], res, zr[t])
+        elif res > _F0:
+            for t in range(q):
+                yr[t] = np.rint(yr[t] / res) * res
+        for t in range(q):
+            v = yr[t]
+            hi[t] += v > bound
+            lo[t] += v < -bound
+            yr[t] = min(max(v, -bound), bound)
+    skip = rowi[0]
+    fail = rowi[1]
+    nfail = 0
+    for t in range(q):
+        if skip[t]:
+            fail[t] = 0
+            for i in range(nout):
+                y[i, t] = _F0  # contributes exactly 0 to the digital sum
+        else:
+            f = pp.bm and (hi[t] > 0 or (pp.bm_test_negative_bound and lo[t] > 0))
+            fail[t] = f
+            nfail += f
+    return nfail
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf, noise_on,
+                  noise_vec, rid, rnd, key, y, cur, irm, pw, zb, ws, tmp, rowf, rowi):
+    """The MVM (and the products the IR drop and PCM read noise need), then :func:`_finalize`."""
+    _gemm(w, nout, nk, xt, q, y)
+    a_scale = _F0
+    if pp.ir_drop > _F0:
+        _gemm(aw, nout, nk, xabs, q, cur)
+        _gemm(w, nout, nk, xir, q, irm)
+        a_scale = np.float32(np.float32(nk) / pp.ir_drop_g_ratio)
+    if pp.wn_type == S.WN_PCM_READ:
+        _gemm(aw, nout, nk, xsq, q, pw)
+    return _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, cur, irm, pw,
+                     rid, rnd, key, zb, ws, tmp, rowf, rowi)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on, nl_vec, nlf,
+           noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows):
+    """Iterative bound management: run the failed pixels of the block again at reduction
+    2, 4, … (their own inputs, round ``rnd`` of the random streams) until none fails or
+    the stop rule holds; their outputs and input scales replace those of the first pass."""
+    fail = rowi[1]
+    idx = np.empty(q, np.int64)
+    m = 0
+    for t in range(q):
+        if fail[t]:
+            idx[m] = t
+            m += 1
+    red = _F1
+    rnd = 0
+    bufs = _buffers(nk, nout, m, pp, noise_rows)
+    xt, xsq, xabs, xir, rin, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2, xn64 = bufs
+    rows = np.empty(m, np.int64)
+    rid2 = np.empty(m, np.int64)
+    while m > 0 and not S.bm_limit_reached(red, pp.max_bm_factor, pp.inp_step, pp.bm_red_max):
+        red = np.float32(red * np.float32(2.0))
+        rnd += 1
+        for t in range(m):
+            rows[t] = r0 + idx[t]
+            rid2[t] = rid[idx[t]]
+        _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, m, xt)
+        _condition(xt, nk, m, pp, red, rnd, rid2, key, xsq, xabs, xir, rin, ws, tmp, rowf, rowi2, xn64)
+        _mvm_finalize(w, aw, nout, nk, m, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf, noise_on,
+                      noise_vec, rid2, rnd, key, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2)
+        m2 = 0
+        for t in range(m):
+            c = idx[t]
+            for i in range(nout):
+                y[i, c] = yq[i, t]
+            scale[c] = rowf[0, t]
+            if rowi2[1, t]:
+                idx[m2] = c
+                m2 += 1
+        m = m2
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
+    """acc[out0 + i, t] += ((y[i, t] · out_scale/scale[t]) · ms[i]) · post[i]."""
+    for t in range(q):
+        f[t] = out_scale / scale[t]
+    fq = f[:q]
+    for i in range(nout):
+        yr = y[i, :q]
+        ar = acc[out0 + i, :q]
+        m = ms[i]
+        p = post[i]
+        for t in range(q):
+            ar[t] += ((yr[t] * fq[t]) * m) * p
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _layout(acc, q, bias, out, r0):
+    """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q."""
+    oc, p_ = out.shape[1], out.shape[2]
+    b = 0
+    r = r0
+    while b < q:
+        n = r // p_
+        p0 = r - n * p_
+        cnt = min(p_ - p0, q - b)
+        for o in range(oc):
+            dst = out[n, o, p0:p0 + cnt]
+            src = acc[o, b:b + cnt]
+            bb = bias[o]
+            for t in range(cnt):
+                dst[t] = src[t] + bb
+        b += cnt
+        r += cnt
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def analog_conv(xp, wp, ow, sh, sw, tiles, offs, wflat, awflat, vecs, nlf, keys, pp, nl_on,
+                noise_on, bias, out, first, rows, workers):
+    """The analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into ``out`` (N, OC, P).
+
+    ``wp``, ``ow``, ``sh``, ``sw``: padded width, output width, strides; ``first``: global
+    row id of row 0; ``rows``: pixels per block; ``workers``: parallel workers (blocks are
+    dealt out in turn). See the module docstring for the tile description.
+    """
+    n, oc, p_ = out.shape
+    img = xp.shape[1] * xp.shape[2] * xp.shape[3]
+    xf = xp.reshape(-1)
+    total = n * p_
+    n_blocks = (total + rows - 1) // rows
+    n_tiles = tiles.shape[0]
+    maxnk = 0
+    maxno = 0
+    for ti in range(n_tiles):
+        maxnk = max(maxnk, tiles[ti, 1])
+        maxno = max(maxno, tiles[ti, 3])
+    noise_rows = noise_on or pp.wn_type != S.WN_NONE or (pp.out_step > _F0 and pp.out_sto_round)
+    for wk in prange(workers):
+        bufs = _buffers(maxnk, maxno, rows, pp, noise_rows)
+        xt, xsq, xabs, xir, rin, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, xn64 = bufs
+        acc = np.empty((oc, rows), np.float32)
+        scale = np.empty(rows, np.float32)
+        f = np.empty(rows, np.float32)
+        rid = np.empty(rows, np.int64)
+        for blk in range(wk, n_blocks, workers):
+            r0 = blk * rows
+            r1 = min(total, r0 + rows)
+            q = r1 - r0
+            for o in range(oc):
+                acc[o, :q] = _F0
+            for t in range(q):
+                rid[t] = first + r0 + t
+            for ti in range(n_tiles):
+                in0, nk, out0, nout = tiles[ti, 0], tiles[ti, 1], tiles[ti, 2], tiles[ti, 3]
+                w_off, v_off, o_off = tiles[ti, 4], tiles[ti, 5], tiles[ti, 6]
+                toffs = offs[o_off:o_off + nk]
+                key = keys[ti]
+                if tiles[ti, 7]:  # a new input chunk (or a random input): prepare it
+                    _gather(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, xt)
+                    _condition(xt, nk, q, pp, _F1, 0, rid, key, xsq, xabs, xir, rin, ws, tmp,
+                               rowf, rowi, xn64)
+                w = wflat[w_off:w_off + nout * nk]
+                aw = awflat[w_off:w_off + nout * nk] if awflat.size else awflat
+                nl_vec = vecs[2, v_off:v_off + nout]
+                noise_vec = vecs[3, v_off:v_off + nout]
+                nfail = _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec,
+                                      nlf[ti], noise_on, noise_vec, rid, 0, key, y, cur, irm, pw, zb,
+                                      ws, tmp, rowf, rowi)
+                for t in range(q):
+                    scale[t] = rowf[0, t]
+                if nfail:
+                    _rerun(xf, img, wp, p_, ow, sh, sw, toffs, w, aw, nout, nk, q, r0, pp, nl_on,
+                           nl_vec, nlf[ti], noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows)
+                _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
+                            vecs[1, v_off:v_off + nout], acc, out0, f)
+            _layout(acc, q, bias, out, r0)

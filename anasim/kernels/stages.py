@@ -1,0 +1,129 @@
+"""The stage formulas of the tile periphery, written once for every kernel.
+
+Each function is one step of DESIGN.md's tile model (step 4) on one float32 value, in
+aihwkit's operation order (``ForwardBackwardPassIOManaged``, CPU), decorated with
+:func:`numba.extending.register_jitable` so that the CPU kernels (:mod:`.cpu`,
+:mod:`.cpu_conv`) and the CUDA kernels inline the same code. Loops, layouts and random
+numbers live in the kernels; the arithmetic lives here.
+
+:class:`Periphery` is the forward parameters in the form the kernels take: one
+named tuple of scalars (float32, int64, bool), passed as a single argument.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba.extending import register_jitable
+
+__all__ = [
+    "NM_NONE", "NM_ABS_MAX", "NM_MAX", "NM_CONSTANT", "WN_NONE", "WN_ADDITIVE", "WN_PCM_READ",
+    "Periphery", "noise_management", "dac", "dac_stochastic", "ir_drop", "nonlinearity", "adc",
+    "adc_stochastic", "bm_limit_reached",
+]
+
+NM_NONE, NM_ABS_MAX, NM_MAX, NM_CONSTANT = 0, 1, 2, 3
+WN_NONE, WN_ADDITIVE, WN_PCM_READ = 0, 1, 2
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_FHALF = np.float32(0.5)
+_C005 = np.float32(0.05)
+_C02 = np.float32(0.2)
+
+
+class Periphery(NamedTuple):
+    """The forward periphery of a tile as the kernels read it (see :class:`anasim.analog.tile.Periphery`,
+    which makes it from aihwkit-named parameters: ``Periphery.kernel_params``)."""
+
+    nm_type: int
+    nm_thres: np.float32
+    inp_step: np.float32
+    """DAC step Δin in the scaled domain; <= 0: no quantization."""
+    inp_bound: np.float32
+    inp_noise: np.float32
+    inp_sto_round: bool
+    out_step: np.float32
+    """ADC step Δout; <= 0: no quantization."""
+    out_bound: np.float32
+    out_sto_round: bool
+    wn_type: int
+    """``WN_*`` code; ``WN_NONE`` also when w_noise is 0."""
+    w_noise: np.float32
+    ir_drop: np.float32
+    ir_drop_g_ratio: np.float32
+    bm: bool
+    """Iterative bound management on (and not already stopped at reduction 1)."""
+    bm_test_negative_bound: bool
+    max_bm_factor: int
+    bm_red_max: np.float32
+    """``max_bm_res / Δin`` (float32), or +inf without a DAC step."""
+    out_scale: np.float32
+
+
+@register_jitable
+def noise_management(nm_type, nm_thres, stat):
+    """The noise-management value α of one input vector from ``stat`` (its max |x| for
+    abs_max, its max x for max; unused otherwise) (``computeNoiseManagement``)."""
+    if nm_type == NM_ABS_MAX or nm_type == NM_MAX:
+        return min(stat, nm_thres) if nm_thres > _F0 else stat
+    if nm_type == NM_CONSTANT:
+        return nm_thres if nm_thres > _F0 else _F1
+    return _F1
+
+
+@register_jitable
+def dac(x, s, res, bound):
+    """DAC of one input: scale by ``s`` (1/α/red), quantize to steps ``res`` (round half
+    to even; none if res <= 0), clip to ±bound (``prepareInputImplStage4``)."""
+    v = x * s
+    if res > _F0:
+        v = np.rint(v / res) * res
+    return min(max(v, -bound), bound)
+
+
+@register_jitable
+def dac_stochastic(x, s, res, bound, u):
+    """:func:`dac` with stochastic rounding, ``u`` uniform in [0, 1) (needs res > 0)."""
+    v = np.rint((x * s) / res + (u - _FHALF)) * res
+    return min(max(v, -bound), bound)
+
+
+@register_jitable
+def ir_drop(y, cur, irm, a_scale, ir_drop_scale):
+    """aihwkit's simple IR-drop model on one output: ``cur`` = Σ|w||x̃|, ``irm`` = Σ w x̃
+    (1 - (1 - j/n)²), ``a_scale`` = n / ir_drop_g_ratio."""
+    a = a_scale * cur
+    c = a * (a * (_C005 * a - _C02) + _FHALF)
+    return y - c * (ir_drop_scale * irm)
+
+
+@register_jitable
+def nonlinearity(y, nl, nlf):
+    """S-shaped output non-linearity ``nlf·y / (1 + |nl·y|)``."""
+    return nlf * y / (_F1 + abs(nl * y))
+
+
+@register_jitable
+def adc(y, res):
+    """ADC quantization of one output (round half to even; none if res <= 0); the clip to
+    ±out_bound comes after, with the bound-management test."""
+    if res > _F0:
+        return np.rint(y / res) * res
+    return y
+
+
+@register_jitable
+def adc_stochastic(y, res, u):
+    """:func:`adc` with stochastic rounding, ``u`` uniform in [0, 1) (needs res > 0)."""
+    return np.rint(y / res + (u - _FHALF)) * res
+
+
+@register_jitable
+def bm_limit_reached(red, max_bm_factor, inp_step, bm_red_max):
+    """aihwkit's bound-management stop rule after a pass at reduction ``red``:
+    ``(int)red > max_bm_factor || (inp_res > 0 && red > max_bm_res / inp_res)``."""
+    if int(red) > max_bm_factor:
+        return True
+    return inp_step > _F0 and red > bm_red_max
