@@ -52,12 +52,14 @@ class FusedConv:
                 self.bias[out0:out0 + m.out_size] = m.bias
             for t in m.tiles:
                 new_input = not deterministic_input or t.out_start == 0
-                rows.append((t.in_start, t.n_in, out0 + t.out_start, t.n_out, w_off, v_off, o_off, new_input))
+                rows.append((t.in_start, t.n_in, out0 + t.out_start, t.n_out, w_off, v_off, o_off, new_input,
+                             cpu_conv.MAP_GENERIC, -1))
                 w_off += t.n_in * t.n_out
                 v_off += t.n_out
                 o_off += t.n_in
             out0 += m.out_size
-        self.tiles = np.array(rows, np.int64).reshape(-1, 8)
+        self.tiles = np.array(rows, np.int64).reshape(-1, 10)
+        self._modes = {}
         self._state = None
         self._packed = None
         self._offsets = {}
@@ -111,6 +113,36 @@ class FusedConv:
             self._offsets = {key: np.concatenate(parts)}
         return self._offsets[key]
 
+    def _tile_modes(self, geom) -> tuple[np.ndarray, np.ndarray]:
+        """Tile descriptions with their modes for this kernel size, and the channel ranges of
+        the maps: a tile reads its statistic from the map of its channels when its inputs
+        are whole channels (plus an analog bias's constant) and its DAC is deterministic."""
+        kk = geom.kernel_size
+        if kk not in self._modes:
+            p = self.params
+            tiles, ranges = self.tiles.copy(), {}
+            cg = geom.channels_per_group
+            k = 0
+            for g, m in enumerate(self.matrices):
+                for t in m.tiles:
+                    n_x = min(t.in_stop, cg * kk) - t.in_start  # inputs from x (not the bias's 1)
+                    if p.inp_sto_round and p.inp_step > 0:
+                        mode = cpu_conv.MAP_GENERIC
+                    elif p.nm_type not in (S.NM_ABS_MAX, S.NM_MAX):
+                        mode = cpu_conv.MAP_NONE
+                    elif t.in_start % kk == 0 and n_x % kk == 0 and n_x > 0:
+                        rng = (g * cg + t.in_start // kk, g * cg + (t.in_start + n_x) // kk)
+                        if rng[1] - rng[0] == 1:  # one channel: the input is its own map
+                            mode, tiles[k, 9] = cpu_conv.MAP_DIRECT, rng[0]
+                        else:
+                            mode = ranges.setdefault(rng, len(ranges))
+                    else:
+                        mode = cpu_conv.MAP_GENERIC
+                    tiles[k, 8] = mode
+                    k += 1
+            self._modes[kk] = (tiles, np.array(sorted(ranges, key=ranges.get), np.int64).reshape(-1, 2))
+        return self._modes[kk]
+
     def block_rows(self, total: int, workers: int) -> int:
         """Pixels per block: the working set in cache, and enough blocks for the workers."""
         nk = int(self.tiles[:, 1].max())
@@ -122,20 +154,26 @@ class FusedConv:
         n_blocks = -(-n_blocks // workers) * workers if n_blocks >= workers else n_blocks
         return max(1, -(-total // n_blocks))
 
-    def run(self, x: np.ndarray, geom, first: int, epoch: int) -> np.ndarray:
-        """The layer's output (N, OC, *out_shape) for the float32 input ``x``; ``first`` is
-        the global row id of the batch's first pixel."""
+    def run(self, x: np.ndarray, geom, first: int, epoch: int) -> tuple[np.ndarray, int]:
+        """The layer's output (N, OC, *out_shape) for the float32 input ``x`` and the number
+        of its values that are NaN or infinite; ``first`` is the global row id of the
+        batch's first pixel."""
         n, oc = x.shape[0], geom.out_channels
         out = np.empty((n, oc, geom.n_pixels), np.float32)
         total = n * geom.n_pixels
+        bad = 0
         if total:
             xp, (kh, kw, sh, sw, dh, dw, oh, ow) = padded_input(x, geom)
             wflat, awflat, vecs, nlf, keys = self._pack(epoch)
             offs = self._column_offsets(geom, xp.shape[2], xp.shape[3])
             workers = max(1, num_threads())
             rows = self.block_rows(total, workers)
+            tiles, ranges = self._tile_modes(geom)
+            maps = np.empty((len(ranges), n) + xp.shape[2:], np.int32)
+            if len(ranges):
+                cpu_conv.channel_maps(xp, ranges, self.params.nm_type, maps)
             with _Blas.single_threaded():
-                cpu_conv.analog_conv(
-                    xp, xp.shape[3], ow, sh, sw, self.tiles, offs, wflat, awflat, vecs, nlf, keys,
+                bad = cpu_conv.analog_conv(
+                    xp, (kh, kw, sh, sw, dh, dw, ow), tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                     self.params, self.nl_on, self.noise_on, self.bias, out, np.int64(first), rows, workers)
-        return out.reshape((n, oc) + geom.out_shape)
+        return out.reshape((n, oc) + geom.out_shape), int(bad)

@@ -129,16 +129,21 @@ class AnalogLayer:
     def __call__(self, *inputs):
         if not isinstance(inputs[0], np.ndarray) and _on_device(inputs[0]):
             return self._call_device(inputs[0])
+        bad = None  # number of NaN/infinite outputs, when the path counted them
         if self.op_type == "Conv":
             y = self._conv(inputs[0])
+            if isinstance(y, tuple):
+                y, bad = y
         elif self.op_type == "Gemm":
             y = self._gemm(inputs[0])
         else:
             y = self._matmul(inputs[0])
-        if not np.isfinite(y).all():
+        if bad is None:
+            bad = 0 if np.isfinite(y).all() else int((~np.isfinite(y)).sum())
+        if bad:
             src = "its input" if not np.isfinite(inputs[0]).all() else "the tile model"
             raise ExecutionError(
-                f"Analog layer {self.name!r} ({self.op_type}) produced {int((~np.isfinite(y)).sum())} "
+                f"Analog layer {self.name!r} ({self.op_type}) produced {bad} "
                 f"NaN/infinite output(s); they come from {src}. Check the data and the configuration "
                 "(e.g. a zero bound or an extreme noise scale).")
         return y

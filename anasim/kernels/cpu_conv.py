@@ -5,13 +5,17 @@ tile) in one call. The layer's rows -- one per output pixel, (n, p) order, globa
 ``first + r`` -- are cut into blocks of ``rows`` consecutive rows; the worker threads
 (``prange``) take blocks in turn, and per block and tile:
 
-1. gather the tile's columns of the block's im2col rows, *transposed* (tile inputs ×
-   pixels), from the zero-padded input (:func:`_gather`): for every input column the
-   pixels of one output row are a contiguous (stride 1) or strided slice of the input, so
-   the copy vectorises;
-2. noise management, DAC, input noise and the by-products of the output-referred
-   non-idealities over the block (:func:`_condition`), each a pass that vectorises over
-   pixels; reused by the tiles of the same input chunk when the input is deterministic;
+1. the tile's prepared inputs, *transposed* (tile inputs × pixels): the noise-management
+   statistic of every pixel from a per-pixel channel-max map of the input (the max of the
+   map over the receptive field is exactly the max over the pixel's im2col row, at a
+   fraction of the work), then the DAC applied while the inputs are gathered from the
+   zero-padded input (:func:`_map_stat`, :func:`_input_scales`, :func:`_gather_dac`): for
+   every input column the pixels of one output row are a contiguous (stride 1) or strided
+   slice of the input, so the loops vectorise. Tiles whose inputs end inside a channel's
+   taps, and stochastic DAC rounding, take the general route: gather, statistic, DAC
+   (:func:`_gather`, :func:`_condition`). Then input noise and the by-products of the
+   output-referred non-idealities (:func:`_after_dac`). Reused by the tiles of the same
+   input chunk when the input is deterministic;
 3. the MVM ``W_tile @ block`` with sgemm called from the kernel (:mod:`.blas`, the library
    NumPy uses: the same sums as ``np.matmul``), then IR drop, weight noise,
    non-linearity, output noise, ADC, clipping and the bound-management test
@@ -27,13 +31,17 @@ is the one of :class:`anasim.analog.tile.AnalogMatrix` on the im2col rows, bit f
 the same float32 operations per value in the same order, and sgemm's sums do not depend
 on the orientation or the number of rows of the product.
 
-Layer description (built by :mod:`anasim.analog.fused`): ``tiles`` (T, 8) int64 rows
-``(in0, n_in, out0, n_out, w_off, v_off, o_off, new_input)``, in processing order (group,
+Layer description (built by :mod:`anasim.analog.fused`): ``tiles`` (T, 10) int64 rows
+``(in0, n_in, out0, n_out, w_off, v_off, o_off, new_input, mode, channel)``, in processing order (group,
 input chunk, output chunk); ``offs`` the flat offsets, inside one padded image, of each
 tile column's input (-1: the constant 1 of an analog bias); ``wflat``/``awflat`` the tiles'
 weights and |weights| (row-major, at ``w_off``); ``vecs`` (4, Σ n_out) rows mapping scale,
 post scale, non-linearity and output-noise std (at ``v_off``); ``nlf`` (T,); ``keys`` (T, 10)
-the Philox keys (inp_noise, out_noise, w_noise, inp_sto_round, out_sto_round).
+the Philox keys (inp_noise, out_noise, w_noise, inp_sto_round, out_sto_round); ``mode``
+the index of the tile's channel map (``maps``, made by :func:`channel_maps` for the channel
+ranges the tiles cover), :data:`MAP_DIRECT` when the tile's inputs are one channel
+(``channel``; depthwise: the input itself is the map), :data:`MAP_NONE` when the statistic
+is not needed (noise management none or constant) or :data:`MAP_GENERIC`.
 """
 
 from __future__ import annotations
@@ -43,9 +51,9 @@ from numba import njit, prange
 
 from . import stages as S
 from .blas import SGEMM_NAME, sgemm_type
-from .cpu import _ROWS, _random_block
+from .cpu import _random_block
 
-__all__ = ["analog_conv", "available"]
+__all__ = ["analog_conv", "channel_maps", "available", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
 _ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
@@ -54,6 +62,9 @@ _F1 = np.float32(1.0)
 _I31 = np.int32(0x7FFFFFFF)
 _S31 = np.int32(31)
 _IMIN = np.int32(-2147483648)
+MAP_GENERIC, MAP_NONE, MAP_DIRECT = -1, -2, -3
+"""Tile modes (column 8 of ``tiles``; >= 0: the index of the tile's channel map)."""
+_GENERIC = MAP_GENERIC
 
 
 def available() -> bool:
@@ -63,11 +74,8 @@ def available() -> bool:
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _random_cols(rid, q, n, rnd, k0, k1, normal, ws, tmp, out):
-    """out[0:n, 0:q] = normals (uniforms) of elements 0..n-1 of the rows ``rid[0:q]``, in
-    blocks of ``_ROWS`` rows (the scratch ``ws``/``tmp`` holds one block)."""
-    for c0 in range(0, q, _ROWS):
-        c1 = min(q, c0 + _ROWS)
-        _random_block(rid, c0, c1, n, rnd, k0, k1, normal, ws, tmp, out[:, c0:c1], True)
+    """out[0:n, 0:q] = normals (uniforms) of elements 0..n-1 of the rows ``rid[0:q]``."""
+    _random_block(rid, 0, q, n, rnd, k0, k1, normal, ws, tmp, out, True)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -116,11 +124,119 @@ def _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, q, xt):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _channel_map(xp, n, c_lo, c_hi, nm, out):
+    """out[h, w] = the noise-management key (see :func:`_block_stat`) of max over channels
+    c_lo..c_hi of image ``n`` of the padded input at (h, w): the statistic of a pixel is
+    then the max of this map over its receptive field (exactly the max over its inputs)."""
+    hp, wp = xp.shape[2], xp.shape[3]
+    of = out.reshape(-1)
+    for i in range(hp * wp):
+        of[i] = 0 if nm == S.NM_ABS_MAX else _IMIN
+    for c in range(c_lo, c_hi):
+        xi = xp[n, c].reshape(-1).view(np.int32)
+        if nm == S.NM_ABS_MAX:
+            for i in range(hp * wp):
+                of[i] = max(of[i], xi[i] & _I31)
+        else:
+            for i in range(hp * wp):
+                v = xi[i]
+                of[i] = max(of[i], v ^ ((v >> _S31) & _I31))
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def channel_maps(xp, ranges, nm, maps):
+    """:func:`_channel_map` of every (channel range, image), in parallel."""
+    n = xp.shape[0]
+    for k in prange(ranges.shape[0] * n):
+        m, i = k // n, k % n
+        _channel_map(xp, i, ranges[m, 0], ranges[m, 1], nm, maps[m, i])
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _map_stat(src, idx, raw, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, stat):
+    """stat[t] = max of channel map ``idx`` of ``src`` (maps, (n_maps, N, Hp, Wp)) over the
+    receptive field of pixel r0 + t (and the key of 1.0 when the tile has an analog bias's
+    constant input). ``raw``: ``src`` is the input's float32 bits (N, C, Hp, Wp) and the
+    map is its channel ``idx`` (a depthwise tile), turned into keys on the way."""
+    b = 0
+    r = r0
+    one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
+    while r < r1:
+        n = r // p_
+        q = r - n * p_
+        i = q // ow
+        k0 = q - i * ow
+        cnt = min(ow - k0, r1 - r)
+        st = stat[b:b + cnt]
+        for t in range(cnt):
+            st[t] = one if has_one else (0 if nm == S.NM_ABS_MAX else _IMIN)
+        for a in range(kh):
+            h = i * sh + a * dh
+            if raw:
+                row = src[n, idx, h]
+            else:
+                row = src[idx, n, h]
+            for e in range(kw):
+                c0 = k0 * sw + e * dw
+                seg = row[c0:c0 + (cnt - 1) * sw + 1]
+                if not raw and sw == 1:
+                    for t in range(cnt):
+                        st[t] = max(st[t], seg[t])
+                elif not raw:
+                    for t in range(cnt):
+                        st[t] = max(st[t], seg[t * sw])
+                elif nm == S.NM_ABS_MAX and sw == 1:
+                    for t in range(cnt):
+                        st[t] = max(st[t], seg[t] & _I31)
+                elif nm == S.NM_ABS_MAX:
+                    for t in range(cnt):
+                        st[t] = max(st[t], seg[t * sw] & _I31)
+                else:
+                    for t in range(cnt):
+                        v = seg[t * sw]
+                        st[t] = max(st[t], v ^ ((v >> _S31) & _I31))
+        b += cnt
+        r += cnt
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
+    """:func:`_gather` with the DAC (:func:`.stages.dac`, scale ``sv`` per pixel) applied
+    on the way: one pass from the padded input to the tile's prepared inputs."""
+    nk = offs.size
+    b = 0
+    r = r0
+    while r < r1:
+        n = r // p_
+        q = r - n * p_
+        i = q // ow
+        k0 = q - i * ow
+        cnt = min(ow - k0, r1 - r)
+        base = n * img + i * sh * wp + k0 * sw
+        s = sv[b:b + cnt]
+        for j in range(nk):
+            o = offs[j]
+            dst = xt[j, b:b + cnt]
+            if o < 0:
+                for t in range(cnt):
+                    dst[t] = S.dac(_F1, s[t], res, bound)
+            elif sw == 1:
+                src = xf[base + o:base + o + cnt]
+                for t in range(cnt):
+                    dst[t] = S.dac(src[t], s[t], res, bound)
+            else:
+                src = xf[base + o:base + o + (cnt - 1) * sw + 1]
+                for t in range(cnt):
+                    dst[t] = S.dac(src[t * sw], s[t], res, bound)
+        b += cnt
+        r += cnt
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _buffers(nk, nout, q, pp, noise_rows):
     """Scratch of one pass over ``q`` pixels of a tile with ``nk`` inputs, ``nout`` outputs."""
     want_sq = pp.wn_type == S.WN_PCM_READ
     want_ir = pp.ir_drop > _F0
-    nb = (max(nk, nout) + 3) >> 2
     xt = np.empty((nk, q), np.float32)
     xsq = np.empty((nk if want_sq else 0, q), np.float32)
     xabs = np.empty((nk if want_ir else 0, q), np.float32)
@@ -131,8 +247,8 @@ def _buffers(nk, nout, q, pp, noise_rows):
     irm = np.empty((nout if want_ir else 0, q), np.float32)
     pw = np.empty((nout if want_sq else 0, q), np.float32)
     zb = np.empty((nout if noise_rows else 0, q), np.float32)
-    ws = np.empty((5, _ROWS * nb), np.uint64)
-    tmp = np.empty(_ROWS * nb, np.float64)
+    ws = np.empty((5, q), np.uint64)
+    tmp = np.empty(q, np.float64)
     rowf = np.empty((5, q), np.float32)  # scale, applied scale, xnorm, out factor, input stat
     rowi = np.empty((4, q), np.int32)  # skip, fail, hi, lo
     xn64 = np.empty(q, np.float64)
@@ -140,24 +256,19 @@ def _buffers(nk, nout, q, pp, noise_rows):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _condition(xt, nk, q, pp, red, rnd, rid, key, xsq, xabs, xir, rin, ws, tmp, rowf, rowi, xn64):
-    """Noise management, DAC, input noise and by-products of the pixels 0..q of ``xt`` in place.
-
-    Writes rowf[0] = the applied input scale s = 1/α/red (1 for skipped pixels), rowi[0] =
-    skip (output exactly 0: aihwkit's short cut), rowf[2] = ‖x̃‖₂ when additive weight noise
-    needs it; xsq = x̃², xabs = |x̃|, xir = IR-weighted x̃ when needed.
-    """
-    nm = pp.nm_type
+def _block_stat(xt, nk, q, nm, stat):
+    """stat[t] = the noise-management statistic of pixel t over its inputs xt[:, t] as an
+    int32 key: the bit pattern of max |x| (abs_max; bit patterns of |x| order like |x|) or
+    the order-preserving key of max x (max); see :func:`_key_to_float`."""
     xti = xt.view(np.int32)
-    stat = rowf[4].view(np.int32)
-    if nm == S.NM_ABS_MAX:  # max |x| by bit patterns, which order like |x|
+    if nm == S.NM_ABS_MAX:
         for t in range(q):
             stat[t] = 0
         for j in range(nk):
             xr = xti[j, :q]
             for t in range(q):
                 stat[t] = max(stat[t], xr[t] & _I31)
-    elif nm == S.NM_MAX:  # max x through order-preserving integer keys
+    elif nm == S.NM_MAX:
         for t in range(q):
             stat[t] = _IMIN
         for j in range(nk):
@@ -165,31 +276,53 @@ def _condition(xt, nk, q, pp, red, rnd, rid, key, xsq, xabs, xir, rin, ws, tmp, 
             for t in range(q):
                 v = xr[t]
                 stat[t] = max(stat[t], v ^ ((v >> _S31) & _I31))
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _key_to_float(nm, stat, q):
+    """The keys of :func:`_block_stat` back to float32 bit patterns, in place."""
+    if nm == S.NM_MAX:
         for t in range(q):
             a = stat[t]
             stat[t] = a ^ ((a >> _S31) & _I31)
-    fstat = rowf[4]
-    scale = rowf[0]
-    sv = rowf[1]
-    skip = rowi[0]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _input_scales(q, pp, red, rowf, rowi):
+    """rowf[0] = the applied input scale s = 1/α/red (1 for skipped pixels), rowf[1] = the
+    scale the DAC multiplies by (0 for skipped pixels), rowi[0] = skip (aihwkit's short
+    cut: the output is exactly 0), from the statistic in rowf[4]; returns the skip count."""
+    nm = pp.nm_type
+    fstat = rowf[4, :q]
+    scale = rowf[0, :q]
+    sv = rowf[1, :q]
+    skip = rowi[0, :q]
+    nm_on = nm != S.NM_NONE
+    can_skip = nm_on and pp.inp_noise <= _F0
     nskip = 0
-    for t in range(q):
+    for t in range(q):  # branch-free, so that it vectorises
         nmv = S.noise_management(nm, pp.nm_thres, fstat[t])
-        if nm != S.NM_NONE and nmv <= _F0 and pp.inp_noise <= _F0:
-            skip[t] = 1
-            scale[t] = _F1
-            sv[t] = _F0
-            nskip += 1
-        else:
-            skip[t] = 0
-            s = _F1
-            if nm != S.NM_NONE and nmv > _F0:
-                s = s / nmv
+        sk = can_skip and nmv <= _F0
+        s = _F1 / nmv if nm_on and nmv > _F0 else _F1
+        if red != _F1:  # s / 1 is s
             s = s / red
-            scale[t] = s
-            sv[t] = s
+        skip[t] = sk
+        scale[t] = _F1 if sk else s
+        sv[t] = _F0 if sk else s
+        nskip += sk
+    return nskip
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _condition(xt, nk, q, pp, red, rnd, rid, key, xsq, xabs, xir, rin, ws, tmp, rowf, rowi, xn64):
+    """Noise management, DAC, input noise and by-products of the pixels 0..q of ``xt`` in place
+    (see :func:`_input_scales` and :func:`_after_dac` for what is written besides ``xt``)."""
+    stat = rowf[4].view(np.int32)
+    _block_stat(xt, nk, q, pp.nm_type, stat)
+    _key_to_float(pp.nm_type, stat, q)
+    nskip = _input_scales(q, pp, red, rowf, rowi)
+    svq = rowf[1, :q]
     res, bound = pp.inp_step, pp.inp_bound
-    svq = sv[:q]
     if res > _F0 and pp.inp_sto_round:
         _random_cols(rid, q, nk, rnd, key[6], key[7], False, ws, tmp, rin)
         for j in range(nk):
@@ -202,6 +335,15 @@ def _condition(xt, nk, q, pp, red, rnd, rid, key, xsq, xabs, xir, rin, ws, tmp, 
             xr = xt[j, :q]
             for t in range(q):
                 xr[t] = S.dac(xr[t], svq[t], res, bound)
+    _after_dac(xt, nk, q, pp, rnd, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp, rowf, rowi, xn64)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _after_dac(xt, nk, q, pp, rnd, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp, rowf, rowi, xn64):
+    """After the DAC: skipped pixels' inputs to 0, input noise, and the by-products the
+    output-referred non-idealities need: rowf[2] = ‖x̃‖₂ (additive weight noise), xsq = x̃²
+    (PCM read noise), xabs = |x̃| and xir = IR-weighted x̃ (IR drop)."""
+    skip = rowi[0]
     if nskip:
         for j in range(nk):
             for t in range(q):
@@ -317,18 +459,20 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
             hi[t] += v > bound
             lo[t] += v < -bound
             yr[t] = min(max(v, -bound), bound)
-    skip = rowi[0]
-    fail = rowi[1]
+    skip = rowi[0, :q]
+    fail = rowi[1, :q]
     nfail = 0
-    for t in range(q):
-        if skip[t]:
-            fail[t] = 0
-            for i in range(nout):
-                y[i, t] = _F0  # contributes exactly 0 to the digital sum
-        else:
-            f = pp.bm and (hi[t] > 0 or (pp.bm_test_negative_bound and lo[t] > 0))
-            fail[t] = f
-            nfail += f
+    nskip = 0
+    for t in range(q):  # branch-free, so that it vectorises
+        f = pp.bm and not skip[t] and (hi[t] > 0 or (pp.bm_test_negative_bound and lo[t] > 0))
+        fail[t] = f
+        nfail += f
+        nskip += skip[t]
+    if nskip:
+        for t in range(q):
+            if skip[t]:
+                for i in range(nout):
+                    y[i, t] = _F0  # contributes exactly 0 to the digital sum
     return nfail
 
 
@@ -406,8 +550,10 @@ def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _layout(acc, q, bias, out, r0):
-    """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q."""
+    """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q;
+    returns the number of values written that are NaN or infinite."""
     oc, p_ = out.shape[1], out.shape[2]
+    bad = 0
     b = 0
     r = r0
     while b < q:
@@ -419,20 +565,28 @@ def _layout(acc, q, bias, out, r0):
             src = acc[o, b:b + cnt]
             bb = bias[o]
             for t in range(cnt):
-                dst[t] = src[t] + bb
+                v = src[t] + bb
+                dst[t] = v
+                bad += not np.isfinite(v)
         b += cnt
         r += cnt
+    return bad
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def analog_conv(xp, wp, ow, sh, sw, tiles, offs, wflat, awflat, vecs, nlf, keys, pp, nl_on,
+def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
                 noise_on, bias, out, first, rows, workers):
     """The analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into ``out`` (N, OC, P).
 
-    ``wp``, ``ow``, ``sh``, ``sw``: padded width, output width, strides; ``first``: global
-    row id of row 0; ``rows``: pixels per block; ``workers``: parallel workers (blocks are
-    dealt out in turn). See the module docstring for the tile description.
+    ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
+    ``maps``: the channel maps of :func:`channel_maps` the tiles refer to; ``first``:
+    global row id of row 0; ``rows``: pixels per block; ``workers``: parallel workers
+    (blocks are dealt out in turn). See the module docstring for the tile description.
+    Returns the number of NaN or infinite outputs.
     """
+    kh, kw, sh, sw, dh, dw, ow = geom
+    wp = xp.shape[3]
+    xi = xp.view(np.int32)
     n, oc, p_ = out.shape
     img = xp.shape[1] * xp.shape[2] * xp.shape[3]
     xf = xp.reshape(-1)
@@ -445,6 +599,7 @@ def analog_conv(xp, wp, ow, sh, sw, tiles, offs, wflat, awflat, vecs, nlf, keys,
         maxnk = max(maxnk, tiles[ti, 1])
         maxno = max(maxno, tiles[ti, 3])
     noise_rows = noise_on or pp.wn_type != S.WN_NONE or (pp.out_step > _F0 and pp.out_sto_round)
+    bad = np.zeros(workers, np.int64)
     for wk in prange(workers):
         bufs = _buffers(maxnk, maxno, rows, pp, noise_rows)
         xt, xsq, xabs, xir, rin, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, xn64 = bufs
@@ -465,10 +620,26 @@ def analog_conv(xp, wp, ow, sh, sw, tiles, offs, wflat, awflat, vecs, nlf, keys,
                 w_off, v_off, o_off = tiles[ti, 4], tiles[ti, 5], tiles[ti, 6]
                 toffs = offs[o_off:o_off + nk]
                 key = keys[ti]
-                if tiles[ti, 7]:  # a new input chunk (or a random input): prepare it
+                mode = tiles[ti, 8]
+                if tiles[ti, 7] and mode == _GENERIC:  # a new input chunk: gather, then prepare
                     _gather(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, xt)
                     _condition(xt, nk, q, pp, _F1, 0, rid, key, xsq, xabs, xir, rin, ws, tmp,
                                rowf, rowi, xn64)
+                elif tiles[ti, 7]:  # statistic from a channel map (or none needed), DAC on the way
+                    stat = rowf[4].view(np.int32)
+                    if mode >= 0:
+                        _map_stat(maps, mode, False, p_, ow, sh, sw, kh, kw, dh, dw, toffs[nk - 1] < 0,
+                                  pp.nm_type, r0, r1, stat)
+                    elif mode == MAP_DIRECT:
+                        _map_stat(xi, tiles[ti, 9], True, p_, ow, sh, sw, kh, kw, dh, dw,
+                                  toffs[nk - 1] < 0, pp.nm_type, r0, r1, stat)
+                    if mode != MAP_NONE:
+                        _key_to_float(pp.nm_type, stat, q)
+                    nskip = _input_scales(q, pp, _F1, rowf, rowi)
+                    _gather_dac(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, rowf[1], pp.inp_step,
+                                pp.inp_bound, xt)
+                    _after_dac(xt, nk, q, pp, 0, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp, rowf,
+                               rowi, xn64)
                 w = wflat[w_off:w_off + nout * nk]
                 aw = awflat[w_off:w_off + nout * nk] if awflat.size else awflat
                 nl_vec = vecs[2, v_off:v_off + nout]
@@ -483,4 +654,5 @@ def analog_conv(xp, wp, ow, sh, sw, tiles, offs, wflat, awflat, vecs, nlf, keys,
                            nl_vec, nlf[ti], noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows)
                 _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
                             vecs[1, v_off:v_off + nout], acc, out0, f)
-            _layout(acc, q, bias, out, r0)
+            bad[wk] += _layout(acc, q, bias, out, r0)
+    return bad.sum()
