@@ -1,0 +1,267 @@
+"""The fused CPU analog convolution (anasim.kernels.cpu_conv) against the tile model on im2col rows.
+
+The reference is the plain path: the whole im2col matrix, every group's columns through its
+:class:`AnalogMatrix` (``forward`` with the global row ids), then the NCHW layout. The fused
+kernel does the same float32 operations in the same order with the same random numbers, and
+its products (W · Xᵀ per block of pixels) sum like NumPy's X · Wᵀ for the sizes of real
+layers: ResNet-20 and ResNet-18 outputs are identical bit for bit (``test_real_models_bit_for_bit``).
+For *small* products OpenBLAS switches to its small-matrix kernels, which sum in another
+order for the two orientations; the small synthetic layers below therefore agree to
+float32 rounding of the sums, and where that rounding moves a value across an ADC
+boundary, by one ADC step in a few elements (:func:`_assert_same`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import anasim
+from anasim.analog.fused import fused_available
+from anasim.errors import ExecutionError
+from anasim.kernels import cpu_conv
+from anasim.ops.conv import cols_to_output, conv_geometry, im2col
+from conftest import cifar10_test, shared_path
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+pytestmark = pytest.mark.skipif(not cpu_conv.available(), reason="NumPy's BLAS exports no ILP64 cblas_sgemm here")
+
+AIHWKIT_LIKE = {"forward": {"inp_res": 126, "out_res": 510, "out_bound": 12.0, "out_noise": 0.06,
+                            "noise_management": "abs_max", "bound_management": "iterative"}}
+
+
+def _conv_model(c, oc, kernel, group=1, strides=None, pads=None, dilations=None, bias=True, seed=0, op="Conv",
+                pre=None):
+    """x (N, c, 9, 8) [-> pre op] -> Conv -> y; 1-D when len(kernel) == 1."""
+    rng = np.random.default_rng(seed)
+    spatial = [9, 8][:len(kernel)] if len(kernel) == 2 else [11]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c] + spatial)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", oc] + [f"s{i}" for i in range(len(kernel))])
+    w = (rng.standard_normal((oc, c // group) + tuple(kernel)) * 0.4).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    inputs = ["x" if pre is None else "p", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(oc).astype(np.float32), "b"))
+        inputs.append("b")
+    attrs = {"group": group}
+    for name, v in (("strides", strides), ("pads", pads), ("dilations", dilations)):
+        if v is not None:
+            attrs[name] = v
+    nodes = [] if pre is None else [helper.make_node(pre, ["x"], ["p"], name="pre")]
+    nodes.append(helper.make_node(op, inputs, ["y"], name="conv", **attrs))
+    g = helper.make_graph(nodes, "conv", [x], [y], inits)
+    return anasim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _reference(layer, x, sample_offset=0):
+    """The layer through its tiles on the whole im2col matrix (the unfused path)."""
+    a = layer.attrs
+    geom = conv_geometry(x.shape, layer.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
+                         a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
+    cols = im2col(x, geom)
+    p = geom.n_pixels
+    ids = np.arange(sample_offset * p, (sample_offset + x.shape[0]) * p, dtype=np.int64)
+    k = geom.k_per_group
+    y = np.concatenate([m.forward(cols[:, g * k:(g + 1) * k], ids, layer.context.epoch)
+                        for g, m in enumerate(layer.matrices)], axis=1)
+    return cols_to_output(y, x.shape[0], geom)
+
+
+def _check(graph, config, x, seed=0, sample_offset=0):
+    sim = anasim.analog(graph, config, seed=seed)
+    layer = sim.layers[0]
+    assert layer._fused is not None, "the fused kernel should serve this layer"
+    got = sim(x, sample_offset=sample_offset)
+    _assert_same(got, _reference(layer, x, sample_offset), layer, x)
+    return got
+
+
+def _assert_same(got, ref, layer, x):
+    """Equal to float32 rounding of the sums; quantized outputs may be one ADC step away in
+    at most 1 % of the elements (a sum on a rounding boundary). Random numbers, stage order
+    or scaling gone wrong show as differences everywhere."""
+    diff = np.abs(got.astype(np.float64) - ref)
+    fp_tol = 64 * EPS32 * max(1.0, float(np.abs(ref).max()))
+    off = diff > fp_tol
+    p = layer.matrices[0].periphery
+    if p.out_step <= 0 or not off.any():
+        assert not off.any(), f"{int(off.sum())} outputs off by up to {diff.max():.3g} (float32 rounding {fp_tol:.3g})"
+        return
+    assert off.mean() <= 0.01, f"{int(off.sum())} of {off.size} outputs off"
+    ms = max(float(t.mapping_scale.max()) for m in layer.matrices for t in m.tiles)
+    one_step = p.out_step * max(1.0, float(np.abs(x).max())) * ms * (2.0**10 if p.bm else 1.0) * p.out_scale
+    assert diff.max() <= 1.01 * one_step + fp_tol, "off by more than one ADC step"
+
+
+GEOMETRIES = {
+    "3x3 pad 1": dict(c=4, oc=8, kernel=[3, 3], pads=[1, 1, 1, 1]),
+    "strided, dilated, asymmetric pads": dict(c=3, oc=5, kernel=[3, 2], strides=[2, 3], dilations=[2, 1],
+                                              pads=[2, 0, 1, 1]),
+    "1x1": dict(c=6, oc=7, kernel=[1, 1]),
+    "grouped": dict(c=6, oc=4, kernel=[3, 3], group=2, pads=[1, 1, 1, 1]),
+    "depthwise x2": dict(c=5, oc=10, kernel=[3, 3], group=5, pads=[1, 1, 1, 1], strides=[2, 2]),
+    "1-D": dict(c=3, oc=4, kernel=[5], pads=[2, 1], strides=[2]),
+    "no bias": dict(c=4, oc=3, kernel=[2, 2], bias=False),
+}
+
+MAPPINGS = {
+    "one tile": {},
+    "split at channel ends": {"max_input_size": 18, "max_output_size": 3},
+    "split inside taps": {"max_input_size": 7, "max_output_size": 4},
+}
+
+
+@pytest.mark.parametrize("mapping", list(MAPPINGS))
+@pytest.mark.parametrize("geom", list(GEOMETRIES))
+def test_fused_equals_tile_model(geom, mapping):
+    g = _conv_model(**GEOMETRIES[geom])
+    shape = {"1-D": (3, 3, 11)}.get(geom, (3, GEOMETRIES[geom]["c"], 9, 8))
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32) * 2
+    _check(g, {**AIHWKIT_LIKE, "mapping": MAPPINGS[mapping]}, x, sample_offset=5)
+
+
+PERIPHERIES = {
+    "bound management re-runs": {"out_bound": 1.5, "out_res": 254},
+    "bm positive bound only": {"out_bound": 1.5, "bm_test_negative_bound": False},
+    "nm max": {"noise_management": "max"},
+    "nm constant": {"noise_management": "constant", "nm_thres": 2.0},
+    "nm none, no DAC step": {"noise_management": "none", "inp_res": -1, "inp_bound": 4.0},
+    "input noise": {"inp_noise": 0.05},
+    "stochastic rounding": {"inp_sto_round": True, "out_sto_round": True, "out_bound": 2.0},
+    "additive weight noise": {"w_noise": 0.03, "w_noise_type": "additive_constant"},
+    "pcm read noise": {"w_noise": 0.03, "w_noise_type": "pcm_read"},
+    "ir drop": {"ir_drop": 1.0, "ir_drop_g_ratio": 2000.0},
+    "non-linearity": {"out_nonlinearity": 0.3},
+    "no ADC step, no noise": {"out_res": -1, "out_noise": 0.0},
+}
+
+
+@pytest.mark.parametrize("mapping", ["one tile", "split inside taps"])
+@pytest.mark.parametrize("name", list(PERIPHERIES))
+def test_fused_equals_tile_model_for_every_periphery(name, mapping):
+    g = _conv_model(c=4, oc=6, kernel=[3, 3], pads=[1, 1, 1, 1], strides=[1, 2], seed=2)
+    x = np.random.default_rng(3).standard_normal((4, 4, 9, 8)).astype(np.float32) * 2
+    x[1, :, :3] = 0  # all-zero receptive fields: aihwkit's zero-output short cut
+    x[2] = -np.abs(x[2])  # max noise management on all-negative inputs
+    config = {"forward": {**AIHWKIT_LIKE["forward"], **PERIPHERIES[name]}, "mapping": MAPPINGS[mapping]}
+    _check(g, config, x, seed=4, sample_offset=2)
+
+
+def test_bound_management_reruns_change_the_result():
+    """The re-run branch is exercised: with a tight bound the iterative result differs from
+    the saturated one (and still equals the tile model, above)."""
+    g = _conv_model(c=4, oc=6, kernel=[3, 3], pads=[1, 1, 1, 1])
+    x = np.random.default_rng(5).standard_normal((2, 4, 9, 8)).astype(np.float32) * 2
+    fw = {**AIHWKIT_LIKE["forward"], "out_bound": 1.5, "out_noise": 0.0}
+    with_bm = _check(g, {"forward": fw}, x)
+    without = _check(g, {"forward": {**fw, "bound_management": "none"}}, x)
+    assert (np.abs(with_bm - without) > 0.5).mean() > 0.01
+
+
+@pytest.mark.parametrize("mapping", [{}, {"max_input_size": 7}])
+def test_analog_bias_and_weight_scaling(mapping):
+    g = _conv_model(c=3, oc=5, kernel=[3, 3], pads=[1, 1, 1, 1], seed=6)
+    x = np.random.default_rng(7).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    config = {**AIHWKIT_LIKE, "mapping": {"digital_bias": False, "weight_scaling_omega": 0.8,
+                                         "weight_scaling_columnwise": True, **mapping}}
+    sim = anasim.analog(g, config)
+    assert sim.layers[0].matrices[0].analog_bias == (not mapping)
+    _check(g, config, x)
+
+
+def test_fused_after_programming_and_drift():
+    """The packed weights follow the device state (programming, drift, compensation) and the repetition."""
+    g = _conv_model(c=4, oc=8, kernel=[3, 3], pads=[1, 1, 1, 1])
+    x = np.random.default_rng(8).standard_normal((2, 4, 9, 8)).astype(np.float32)
+    config = {**AIHWKIT_LIKE, "noise_model": {"type": "pcm"}, "drift_compensation": {"type": "global"}}
+    sim = anasim.analog(g, config, seed=1)
+    layer = sim.layers[0]
+    outs = []
+    for rep, t in ((1, 0.0), (1, 3600.0), (2, 86400.0)):
+        sim.program(repetition=rep)
+        if t:
+            sim.drift(t)
+        y = sim(x)
+        _assert_same(y, _reference(layer, x), layer, x)
+        outs.append(y)
+    assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
+
+
+def test_fused_results_do_not_depend_on_batch_or_threads():
+    import numba
+
+    g = _conv_model(c=4, oc=8, kernel=[3, 3], pads=[1, 1, 1, 1])
+    x = np.random.default_rng(9).standard_normal((7, 4, 9, 8)).astype(np.float32)
+    sim = anasim.analog(g, {**AIHWKIT_LIKE, "forward": {**AIHWKIT_LIKE["forward"], "inp_noise": 0.02}}, seed=2)
+    full = sim(x)
+    parts = np.concatenate([sim(x[:3], sample_offset=0), sim(x[3:], sample_offset=3)])
+    np.testing.assert_array_equal(full, parts)
+    old = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(sim(x), full)
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, config", [("resnet20_cifar10", "aihwkit"), ("resnet20_cifar10", "full"),
+                                           ("resnet18_fmnist", "aihwkit")])
+def test_real_models_bit_for_bit(model, config):
+    """On real networks every output of the fused path equals the unfused path's, bit for
+    bit: the aihwkit preset, and a noisy drifted PCM chip (input noise, additive weight
+    noise, bound management, global compensation)."""
+    g = anasim.load(shared_path("models", f"{model}.onnx"))
+    if model.startswith("resnet20"):
+        x, _ = cifar10_test(6)
+    else:
+        d = np.load(shared_path("data", "fashion_mnist_test.npz"))
+        x = ((np.pad(d["x"][:3], ((0, 0), (2, 2), (2, 2))).astype(np.float32) / 255 - 0.2860) / 0.3530)[:, None]
+    cfg = config if config == "aihwkit" else {
+        "forward": {"inp_res": 254, "out_res": 254, "out_bound": 10.0, "out_noise": 0.04, "inp_noise": 0.01,
+                    "w_noise": 0.02, "w_noise_type": "additive_constant", "bound_management": "iterative"},
+        "noise_model": {"type": "pcm"}, "drift_compensation": {"type": "global"}}
+    sim = anasim.analog(g, cfg, seed=3)
+    if config != "aihwkit":
+        sim.drift(3600.0)
+    assert all(la._fused is not None for la in sim.layers if la.op_type == "Conv")
+    fused = sim(x, sample_offset=11)
+    for la in sim.layers:
+        la._fused = None
+    np.testing.assert_array_equal(fused, sim(x, sample_offset=11))
+
+
+def test_true_depthwise_close_to_tile_model():
+    """One-output tiles: NumPy's product of an (M, K) by a (K, 1) matrix is a gemv, whose sums
+    differ in the last bit from sgemm's (which the fused kernel calls for every tile, as for
+    multi-output tiles); the outputs then agree except for rare values that a last-bit
+    difference moves across an ADC rounding boundary (one step)."""
+    g = _conv_model(c=6, oc=6, kernel=[3, 3], group=6, pads=[1, 1, 1, 1])
+    x = np.random.default_rng(10).standard_normal((8, 6, 9, 8)).astype(np.float32)
+    sim = anasim.analog(g, AIHWKIT_LIKE)
+    layer = sim.layers[0]
+    assert layer._fused is not None
+    got, ref = sim(x), _reference(layer, x)
+    diff = np.abs(got - ref)
+    assert (diff > 0).mean() < 0.01
+    one_step = layer.matrices[0].periphery.out_step * np.abs(x).max()  # ADC step × the largest α
+    assert diff.max() <= 1.001 * one_step
+
+
+def test_fused_not_used_for_perfect_tiles_or_without_blas(monkeypatch):
+    g = _conv_model(c=4, oc=8, kernel=[3, 3], pads=[1, 1, 1, 1])
+    assert anasim.analog(g, {"forward": {"is_perfect": True}}).layers[0]._fused is None
+    monkeypatch.setattr(cpu_conv, "_sgemm", None)
+    assert not fused_available(anasim.analog(g, AIHWKIT_LIKE).layers[0].matrices)
+
+
+def test_nan_from_the_input_of_a_fused_layer_is_reported():
+    g = _conv_model(c=2, oc=3, kernel=[3, 3], pads=[1, 1, 1, 1], pre="Log")
+    x = np.abs(np.random.default_rng(11).standard_normal((2, 2, 9, 8)).astype(np.float32)) + 0.1
+    x[1, 0, 4, 4] = -1.0  # log(-1) = NaN reaches the analog layer
+    sim = anasim.analog(g, AIHWKIT_LIKE)
+    assert sim.layers[0]._fused is not None
+    with pytest.raises(ExecutionError, match=r"'conv' \(Conv\) produced \d+ NaN/infinite output\(s\); they come from its input"):
+        sim(x)
