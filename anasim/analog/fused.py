@@ -10,11 +10,14 @@ from an (N, C, *in_shape) input.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 
 from ..kernels import cpu_conv
 from ..kernels import stages as S
-from ..ops.conv import _Blas, num_threads, padded_input
+from ..ops.conv import _Blas, num_threads
 from .tile import AnalogMatrix
 
 __all__ = ["FusedConv", "fused_available"]
@@ -23,6 +26,7 @@ _BLOCK_BYTES = 1 << 20
 """Working set of one block of pixels (gathered inputs, by-products, outputs, accumulator):
 about half a core's L2 cache."""
 _MIN_BLOCK, _MAX_BLOCK = 64, 4096
+_NO_PROFILE = np.zeros((0, 0), np.int64)
 _KEYS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
 
 
@@ -32,6 +36,35 @@ def fused_available(matrices) -> bool:
     return (cpu_conv.available() and _Blas.available()
             and all(type(m) is AnalogMatrix and not m.periphery.perfect for m in matrices)
             and all(m.periphery == matrices[0].periphery for m in matrices))
+
+
+_SCRATCH = threading.local()
+
+
+def _padded(x: np.ndarray, geom):
+    """The input zero-padded as (N, C, Hp, Wp) (1-D: a unit row axis) and the 2-D kernel
+    parameters (kh, kw, sh, sw, dh, dw, ow). Without padding, ``x`` itself; else written
+    in parallel into a buffer this thread reuses from layer to layer (fresh pages for
+    every layer's padded copy cost more than the copy)."""
+    n, c = x.shape[:2]
+    pad = 2 - geom.n_spatial
+    if geom.n_spatial == 1:
+        x = x.reshape(n, c, 1, x.shape[2])
+    (h, w), (kh, kw) = x.shape[2:], (1,) * pad + tuple(geom.kernel)
+    (sh, sw), (dh, dw) = (1,) * pad + tuple(geom.strides), (1,) * pad + tuple(geom.dilations)
+    (ph, pw), (oh, ow) = (0,) * pad + tuple(geom.pads_begin), (1,) * pad + tuple(geom.out_shape)
+    hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
+    params = (kh, kw, sh, sw, dh, dw, ow)
+    if (hp, wp) == (h, w) and not (ph or pw):
+        return np.ascontiguousarray(x), params
+    size = n * c * hp * wp
+    buf = getattr(_SCRATCH, "pad", None)
+    if buf is None or buf.size < size:
+        buf = _SCRATCH.pad = np.empty(size, np.float32)
+    xp = buf[:size].reshape(n, c, hp, wp)
+    cpu_conv.pad_input(x, np.int64(ph), np.int64(pw), xp)
+    return xp, params
 
 
 class FusedConv:
@@ -154,16 +187,20 @@ class FusedConv:
         n_blocks = -(-n_blocks // workers) * workers if n_blocks >= workers else n_blocks
         return max(1, -(-total // n_blocks))
 
-    def run(self, x: np.ndarray, geom, first: int, epoch: int) -> tuple[np.ndarray, int]:
+    def run(self, x: np.ndarray, geom, first: int, epoch: int, profile: dict | None = None,
+            name: str = "") -> tuple[np.ndarray, int]:
         """The layer's output (N, OC, *out_shape) for the float32 input ``x`` and the number
         of its values that are NaN or infinite; ``first`` is the global row id of the
-        batch's first pixel."""
+        batch's first pixel. ``profile``: where to add the kernel's cycles per worker and
+        stage (``profile[name]``) and the host-side seconds (``profile[(name, "host")]``),
+        see :attr:`anasim.analog.layer.RunContext.stage_cycles`."""
         n, oc = x.shape[0], geom.out_channels
         out = np.empty((n, oc, geom.n_pixels), np.float32)
         total = n * geom.n_pixels
         bad = 0
         if total:
-            xp, (kh, kw, sh, sw, dh, dw, oh, ow) = padded_input(x, geom)
+            t0 = time.perf_counter()
+            xp, (kh, kw, sh, sw, dh, dw, ow) = _padded(x, geom)
             wflat, awflat, vecs, nlf, keys = self._pack(epoch)
             offs = self._column_offsets(geom, xp.shape[2], xp.shape[3])
             workers = max(1, num_threads())
@@ -172,8 +209,13 @@ class FusedConv:
             maps = np.empty((len(ranges), n) + xp.shape[2:], np.int32)
             if len(ranges):
                 cpu_conv.channel_maps(xp, ranges, self.params.nm_type, maps)
+            cycles = _NO_PROFILE
+            if profile is not None:
+                profile[(name, "host")] = profile.get((name, "host"), 0.0) + time.perf_counter() - t0
+                cycles = profile.setdefault(name, np.zeros((workers, len(cpu_conv.STAGES)), np.int64))
             with _Blas.single_threaded():
                 bad = cpu_conv.analog_conv(
-                    xp, (kh, kw, sh, sw, dh, dw, ow), tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
-                    self.params, self.nl_on, self.noise_on, self.bias, out, np.int64(first), rows, workers)
+                    xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
+                    awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias, out,
+                    np.int64(first), rows, workers, cycles)
         return out.reshape((n, oc) + geom.out_shape), int(bad)

@@ -60,6 +60,11 @@ class RunContext:
     """Index in the data set of the first sample of the current batch."""
     epoch: int = 0
     """Monte-Carlo repetition; part of the key of the forward-noise random streams."""
+    stage_cycles: dict | None = None
+    """When a dict: every fused analog convolution adds the CPU cycles of its stages to
+    ``stage_cycles[layer name]`` ((workers, len(cpu_conv.STAGES)) int64, see
+    ``bench/profile.py``) and the seconds of its host-side preparation (padding, channel
+    maps) to ``stage_cycles[(layer name, "host")]``."""
 
 
 @dataclass
@@ -154,7 +159,8 @@ class AnalogLayer:
                              a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
         if geom.n_spatial <= 2 and self._fused is not None:
             return self._fused.run(np.ascontiguousarray(x, dtype=np.float32), geom,
-                                   self.context.sample_offset * geom.n_pixels, self.context.epoch)
+                                   self.context.sample_offset * geom.n_pixels, self.context.epoch,
+                                   self.context.stage_cycles, self.name)
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
             return self._conv_blocked(np.ascontiguousarray(x, dtype=np.float32), geom)
         if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:

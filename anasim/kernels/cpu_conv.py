@@ -16,20 +16,21 @@ tile) in one call. The layer's rows -- one per output pixel, (n, p) order, globa
    (:func:`_gather`, :func:`_condition`). Then input noise and the by-products of the
    output-referred non-idealities (:func:`_after_dac`). Reused by the tiles of the same
    input chunk when the input is deterministic;
-3. the MVM ``W_tile @ block`` with sgemm called from the kernel (:mod:`.blas`, the library
+2. the MVM ``W_tile @ block`` with sgemm called from the kernel (:mod:`.blas`, the library
    NumPy uses: the same sums as ``np.matmul``), then IR drop, weight noise,
    non-linearity, output noise, ADC, clipping and the bound-management test
    (:func:`_finalize`);
-4. iterative bound management re-runs only the saturated pixels (gathered again, at
+3. iterative bound management re-runs only the saturated pixels (gathered again, at
    reduction 2, 4, …; :func:`_rerun`);
-5. scaling and accumulation over the tiles (:func:`_accumulate`); after the last tile,
+4. scaling and accumulation over the tiles (:func:`_accumulate`); after the last tile,
    bias and the NCHW layout (:func:`_layout`).
 
 The formulas are :mod:`.stages`; the random numbers are those of :mod:`.rng` at (row id,
 element, round), made by :func:`.cpu._random_block` in the transposed layout. The result
-is the one of :class:`anasim.analog.tile.AnalogMatrix` on the im2col rows, bit for bit:
-the same float32 operations per value in the same order, and sgemm's sums do not depend
-on the orientation or the number of rows of the product.
+is the one of :class:`anasim.analog.tile.AnalogMatrix` on the im2col rows: the same
+float32 operations per value in the same order. sgemm's sums (W · Xᵀ here, X · Wᵀ there)
+agree bit for bit for the sizes of real layers; OpenBLAS's small-matrix kernels (products
+under about 10⁶ multiply-adds) may round the last bit differently.
 
 Layer description (built by :mod:`anasim.analog.fused`): ``tiles`` (T, 10) int64 rows
 ``(in0, n_in, out0, n_out, w_off, v_off, o_off, new_input, mode, channel)``, in processing order (group,
@@ -47,13 +48,16 @@ is not needed (noise management none or constant) or :data:`MAP_GENERIC`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import stages as S
 from .blas import SGEMM_NAME, sgemm_type
 from .cpu import _random_block
 
-__all__ = ["analog_conv", "channel_maps", "available", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
+__all__ = ["analog_conv", "channel_maps", "pad_input", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
 _ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
@@ -65,6 +69,54 @@ _IMIN = np.int32(-2147483648)
 MAP_GENERIC, MAP_NONE, MAP_DIRECT = -1, -2, -3
 """Tile modes (column 8 of ``tiles``; >= 0: the index of the tile's channel map)."""
 _GENERIC = MAP_GENERIC
+
+
+STAGES = ("input statistic", "gather + DAC", "input noise, by-products", "MVM (sgemm)",
+          "output stages", "random numbers (output)", "bound-management re-runs", "accumulate + layout")
+"""The stages :func:`analog_conv` times when given a ``prof`` array (cycles per worker and stage;
+"output stages" includes the "random numbers (output)" it draws)."""
+
+
+@intrinsic
+def _cycles(typingctx):
+    """The CPU's cycle counter (``llvm.readcyclecounter``: rdtsc on x86)."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(64), []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return types.int64(), codegen
+
+
+@njit(inline="always", error_model="numpy")
+def _now(prof):
+    """The cycle counter when profiling, else 0."""
+    return _cycles() if prof.size else 0
+
+
+@njit(inline="always", error_model="numpy")
+def _tick(prof, wk, stage, t0):
+    """Add the cycles since ``t0`` to ``prof[wk, stage]`` (when profiling); the new t0."""
+    if prof.size == 0:
+        return t0
+    t1 = _cycles()
+    prof[wk, stage] += t1 - t0
+    return t1
+
+
+@njit(cache=True)
+def _read_cycles():
+    return _cycles()
+
+
+def cycles_per_second(seconds: float = 0.05) -> float:
+    """The cycle counter's rate (measured against ``time.perf_counter`` over ``seconds``)."""
+    import time
+
+    _read_cycles()
+    t0, c0 = time.perf_counter(), _read_cycles()
+    while time.perf_counter() - t0 < seconds:
+        pass
+    return (_read_cycles() - c0) / (time.perf_counter() - t0)
 
 
 def available() -> bool:
@@ -121,6 +173,35 @@ def _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, q, xt):
         for j in range(offs.size):
             o = offs[j]
             xt[j, t] = _F1 if o < 0 else xf[base + o]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def pad_input(x, ph, pw, xp):
+    """xp = x zero-padded: x[:, :, :hh, :ww] at (ph, pw) of xp (N, C, Hp, Wp), with hh, ww
+    what fits (rows and columns past every tap are dropped), zeros elsewhere; parallel
+    over (image, channel)."""
+    n, c = x.shape[0], x.shape[1]
+    hp, wp = xp.shape[2], xp.shape[3]
+    hh = min(x.shape[2], hp - ph)
+    ww = min(x.shape[3], wp - pw)
+    for k in prange(n * c):
+        a, b = k // c, k % c
+        dst = xp[a, b]
+        src = x[a, b]
+        for i in range(hp):
+            row = dst[i]
+            if i < ph or i >= ph + hh:
+                for j in range(wp):
+                    row[j] = _F0
+                continue
+            for j in range(pw):
+                row[j] = _F0
+            inner = row[pw:pw + ww]
+            sr = src[i - ph]
+            for j in range(ww):
+                inner[j] = sr[j]
+            for j in range(pw + ww, wp):
+                row[j] = _F0
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -396,9 +477,9 @@ def _gemm(w, nout, nk, x, q, y):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, cur, irm, pw,
-              rid, rnd, key, zb, ws, tmp, rowf, rowi):
+              rid, rnd, key, zb, ws, tmp, rowf, rowi, prof, wk):
     """Output stages of the pixels 0..q of ``y`` (nout × q) in place; returns the number
-    of pixels that failed the bound test (rowi[1])."""
+    of pixels that failed the bound test (rowi[1]). ``prof``: see :func:`analog_conv`."""
     if pp.ir_drop > _F0:
         for i in range(nout):
             yr = y[i, :q]
@@ -407,7 +488,9 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
             for t in range(q):
                 yr[t] = S.ir_drop(yr[t], cr[t], mr[t], a_scale, pp.ir_drop)
     if pp.wn_type != S.WN_NONE:
+        t0 = _now(prof)
         _random_cols(rid, q, nout, rnd, key[4], key[5], True, ws, tmp, zb)
+        _tick(prof, wk, 5, t0)
         if pp.wn_type == S.WN_ADDITIVE:
             xnorm = rowf[2, :q]
             for i in range(nout):
@@ -429,7 +512,9 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
             for t in range(q):
                 yr[t] = S.nonlinearity(yr[t], nl, nlf)
     if noise_on:
+        t0 = _now(prof)
         _random_cols(rid, q, nout, rnd, key[2], key[3], True, ws, tmp, zb)
+        _tick(prof, wk, 5, t0)
         for i in range(nout):
             yr = y[i, :q]
             zr = zb[i, :q]
@@ -439,7 +524,9 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
     res, bound = pp.out_step, pp.out_bound
     sto = res > _F0 and pp.out_sto_round
     if sto:
+        t0 = _now(prof)
         _random_cols(rid, q, nout, rnd, key[8], key[9], False, ws, tmp, zb)
+        _tick(prof, wk, 5, t0)
     hi = rowi[2, :q]
     lo = rowi[3, :q]
     for t in range(q):
@@ -478,8 +565,9 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf, noise_on,
-                  noise_vec, rid, rnd, key, y, cur, irm, pw, zb, ws, tmp, rowf, rowi):
+                  noise_vec, rid, rnd, key, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, prof, wk):
     """The MVM (and the products the IR drop and PCM read noise need), then :func:`_finalize`."""
+    t0 = _now(prof)
     _gemm(w, nout, nk, xt, q, y)
     a_scale = _F0
     if pp.ir_drop > _F0:
@@ -488,8 +576,11 @@ def _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf
         a_scale = np.float32(np.float32(nk) / pp.ir_drop_g_ratio)
     if pp.wn_type == S.WN_PCM_READ:
         _gemm(aw, nout, nk, xsq, q, pw)
-    return _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, cur, irm, pw,
-                     rid, rnd, key, zb, ws, tmp, rowf, rowi)
+    t0 = _tick(prof, wk, 3, t0)
+    nfail = _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, cur, irm, pw,
+                      rid, rnd, key, zb, ws, tmp, rowf, rowi, prof, wk)
+    _tick(prof, wk, 4, t0)
+    return nfail
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -511,6 +602,7 @@ def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on,
     xt, xsq, xabs, xir, rin, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2, xn64 = bufs
     rows = np.empty(m, np.int64)
     rid2 = np.empty(m, np.int64)
+    noprof = np.zeros((0, 0), np.int64)  # the re-runs are timed as one stage by the caller
     while m > 0 and not S.bm_limit_reached(red, pp.max_bm_factor, pp.inp_step, pp.bm_red_max):
         red = np.float32(red * np.float32(2.0))
         rnd += 1
@@ -520,7 +612,7 @@ def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on,
         _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, m, xt)
         _condition(xt, nk, m, pp, red, rnd, rid2, key, xsq, xabs, xir, rin, ws, tmp, rowf, rowi2, xn64)
         _mvm_finalize(w, aw, nout, nk, m, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf, noise_on,
-                      noise_vec, rid2, rnd, key, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2)
+                      noise_vec, rid2, rnd, key, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2, noprof, 0)
         m2 = 0
         for t in range(m):
             c = idx[t]
@@ -575,14 +667,15 @@ def _layout(acc, q, bias, out, r0):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                noise_on, bias, out, first, rows, workers):
+                noise_on, bias, out, first, rows, workers, prof):
     """The analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into ``out`` (N, OC, P).
 
     ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
     ``maps``: the channel maps of :func:`channel_maps` the tiles refer to; ``first``:
     global row id of row 0; ``rows``: pixels per block; ``workers``: parallel workers
-    (blocks are dealt out in turn). See the module docstring for the tile description.
-    Returns the number of NaN or infinite outputs.
+    (blocks are dealt out in turn); ``prof``: (workers, len(STAGES)) int64 to add each
+    stage's CPU cycles to, or an empty array (no timing). See the module docstring for the
+    tile description. Returns the number of NaN or infinite outputs.
     """
     kh, kw, sh, sw, dh, dw, ow = geom
     wp = xp.shape[3]
@@ -619,40 +712,51 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
                 in0, nk, out0, nout = tiles[ti, 0], tiles[ti, 1], tiles[ti, 2], tiles[ti, 3]
                 w_off, v_off, o_off = tiles[ti, 4], tiles[ti, 5], tiles[ti, 6]
                 toffs = offs[o_off:o_off + nk]
+                has_one = toffs[nk - 1] < 0
                 key = keys[ti]
                 mode = tiles[ti, 8]
+                t0 = _now(prof)
                 if tiles[ti, 7] and mode == _GENERIC:  # a new input chunk: gather, then prepare
                     _gather(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, xt)
                     _condition(xt, nk, q, pp, _F1, 0, rid, key, xsq, xabs, xir, rin, ws, tmp,
                                rowf, rowi, xn64)
+                    t0 = _tick(prof, wk, 1, t0)
                 elif tiles[ti, 7]:  # statistic from a channel map (or none needed), DAC on the way
                     stat = rowf[4].view(np.int32)
                     if mode >= 0:
-                        _map_stat(maps, mode, False, p_, ow, sh, sw, kh, kw, dh, dw, toffs[nk - 1] < 0,
-                                  pp.nm_type, r0, r1, stat)
+                        _map_stat(maps, mode, False, p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
+                                  r0, r1, stat)
                     elif mode == MAP_DIRECT:
-                        _map_stat(xi, tiles[ti, 9], True, p_, ow, sh, sw, kh, kw, dh, dw,
-                                  toffs[nk - 1] < 0, pp.nm_type, r0, r1, stat)
+                        _map_stat(xi, tiles[ti, 9], True, p_, ow, sh, sw, kh, kw, dh, dw, has_one,
+                                  pp.nm_type, r0, r1, stat)
                     if mode != MAP_NONE:
                         _key_to_float(pp.nm_type, stat, q)
                     nskip = _input_scales(q, pp, _F1, rowf, rowi)
+                    t0 = _tick(prof, wk, 0, t0)
                     _gather_dac(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, rowf[1], pp.inp_step,
                                 pp.inp_bound, xt)
+                    t0 = _tick(prof, wk, 1, t0)
                     _after_dac(xt, nk, q, pp, 0, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp, rowf,
                                rowi, xn64)
+                    t0 = _tick(prof, wk, 2, t0)
                 w = wflat[w_off:w_off + nout * nk]
                 aw = awflat[w_off:w_off + nout * nk] if awflat.size else awflat
                 nl_vec = vecs[2, v_off:v_off + nout]
                 noise_vec = vecs[3, v_off:v_off + nout]
                 nfail = _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec,
                                       nlf[ti], noise_on, noise_vec, rid, 0, key, y, cur, irm, pw, zb,
-                                      ws, tmp, rowf, rowi)
+                                      ws, tmp, rowf, rowi, prof, wk)
+                t0 = _now(prof)
                 for t in range(q):
                     scale[t] = rowf[0, t]
                 if nfail:
                     _rerun(xf, img, wp, p_, ow, sh, sw, toffs, w, aw, nout, nk, q, r0, pp, nl_on,
                            nl_vec, nlf[ti], noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows)
+                    t0 = _tick(prof, wk, 6, t0)
                 _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
                             vecs[1, v_off:v_off + nout], acc, out0, f)
+                _tick(prof, wk, 7, t0)
+            t0 = _now(prof)
             bad[wk] += _layout(acc, q, bias, out, r0)
+            _tick(prof, wk, 7, t0)
     return bad.sum()
