@@ -217,5 +217,5 @@ class FusedConv:
                 bad = cpu_conv.analog_conv(
                     xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
                     awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias, out,
-                    np.int64(first), rows, workers, cycles)
+                    np.int64(first), rows, workers, all(m.n_in_chunks == 1 for m in self.matrices), cycles)
         return out.reshape((n, oc) + geom.out_shape), int(bad)

@@ -54,14 +54,11 @@ __all__ = [
     "prepare_input_serial", "finalize_output_serial", "accumulate_output_serial",
 ]
 
-NM_NONE, NM_ABS_MAX, NM_MAX, NM_CONSTANT = 0, 1, 2, 3
-WN_NONE, WN_ADDITIVE, WN_PCM_READ = 0, 1, 2
+from . import stages as S  # noqa: E402  (the stage formulas)
+from .stages import NM_ABS_MAX, NM_CONSTANT, NM_MAX, NM_NONE, WN_ADDITIVE, WN_NONE, WN_PCM_READ  # noqa: E402,F401
 
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
-_FHALF = np.float32(0.5)
-_C005 = np.float32(0.05)
-_C02 = np.float32(0.2)
 
 
 _ROWS = 32  # rows per parallel work item (amortises the scratch buffer)
@@ -294,17 +291,11 @@ def _prepare_rows(
         xr = x[r, c0:c0 + k]
         xtr = xt[r]
         # --- noise management (computeNoiseManagement) -----------------------
-        nmv = _F1
         if nm_type == NM_ABS_MAX:
             bits[0] = _abs_max(xr)
-            amax = fbits[0]
-            nmv = min(amax, nm_thres) if nm_thres > _F0 else amax
         elif nm_type == NM_MAX:
             bits[0] = _max(xr)
-            mx = fbits[0]
-            nmv = min(mx, nm_thres) if nm_thres > _F0 else mx
-        elif nm_type == NM_CONSTANT:
-            nmv = nm_thres if nm_thres > _F0 else _F1
+        nmv = S.noise_management(nm_type, nm_thres, fbits[0])
         if nm_on and nmv <= _F0 and inp_noise <= _F0:
             # aihwkit's short cut: the tile output is exactly zero
             skip[r] = True
@@ -324,15 +315,10 @@ def _prepare_rows(
         if use_u:
             ur = ub[r - r0]
             for j in range(k):
-                v = np.rint((xr[j] * s) / res + (ur[j] - _FHALF)) * res
-                xtr[j] = min(max(v, -bound), bound)
-        elif res > _F0:
-            for j in range(k):
-                v = np.rint((xr[j] * s) / res) * res
-                xtr[j] = min(max(v, -bound), bound)
+                xtr[j] = S.dac_stochastic(xr[j], s, res, bound, ur[j])
         else:
             for j in range(k):
-                xtr[j] = min(max(xr[j] * s, -bound), bound)
+                xtr[j] = S.dac(xr[j], s, res, bound)
         # --- input noise, after the DAC and the bound -----------------------------
         if use_g:
             gr = gb[r - r0]
@@ -425,9 +411,7 @@ def _finalize_rows(
             curr = cur[r]
             irmr = irm[r]
             for i in range(n):
-                a = a_scale * curr[i]
-                c = a * (a * (_C005 * a - _C02) + _FHALF)
-                yr[i] = yr[i] - c * (ir_drop * irmr[i])
+                yr[i] = S.ir_drop(yr[i], curr[i], irmr[i], a_scale, ir_drop)
     if use_w:
         _random_rows(row_ids, r0, r1, n, rnd, kw0, kw1, True, ws, tmp, zb)
         for r in range(r0, r1):
@@ -446,8 +430,7 @@ def _finalize_rows(
         for r in range(r0, r1):
             yr = y[r]
             for i in range(n):
-                v = yr[i]
-                yr[i] = nlf * v / (_F1 + abs(nl_vec[i] * v))
+                yr[i] = S.nonlinearity(yr[i], nl_vec[i], nlf)
     if noise_on:
         _random_rows(row_ids, r0, r1, n, rnd, kn0, kn1, True, ws, tmp, zb)
         for r in range(r0, r1):
@@ -467,10 +450,10 @@ def _finalize_rows(
         if use_u:
             zr = zb[r - r0]
             for i in range(n):
-                yr[i] = np.rint(yr[i] / res + (zr[i] - _FHALF)) * res
+                yr[i] = S.adc_stochastic(yr[i], res, zr[i])
         elif res > _F0:
             for i in range(n):
-                yr[i] = np.rint(yr[i] / res) * res
+                yr[i] = S.adc(yr[i], res)
         hi = 0
         lo = 0
         for i in range(n):

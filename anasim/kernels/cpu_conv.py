@@ -641,6 +641,38 @@ def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f):
+    """out[n, out0 + i, p] = ((y[i, t] · out_scale/scale[t]) · ms[i]) · post[i] + bias[out0 + i]
+    for the rows r = r0 + t = n·P + p: :func:`_accumulate` and :func:`_layout` in one pass,
+    for outputs that one tile computes alone (the same numbers: 0 + v is v). Returns the
+    number of NaN or infinite values written."""
+    p_ = out.shape[2]
+    for t in range(q):
+        f[t] = out_scale / scale[t]
+    bad = 0
+    b = 0
+    r = r0
+    while b < q:
+        n = r // p_
+        p0 = r - n * p_
+        cnt = min(p_ - p0, q - b)
+        fq = f[b:b + cnt]
+        for i in range(nout):
+            dst = out[n, out0 + i, p0:p0 + cnt]
+            yr = y[i, b:b + cnt]
+            m = ms[i]
+            pst = post[i]
+            bb = bias[out0 + i]
+            for t in range(cnt):
+                v = ((yr[t] * fq[t]) * m) * pst + bb
+                dst[t] = v
+                bad += not np.isfinite(v)
+        b += cnt
+        r += cnt
+    return bad
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _layout(acc, q, bias, out, r0):
     """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q;
     returns the number of values written that are NaN or infinite."""
@@ -667,13 +699,14 @@ def _layout(acc, q, bias, out, r0):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                noise_on, bias, out, first, rows, workers, prof):
+                noise_on, bias, out, first, rows, workers, single, prof):
     """The analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into ``out`` (N, OC, P).
 
     ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
     ``maps``: the channel maps of :func:`channel_maps` the tiles refer to; ``first``:
     global row id of row 0; ``rows``: pixels per block; ``workers``: parallel workers
-    (blocks are dealt out in turn); ``prof``: (workers, len(STAGES)) int64 to add each
+    (blocks are dealt out in turn); ``single``: every output comes from one tile (one
+    input chunk per group), so it is stored without an accumulator; ``prof``: (workers, len(STAGES)) int64 to add each
     stage's CPU cycles to, or an empty array (no timing). See the module docstring for the
     tile description. Returns the number of NaN or infinite outputs.
     """
@@ -696,7 +729,7 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
     for wk in prange(workers):
         bufs = _buffers(maxnk, maxno, rows, pp, noise_rows)
         xt, xsq, xabs, xir, rin, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, xn64 = bufs
-        acc = np.empty((oc, rows), np.float32)
+        acc = np.empty((0 if single else oc, rows), np.float32)
         scale = np.empty(rows, np.float32)
         f = np.empty(rows, np.float32)
         rid = np.empty(rows, np.int64)
@@ -704,8 +737,9 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
             r0 = blk * rows
             r1 = min(total, r0 + rows)
             q = r1 - r0
-            for o in range(oc):
-                acc[o, :q] = _F0
+            if not single:
+                for o in range(oc):
+                    acc[o, :q] = _F0
             for t in range(q):
                 rid[t] = first + r0 + t
             for ti in range(n_tiles):
@@ -753,10 +787,15 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
                     _rerun(xf, img, wp, p_, ow, sh, sw, toffs, w, aw, nout, nk, q, r0, pp, nl_on,
                            nl_vec, nlf[ti], noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows)
                     t0 = _tick(prof, wk, 6, t0)
-                _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
-                            vecs[1, v_off:v_off + nout], acc, out0, f)
+                if single:
+                    bad[wk] += _store(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
+                                      vecs[1, v_off:v_off + nout], bias, out, out0, r0, f)
+                else:
+                    _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
+                                vecs[1, v_off:v_off + nout], acc, out0, f)
                 _tick(prof, wk, 7, t0)
-            t0 = _now(prof)
-            bad[wk] += _layout(acc, q, bias, out, r0)
-            _tick(prof, wk, 7, t0)
+            if not single:
+                t0 = _now(prof)
+                bad[wk] += _layout(acc, q, bias, out, r0)
+                _tick(prof, wk, 7, t0)
     return bad.sum()
