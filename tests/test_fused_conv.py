@@ -265,3 +265,37 @@ def test_nan_from_the_input_of_a_fused_layer_is_reported():
     assert sim.layers[0]._fused is not None
     with pytest.raises(ExecutionError, match=r"'conv' \(Conv\) produced \d+ NaN/infinite output\(s\); they come from its input"):
         sim(x)
+
+
+def _conv_act_model(act):
+    """x -> Conv -> act -> Conv -> act -> y."""
+    rng = np.random.default_rng(12)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])
+    inits = [numpy_helper.from_array((rng.standard_normal((5, 3, 3, 3)) * 0.5).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((4, 5, 3, 3)) * 0.5).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b1"),
+             numpy_helper.from_array(np.float32(0.0), "lo"), numpy_helper.from_array(np.float32(1.5), "hi")]
+    extra = ["lo", "hi"] if act == "Clip" else []
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node(act, ["c1"] + extra, ["a1"], name="act1"),
+             helper.make_node("Conv", ["a1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node(act, ["c2"] + extra, ["y"], name="act2")]
+    g = helper.make_graph(nodes, "acts", [x], [y], inits)
+    return anasim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("act", ["Relu", "Clip"])
+def test_activation_folded_into_the_layer_gives_the_same_numbers(act, monkeypatch):
+    """A Relu/Clip that alone consumes a fused convolution is applied by the kernel (the node
+    becomes a pass-through): the outputs are those of the unfolded graph, bit for bit."""
+    from anasim.analog import simulator
+
+    g = _conv_act_model(act)
+    x = np.random.default_rng(13).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    folded = anasim.analog(g, AIHWKIT_LIKE, seed=1)
+    assert [la.epilogue for la in folded.layers] == [(0.0, np.inf) if act == "Relu" else (0.0, 1.5)] * 2
+    monkeypatch.setattr(simulator, "fold_activations", lambda ir, layers: {})
+    plain = anasim.analog(g, AIHWKIT_LIKE, seed=1)
+    assert all(la.epilogue is None for la in plain.layers)
+    np.testing.assert_array_equal(folded(x), plain(x))

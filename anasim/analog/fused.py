@@ -188,12 +188,13 @@ class FusedConv:
         return max(1, -(-total // n_blocks))
 
     def run(self, x: np.ndarray, geom, first: int, epoch: int, profile: dict | None = None,
-            name: str = "") -> tuple[np.ndarray, int]:
+            name: str = "", epilogue: tuple | None = None) -> tuple[np.ndarray, int]:
         """The layer's output (N, OC, *out_shape) for the float32 input ``x`` and the number
         of its values that are NaN or infinite; ``first`` is the global row id of the
         batch's first pixel. ``profile``: where to add the kernel's cycles per worker and
         stage (``profile[name]``) and the host-side seconds (``profile[(name, "host")]``),
-        see :attr:`anasim.analog.layer.RunContext.stage_cycles`."""
+        see :attr:`anasim.analog.layer.RunContext.stage_cycles`. ``epilogue``: (lo, hi), clip
+        the outputs to [lo, hi] on the way out (a Relu or Clip folded into the layer)."""
         n, oc = x.shape[0], geom.out_channels
         out = np.empty((n, oc, geom.n_pixels), np.float32)
         total = n * geom.n_pixels
@@ -216,6 +217,8 @@ class FusedConv:
             with _Blas.single_threaded():
                 bad = cpu_conv.analog_conv(
                     xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
-                    awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias, out,
+                    awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias,
+                    (np.float32(-np.inf), np.float32(np.inf)) if epilogue is None else
+                    (np.float32(epilogue[0]), np.float32(epilogue[1])), out,
                     np.int64(first), rows, workers, all(m.n_in_chunks == 1 for m in self.matrices), cycles)
         return out.reshape((n, oc) + geom.out_shape), int(bad)

@@ -87,6 +87,10 @@ class AnalogLayer:
     """GPU copy of ``extra_bias``, made on first use."""
     fused: bool = True
     """Convolutions run on the fused CPU kernel where it serves them (:mod:`.fused`)."""
+    epilogue: tuple | None = None
+    """(lo, hi): the layer's outputs are clipped to [lo, hi] -- the Relu or Clip that
+    followed it in the graph, folded into the layer by the simulator (see
+    ``simulator.fold_activations``); None: the layer's own output."""
 
     def __post_init__(self):
         self._fused = (FusedConv(self.matrices) if self.fused and self.op_type == "Conv"
@@ -143,6 +147,7 @@ class AnalogLayer:
             y = self._gemm(inputs[0])
         else:
             y = self._matmul(inputs[0])
+        clipped = bad is not None  # the fused kernel applied the epilogue
         if bad is None:
             bad = 0 if np.isfinite(y).all() else int((~np.isfinite(y)).sum())
         if bad:
@@ -151,6 +156,8 @@ class AnalogLayer:
                 f"Analog layer {self.name!r} ({self.op_type}) produced {bad} "
                 f"NaN/infinite output(s); they come from {src}. Check the data and the configuration "
                 "(e.g. a zero bound or an extreme noise scale).")
+        if self.epilogue is not None and not clipped:
+            y = np.minimum(np.maximum(y, np.float32(self.epilogue[0])), np.float32(self.epilogue[1]))
         return y
 
     def _conv(self, x: np.ndarray) -> np.ndarray:
@@ -160,7 +167,7 @@ class AnalogLayer:
         if geom.n_spatial <= 2 and self._fused is not None:
             return self._fused.run(np.ascontiguousarray(x, dtype=np.float32), geom,
                                    self.context.sample_offset * geom.n_pixels, self.context.epoch,
-                                   self.context.stage_cycles, self.name)
+                                   self.context.stage_cycles, self.name, self.epilogue)
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
             return self._conv_blocked(np.ascontiguousarray(x, dtype=np.float32), geom)
         if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:

@@ -93,8 +93,11 @@ class AnalogSimulator:
             self.layers.append(AnalogLayer(name, node.op_type, index, shape, matrices, dict(node.attrs),
                                            self.context, extra))
         self._layer_configs = {layer.name: self.config.for_layer(layer.name) for layer in self.layers}
+        overrides = {layer.name: layer for layer in self.layers}
+        if device == "cpu":  # Relu/Clip after a fused convolution: applied by its kernel
+            overrides.update(fold_activations(graph.ir, self.layers))
         # bound on the CPU first, then placed once: the analog nodes' weights are not uploaded
-        self._executor = graph.with_overrides({layer.name: layer for layer in self.layers}).to(device)
+        self._executor = graph.with_overrides(overrides).to(device)
         self.repetition = 0
         self.t_inference = 0.0
         if self.has_device_model:
@@ -317,3 +320,59 @@ def analog(graph, config=None, seed: int = 0, **kwargs) -> AnalogSimulator:
             fold = bool(getattr(load_config(config).mapping, "fold_batchnorm", True))
         graph = load(graph, fold_batchnorm=fold)
     return AnalogSimulator(graph, config, seed, **kwargs)
+
+
+def _pass_through(x, *_bounds):
+    """A folded activation node: its input already is its output."""
+    return x
+
+
+def fold_activations(ir, layers) -> dict:
+    """Fold each Relu or Clip that alone consumes a fused analog convolution's output into
+    that layer (:attr:`AnalogLayer.epilogue`: the kernel clips its outputs on the way out,
+    saving a pass over the activations); returns the overrides that turn the folded nodes
+    into pass-throughs. The numbers do not change: clipping ``acc + bias`` in the kernel is
+    what the digital op does to the layer's output. Only float Clip bounds that are
+    constants (attributes, or initializers from opset 11) are folded."""
+    consumers: dict[str, list] = {}
+    for node in ir.nodes:
+        for name in node.inputs:
+            if name:
+                consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in ir.outputs}
+    by_name = {n.name: n for n in ir.nodes}
+    folded = {}
+    for layer in layers:
+        node = by_name.get(layer.name)
+        if node is None or layer.op_type != "Conv" or layer._fused is None or not node.outputs:
+            continue
+        out = node.outputs[0]
+        users = consumers.get(out, [])
+        if out in graph_outputs or len(users) != 1 or users[0].inputs[0] != out or not users[0].name:
+            continue
+        act = users[0]
+        bounds = _activation_bounds(act, ir)
+        if bounds is not None:
+            layer.epilogue = bounds
+            folded[act.name] = _pass_through
+    return folded
+
+
+def _activation_bounds(node, ir):
+    """(lo, hi) of a Relu or a Clip with constant bounds, else None."""
+    if node.op_type == "Relu" and node.domain in ("", "ai.onnx"):
+        return (0.0, np.inf)
+    if node.op_type != "Clip" or node.domain not in ("", "ai.onnx"):
+        return None
+    if "min" in node.attrs or "max" in node.attrs or len(node.inputs) == 1:  # Clip-1/6: attributes
+        return (float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf)))
+    bounds = []
+    for k, default in ((1, -np.inf), (2, np.inf)):
+        name = node.inputs[k] if len(node.inputs) > k else ""
+        if not name:
+            bounds.append(default)
+        elif name in ir.constants and np.asarray(ir.constants[name]).size == 1:
+            bounds.append(float(np.asarray(ir.constants[name]).reshape(())))
+        else:
+            return None
+    return tuple(bounds)

@@ -641,11 +641,12 @@ def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f):
+def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, hi):
     """out[n, out0 + i, p] = ((y[i, t] · out_scale/scale[t]) · ms[i]) · post[i] + bias[out0 + i]
     for the rows r = r0 + t = n·P + p: :func:`_accumulate` and :func:`_layout` in one pass,
-    for outputs that one tile computes alone (the same numbers: 0 + v is v). Returns the
-    number of NaN or infinite values written."""
+    for outputs that one tile computes alone (the same numbers: 0 + v is v), then clipped
+    to [lo, hi] (a Relu/Clip that follows the layer; ±inf: none). Returns the number of
+    NaN or infinite values computed (before the clip)."""
     p_ = out.shape[2]
     for t in range(q):
         f[t] = out_scale / scale[t]
@@ -665,17 +666,18 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f):
             bb = bias[out0 + i]
             for t in range(cnt):
                 v = ((yr[t] * fq[t]) * m) * pst + bb
-                dst[t] = v
                 bad += not np.isfinite(v)
+                dst[t] = min(max(v, lo), hi)
         b += cnt
         r += cnt
     return bad
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _layout(acc, q, bias, out, r0):
-    """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q;
-    returns the number of values written that are NaN or infinite."""
+def _layout(acc, q, bias, out, r0, lo, hi):
+    """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q, clipped
+    to [lo, hi] (see :func:`_store`); returns the number of NaN or infinite values (before
+    the clip)."""
     oc, p_ = out.shape[1], out.shape[2]
     bad = 0
     b = 0
@@ -690,8 +692,8 @@ def _layout(acc, q, bias, out, r0):
             bb = bias[o]
             for t in range(cnt):
                 v = src[t] + bb
-                dst[t] = v
                 bad += not np.isfinite(v)
+                dst[t] = min(max(v, lo), hi)
         b += cnt
         r += cnt
     return bad
@@ -699,10 +701,12 @@ def _layout(acc, q, bias, out, r0):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                noise_on, bias, out, first, rows, workers, single, prof):
+                noise_on, bias, epilogue, out, first, rows, workers, single, prof):
     """The analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into ``out`` (N, OC, P).
 
     ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
+    ``epilogue`` = (lo, hi): the outputs are clipped to [lo, hi] (a following Relu or Clip
+    folded into the layer; (-inf, inf): none);
     ``maps``: the channel maps of :func:`channel_maps` the tiles refer to; ``first``:
     global row id of row 0; ``rows``: pixels per block; ``workers``: parallel workers
     (blocks are dealt out in turn); ``single``: every output comes from one tile (one
@@ -711,6 +715,7 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
     tile description. Returns the number of NaN or infinite outputs.
     """
     kh, kw, sh, sw, dh, dw, ow = geom
+    lo, hi = epilogue
     wp = xp.shape[3]
     xi = xp.view(np.int32)
     n, oc, p_ = out.shape
@@ -789,13 +794,13 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
                     t0 = _tick(prof, wk, 6, t0)
                 if single:
                     bad[wk] += _store(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
-                                      vecs[1, v_off:v_off + nout], bias, out, out0, r0, f)
+                                      vecs[1, v_off:v_off + nout], bias, out, out0, r0, f, lo, hi)
                 else:
                     _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
                                 vecs[1, v_off:v_off + nout], acc, out0, f)
                 _tick(prof, wk, 7, t0)
             if not single:
                 t0 = _now(prof)
-                bad[wk] += _layout(acc, q, bias, out, r0)
+                bad[wk] += _layout(acc, q, bias, out, r0, lo, hi)
                 _tick(prof, wk, 7, t0)
     return bad.sum()
