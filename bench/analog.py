@@ -34,6 +34,9 @@ _ap.add_argument("--runs", type=int, default=5)
 _ap.add_argument("--models", nargs="+", default=["resnet20", "resnet18"])
 _ap.add_argument("--configs", nargs="+", default=["aihwkit", "full"])
 _ap.add_argument("--shared", default=None, help="path of the shared/ folder (default: ../shared)")
+_ap.add_argument("--ort-spin", action="store_true",
+                 help="let onnxruntime's idle threads spin (its default; they then take CPU from the "
+                      "anasim runs interleaved with them)")
 ARGS = _ap.parse_args()
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -81,6 +84,8 @@ def main() -> int:
         so = ort.SessionOptions()
         so.intra_op_num_threads = ARGS.threads
         so.inter_op_num_threads = 1
+        if not ARGS.ort_spin:  # idle onnxruntime threads would spin into anasim's timed runs
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         graph = anasim.load(path)
         runners = {"onnxruntime": lambda: sess.run(None, {"input": x}), "anasim ideal": lambda: graph(x)}

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import ExecutionError, InputError, UnsupportedOpError
 from ..graph.ir import GraphIR, Node
-from ..ops.conv import (cols_to_output, conv_geometry, im2col, im2col_rows, padded_input,
+from ..ops.conv import (cols_to_output, conv_geometry, im2col, im2col_rows, num_threads, padded_input,
                         rows_to_nchw, run_blocks)
 from .fused import FusedConv, fused_available
 from .tile import SERIAL, AnalogMatrix
@@ -127,6 +127,8 @@ class AnalogLayer:
         return np.arange(first, first + n_samples * rows_per_sample, dtype=np.int64)
 
     def _run_rows(self, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
+        if len(self.matrices) == 1 and type(self.matrices[0]) is AnalogMatrix:
+            return self._rows_blocked(self.matrices[0], rows, row_ids)
         if len(self.matrices) == 1:
             return self.matrices[0].forward(rows, row_ids, self.context.epoch)
         k = self.matrices[0].in_size
@@ -134,6 +136,34 @@ class AnalogLayer:
             [m.forward(rows[:, g * k:(g + 1) * k], row_ids, self.context.epoch) for g, m in enumerate(self.matrices)],
             axis=1,
         )
+
+    def _rows_blocked(self, m: AnalogMatrix, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
+        """:meth:`AnalogMatrix.forward` on blocks of rows shared out among the worker threads
+        (:func:`~anasim.ops.conv.run_blocks`: single-threaded BLAS and the serial periphery
+        kernels per block), so that BLAS's own threads and Numba's never compete for the
+        cores. Every row's numbers are its own (row ids), so the blocking changes nothing
+        but the BLAS kernel OpenBLAS picks for a product's size."""
+        x = np.ascontiguousarray(rows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != m.in_size:
+            return m.forward(x, row_ids, self.context.epoch)  # its error message
+        n = x.shape[0]
+        if m.analog_bias:
+            x = np.concatenate([x, np.ones((n, 1), np.float32)], axis=1)
+        ids = np.ascontiguousarray(row_ids, dtype=np.int64)
+        acc = np.zeros((n, m.out_size), np.float32)
+        size = max(_MIN_BLOCK_ROWS, -(-n // (2 * max(1, num_threads()))))
+        n_blocks = -(-n // size)
+        epoch = self.context.epoch
+
+        def do_block(_state, i):
+            r0, r1 = i * size, min(n, (i + 1) * size)
+            m.forward_into(x[r0:r1], ids[r0:r1], epoch, acc[r0:r1], SERIAL)
+
+        if n:
+            run_blocks(n_blocks, lambda: None, do_block)
+        if m.bias is not None:
+            acc += m.bias
+        return acc
 
     def __call__(self, *inputs):
         if not isinstance(inputs[0], np.ndarray) and _on_device(inputs[0]):
