@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernels import cpu_conv
 from ..kernels import stages as S
-from ..ops.conv import _Blas, num_threads
+from ..ops.conv import _Blas, num_threads, run_blocks
 from .tile import AnalogMatrix
 
 __all__ = ["FusedConv", "fused_available"]
@@ -214,11 +214,17 @@ class FusedConv:
             if profile is not None:
                 profile[(name, "host")] = profile.get((name, "host"), 0.0) + time.perf_counter() - t0
                 cycles = profile.setdefault(name, np.zeros((workers, len(cpu_conv.STAGES)), np.int64))
-            with _Blas.single_threaded():
-                bad = cpu_conv.analog_conv(
-                    xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
+            args = (xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
                     awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias,
                     (np.float32(-np.inf), np.float32(np.inf)) if epilogue is None else
                     (np.float32(epilogue[0]), np.float32(epilogue[1])), out,
-                    np.int64(first), rows, workers, all(m.n_in_chunks == 1 for m in self.matrices), cycles)
+                    np.int64(first), np.int64(rows), np.int64(workers),
+                    all(m.n_in_chunks == 1 for m in self.matrices), cycles)
+            counts = np.zeros(workers, np.int64)
+
+            def work(_state, wk):
+                counts[wk] = cpu_conv.analog_conv(np.int64(wk), *args)
+
+            run_blocks(workers, lambda: None, work)  # one call per worker thread, BLAS single-threaded
+            bad = int(counts.sum())
         return out.reshape((n, oc) + geom.out_shape), int(bad)

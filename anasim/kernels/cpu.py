@@ -115,7 +115,7 @@ def _philox_round(c0, c1, c2, c3, k0, k1):
             np.uint32(np.uint32(p0 >> _S32) ^ c3 ^ k1), np.uint32(p0))
 
 
-@njit(inline="always", error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _philox_rows(blk, rnd, row_ids, r0, r1, keys, w0, w1, w2, w3):
     """The four words of the Philox-4x32-10 block ``(blk, rnd, row lo, row hi)`` of every row
     r0..r1 into w0..w3[0:r1-r0] -- :func:`anasim.kernels.rng.philox4x32_10`, with the ten
@@ -147,7 +147,7 @@ def _philox_rows(blk, rnd, row_ids, r0, r1, keys, w0, w1, w2, w3):
         w3[i] = c3
 
 
-@njit(inline="always", error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def _words_to_values(cw, m, normal, o, cand):
     """o[i] (float32) = the normal (or uniform) of word cw[i], i < m: for normals the central
     rational function for every word, then the tails (about 5 %) of candidates gathered

@@ -1,9 +1,11 @@
 """Fused analog convolution on the CPU: im2col, the tile periphery and the MVM in one kernel.
 
 :func:`analog_conv` runs a whole analog 1-D/2-D convolution layer (every group, every
-tile) in one call. The layer's rows -- one per output pixel, (n, p) order, global row id
-``first + r`` -- are cut into blocks of ``rows`` consecutive rows; the worker threads
-(``prange``) take blocks in turn, and per block and tile:
+tile) without returning to Python. The layer's rows -- one per output pixel, (n, p)
+order, global row id ``first + r`` -- are cut into blocks of ``rows`` consecutive rows;
+worker ``wk`` of ``workers`` (one call each, on the caller's threads, without the GIL:
+:mod:`anasim.analog.fused` runs them on the convolution's worker threads) takes blocks
+wk, wk + workers, …, and per block and tile:
 
 1. the tile's prepared inputs, *transposed* (tile inputs × pixels): the noise-management
    statistic of every pixel from a per-pixel channel-max map of the input (the max of the
@@ -699,10 +701,12 @@ def _layout(acc, q, bias, out, r0, lo, hi):
     return bad
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
+@njit(nogil=True, cache=True, error_model="numpy")
+def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
                 noise_on, bias, epilogue, out, first, rows, workers, single, prof):
-    """The analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into ``out`` (N, OC, P).
+    """Worker ``wk``'s share of the analog convolution of the padded input ``xp`` (N, C, Hp, Wp)
+    into ``out`` (N, OC, P): blocks wk, wk + workers, … (call it for every wk, on as many
+    threads; it runs without the GIL).
 
     ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
     ``epilogue`` = (lo, hi): the outputs are clipped to [lo, hi] (a following Relu or Clip
@@ -712,7 +716,7 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
     (blocks are dealt out in turn); ``single``: every output comes from one tile (one
     input chunk per group), so it is stored without an accumulator; ``prof``: (workers, len(STAGES)) int64 to add each
     stage's CPU cycles to, or an empty array (no timing). See the module docstring for the
-    tile description. Returns the number of NaN or infinite outputs.
+    tile description. Returns the number of NaN or infinite outputs it wrote.
     """
     kh, kw, sh, sw, dh, dw, ow = geom
     lo, hi = epilogue
@@ -730,8 +734,8 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
         maxnk = max(maxnk, tiles[ti, 1])
         maxno = max(maxno, tiles[ti, 3])
     noise_rows = noise_on or pp.wn_type != S.WN_NONE or (pp.out_step > _F0 and pp.out_sto_round)
-    bad = np.zeros(workers, np.int64)
-    for wk in prange(workers):
+    bad = 0
+    if True:  # the worker's blocks
         bufs = _buffers(maxnk, maxno, rows, pp, noise_rows)
         xt, xsq, xabs, xir, rin, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, xn64 = bufs
         acc = np.empty((0 if single else oc, rows), np.float32)
@@ -793,7 +797,7 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
                            nl_vec, nlf[ti], noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows)
                     t0 = _tick(prof, wk, 6, t0)
                 if single:
-                    bad[wk] += _store(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
+                    bad += _store(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
                                       vecs[1, v_off:v_off + nout], bias, out, out0, r0, f, lo, hi)
                 else:
                     _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
@@ -801,6 +805,6 @@ def analog_conv(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp,
                 _tick(prof, wk, 7, t0)
             if not single:
                 t0 = _now(prof)
-                bad[wk] += _layout(acc, q, bias, out, r0, lo, hi)
+                bad += _layout(acc, q, bias, out, r0, lo, hi)
                 _tick(prof, wk, 7, t0)
-    return bad.sum()
+    return bad
