@@ -3,7 +3,7 @@
 Usage::
 
     python bench/analog.py [--threads 2] [--batch 128] [--runs 5] [--models resnet20 resnet18]
-                           [--configs aihwkit full] [--shared ../shared]
+                           [--configs aihwkit full] [--shared ../shared] [--cold-start] [--ort-spin]
 
 Configurations timed for anasim (besides ``ideal``):
 
@@ -18,7 +18,11 @@ Configurations timed for anasim (besides ``ideal``):
 Each row prints the median time per image over ``--runs`` alternating runs after a
 warm-up (Numba compilation excluded; programming/drift is done once, outside the timing,
 as in a Monte-Carlo evaluation), and the ratio to onnxruntime ideal (target: <= 3 for
-the analog configurations). Thread counts are set before NumPy is imported.
+the analog configurations); then the process's peak RSS. ``--cold-start`` adds the first
+call's time in fresh processes with an empty and with a filled Numba cache (preset
+configurations; :mod:`coldstart`). Thread counts are set before NumPy is imported;
+onnxruntime's idle threads do not spin (they would take CPU from the interleaved anasim
+runs), unless ``--ort-spin``. ``bench/profile.py`` shows where anasim's time goes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ _ap.add_argument("--runs", type=int, default=5)
 _ap.add_argument("--models", nargs="+", default=["resnet20", "resnet18"])
 _ap.add_argument("--configs", nargs="+", default=["aihwkit", "full"])
 _ap.add_argument("--shared", default=None, help="path of the shared/ folder (default: ../shared)")
+_ap.add_argument("--cold-start", action="store_true",
+                 help="also time the first call in fresh processes with an empty and a filled Numba cache")
 _ap.add_argument("--ort-spin", action="store_true",
                  help="let onnxruntime's idle threads spin (its default; they then take CPU from the "
                       "anasim runs interleaved with them)")
@@ -114,6 +120,13 @@ def main() -> int:
                 worst = max(worst, ratio)
             print(f"{name:>10s}  {k:<18s} {per * 1e3:8.3f} ms/img  ratio {ratio:5.2f}")
     print(f"worst analog ratio {worst:.2f} (target <= 3); peak RSS {peak_rss_mib():.0f} MiB")
+    if ARGS.cold_start:
+        from coldstart import describe, measure
+
+        for name in ARGS.models:
+            for cfg in ARGS.configs:
+                if isinstance(CONFIGS[cfg], str):
+                    print(f"{name:>10s}  {cfg}: {describe(measure(SHARED / 'models' / MODELS[name][0], CONFIGS[cfg], ARGS.threads))}")
     return 0
 
 

@@ -9,7 +9,9 @@ For each model: both runtimes run the same preprocessed batch of real test image
 warm-up run each, then ``--runs`` alternating timed runs; prints the median time per
 image for each, their ratio (anasim / onnxruntime; the target is <= 1.5), the max
 |difference| of the logits relative to their scale, and the process's peak RSS.
-``--profile`` adds anasim's time per op type (summed over nodes, one extra run).
+``--profile`` adds anasim's time per op type (summed over nodes, one extra run);
+``--cold-start`` the first call's time in fresh processes with an empty and with a filled
+Numba cache (:mod:`coldstart`).
 The load average is printed because other processes on the machine distort the ratio.
 
 Threads: BLAS (OpenBLAS/MKL/OpenMP) thread counts are read from environment variables
@@ -31,6 +33,8 @@ _ap.add_argument("--runs", type=int, default=7)
 _ap.add_argument("--models", nargs="+", default=["resnet20", "resnet18"])
 _ap.add_argument("--shared", default=None, help="path of the shared/ folder (default: ../shared)")
 _ap.add_argument("--profile", action="store_true", help="also print anasim's time per op type")
+_ap.add_argument("--cold-start", action="store_true",
+                 help="also time the first call in fresh processes with an empty and a filled Numba cache")
 _ap.add_argument("--heap-malloc", action="store_true",
                  help="re-run with glibc's mmap allocation off (MALLOC_MMAP_MAX_=0, no trimming), so "
                       "large arrays reuse freed heap memory instead of page-faulting fresh pages")
@@ -153,6 +157,12 @@ def main() -> int:
     nn.warmup()
     ratios = [bench(m) for m in ARGS.models]
     print(f"worst ratio {max(ratios):.2f} (target <= 1.5); peak RSS {peak_rss_mib():.0f} MiB")
+    if ARGS.cold_start:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from coldstart import describe, measure
+
+        for name in ARGS.models:
+            print(f"{name:>10s}  ideal: {describe(measure(SHARED / 'models' / MODELS[name][0], None, ARGS.threads))}")
     return 0
 
 

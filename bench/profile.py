@@ -96,7 +96,7 @@ def main() -> int:
         split = np.zeros(len(stages))
         if layer.name in cycles:
             c = cycles[layer.name]
-            split[:-1] = c.sum(axis=0) / hz / c.shape[0]  # mean over the workers: wall time
+            split[:-1] = c.sum(axis=0) / hz / ARGS.threads  # mean over the threads: wall time
             split[-1] = cycles.get((layer.name, "host"), 0.0)
             split[4] -= split[5]  # "output stages" excluding the random numbers drawn inside
         totals += split

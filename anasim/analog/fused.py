@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernels import cpu_conv
 from ..kernels import stages as S
-from ..ops.conv import _Blas, num_threads, run_blocks
+from ..ops.conv import _Blas, num_threads
 from .tile import AnalogMatrix
 
 __all__ = ["FusedConv", "fused_available"]
@@ -26,6 +26,8 @@ _BLOCK_BYTES = 1 << 20
 """Working set of one block of pixels (gathered inputs, by-products, outputs, accumulator):
 about half a core's L2 cache."""
 _MIN_BLOCK, _MAX_BLOCK = 64, 4096
+_CHUNKS_PER_THREAD = 1
+"""Chunks of blocks per worker thread (Numba's prange deals them out statically)."""
 _NO_PROFILE = np.zeros((0, 0), np.int64)
 _KEYS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
 
@@ -206,6 +208,7 @@ class FusedConv:
             offs = self._column_offsets(geom, xp.shape[2], xp.shape[3])
             workers = max(1, num_threads())
             rows = self.block_rows(total, workers)
+            chunks = _CHUNKS_PER_THREAD * workers
             tiles, ranges = self._tile_modes(geom)
             maps = np.empty((len(ranges), n) + xp.shape[2:], np.int32)
             if len(ranges):
@@ -213,18 +216,13 @@ class FusedConv:
             cycles = _NO_PROFILE
             if profile is not None:
                 profile[(name, "host")] = profile.get((name, "host"), 0.0) + time.perf_counter() - t0
-                cycles = profile.setdefault(name, np.zeros((workers, len(cpu_conv.STAGES)), np.int64))
+                cycles = profile.setdefault(name, np.zeros((chunks, len(cpu_conv.STAGES)), np.int64))
             args = (xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
                     awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias,
                     (np.float32(-np.inf), np.float32(np.inf)) if epilogue is None else
                     (np.float32(epilogue[0]), np.float32(epilogue[1])), out,
-                    np.int64(first), np.int64(rows), np.int64(workers),
+                    np.int64(first), np.int64(rows), np.int64(chunks),
                     all(m.n_in_chunks == 1 for m in self.matrices), cycles)
-            counts = np.zeros(workers, np.int64)
-
-            def work(_state, wk):
-                counts[wk] = cpu_conv.analog_conv(np.int64(wk), *args)
-
-            run_blocks(workers, lambda: None, work)  # one call per worker thread, BLAS single-threaded
-            bad = int(counts.sum())
+            with _Blas.single_threaded():  # each chunk calls sgemm on its own thread
+                bad = int(cpu_conv.analog_conv_parallel(*args))
         return out.reshape((n, oc) + geom.out_shape), int(bad)

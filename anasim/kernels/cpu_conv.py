@@ -3,8 +3,8 @@
 :func:`analog_conv` runs a whole analog 1-D/2-D convolution layer (every group, every
 tile) without returning to Python. The layer's rows -- one per output pixel, (n, p)
 order, global row id ``first + r`` -- are cut into blocks of ``rows`` consecutive rows;
-worker ``wk`` of ``workers`` (one call each, on the caller's threads, without the GIL:
-:mod:`anasim.analog.fused` runs them on the convolution's worker threads) takes blocks
+chunk ``wk`` of ``workers`` chunks (one call each, without the GIL: :mod:`anasim.analog.fused`
+deals a few chunks per thread out to the convolution's worker threads) takes blocks
 wk, wk + workers, …, and per block and tile:
 
 1. the tile's prepared inputs, *transposed* (tile inputs × pixels): the noise-management
@@ -59,7 +59,7 @@ from . import stages as S
 from .blas import SGEMM_NAME, sgemm_type
 from .cpu import _random_block
 
-__all__ = ["analog_conv", "channel_maps", "pad_input", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
+__all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
 _ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
@@ -132,6 +132,17 @@ def _random_cols(rid, q, n, rnd, k0, k1, normal, ws, tmp, out):
     _random_block(rid, 0, q, n, rnd, k0, k1, normal, ws, tmp, out, True)
 
 
+@njit(inline="always", error_model="numpy")
+def _run_at(r, r1, p_, ow):
+    """The run of pixels from row r (< r1) along one output row: image n, output row i,
+    first output column k0 and length (P pixels per image, ``ow`` per output row)."""
+    n = r // p_
+    q = r - n * p_
+    i = q // ow
+    k0 = q - i * ow
+    return n, i, k0, min(ow - k0, r1 - r)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gather(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, xt):
     """xt[j, r - r0] = input of tile column j of im2col row r, for rows r0..r1."""
@@ -139,11 +150,7 @@ def _gather(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, xt):
     b = 0
     r = r0
     while r < r1:
-        n = r // p_
-        q = r - n * p_
-        i = q // ow
-        k0 = q - i * ow
-        cnt = min(ow - k0, r1 - r)  # pixels of this output row in the block
+        n, i, k0, cnt = _run_at(r, r1, p_, ow)
         base = n * img + i * sh * wp + k0 * sw
         for j in range(nk):
             o = offs[j]
@@ -245,11 +252,7 @@ def _map_stat(src, idx, raw, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1
     r = r0
     one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
     while r < r1:
-        n = r // p_
-        q = r - n * p_
-        i = q // ow
-        k0 = q - i * ow
-        cnt = min(ow - k0, r1 - r)
+        n, i, k0, cnt = _run_at(r, r1, p_, ow)
         st = stat[b:b + cnt]
         for t in range(cnt):
             st[t] = one if has_one else (0 if nm == S.NM_ABS_MAX else _IMIN)
@@ -290,11 +293,7 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
     b = 0
     r = r0
     while r < r1:
-        n = r // p_
-        q = r - n * p_
-        i = q // ow
-        k0 = q - i * ow
-        cnt = min(ow - k0, r1 - r)
+        n, i, k0, cnt = _run_at(r, r1, p_, ow)
         base = n * img + i * sh * wp + k0 * sw
         s = sv[b:b + cnt]
         for j in range(nk):
@@ -704,17 +703,18 @@ def _layout(acc, q, bias, out, r0, lo, hi):
 @njit(nogil=True, cache=True, error_model="numpy")
 def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
                 noise_on, bias, epilogue, out, first, rows, workers, single, prof):
-    """Worker ``wk``'s share of the analog convolution of the padded input ``xp`` (N, C, Hp, Wp)
-    into ``out`` (N, OC, P): blocks wk, wk + workers, … (call it for every wk, on as many
-    threads; it runs without the GIL).
+    """Chunk ``wk`` of the analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into
+    ``out`` (N, OC, P): blocks wk, wk + workers, … (call it for every wk in range(workers),
+    on any threads; it runs without the GIL).
 
     ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
     ``epilogue`` = (lo, hi): the outputs are clipped to [lo, hi] (a following Relu or Clip
     folded into the layer; (-inf, inf): none);
     ``maps``: the channel maps of :func:`channel_maps` the tiles refer to; ``first``:
-    global row id of row 0; ``rows``: pixels per block; ``workers``: parallel workers
+    global row id of row 0; ``rows``: pixels per block; ``workers``: the number of chunks
     (blocks are dealt out in turn); ``single``: every output comes from one tile (one
-    input chunk per group), so it is stored without an accumulator; ``prof``: (workers, len(STAGES)) int64 to add each
+    input chunk per group), so it is stored without an accumulator; ``prof``: (workers,
+    len(STAGES)) int64 to add each
     stage's CPU cycles to, or an empty array (no timing). See the module docstring for the
     tile description. Returns the number of NaN or infinite outputs it wrote.
     """
@@ -808,3 +808,16 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                 bad += _layout(acc, q, bias, out, r0, lo, hi)
                 _tick(prof, wk, 7, t0)
     return bad
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def analog_conv_parallel(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
+                         noise_on, bias, epilogue, out, first, rows, chunks, single, prof):
+    """:func:`analog_conv` for every chunk, on Numba's threads (``prange``; the body is
+    only the call, so that the parallel region compiles quickly). Returns the number of
+    NaN or infinite outputs."""
+    counts = np.zeros(chunks, np.int64)
+    for c in prange(chunks):
+        counts[c] = analog_conv(c, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
+                                noise_on, bias, epilogue, out, first, rows, chunks, single, prof)
+    return counts.sum()
