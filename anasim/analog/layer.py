@@ -62,7 +62,7 @@ class RunContext:
     """Monte-Carlo repetition; part of the key of the forward-noise random streams."""
     stage_cycles: dict | None = None
     """When a dict: every fused analog convolution adds the CPU cycles of its stages to
-    ``stage_cycles[layer name]`` ((workers, len(cpu_conv.STAGES)) int64, see
+    ``stage_cycles[layer name]`` ((chunks, len(cpu_conv.STAGES)) int64, see
     ``bench/profile.py``) and the seconds of its host-side preparation (padding, channel
     maps) to ``stage_cycles[(layer name, "host")]``."""
 
@@ -190,7 +190,9 @@ class AnalogLayer:
             y = np.minimum(np.maximum(y, np.float32(self.epilogue[0])), np.float32(self.epilogue[1]))
         return y
 
-    def _conv(self, x: np.ndarray) -> np.ndarray:
+    def _conv(self, x: np.ndarray):
+        """The convolution's output; on the fused kernel (output, count of NaN/infinite
+        outputs) -- the kernel counts them on the way, so :meth:`__call__` need not."""
         a = self.attrs
         geom = conv_geometry(x.shape, self.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
                              a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))

@@ -59,7 +59,8 @@ from . import stages as S
 from .blas import SGEMM_NAME, sgemm_type
 from .cpu import _random_block
 
-__all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
+__all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "available", "STAGES",
+           "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
 _ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
@@ -70,7 +71,6 @@ _S31 = np.int32(31)
 _IMIN = np.int32(-2147483648)
 MAP_GENERIC, MAP_NONE, MAP_DIRECT = -1, -2, -3
 """Tile modes (column 8 of ``tiles``; >= 0: the index of the tile's channel map)."""
-_GENERIC = MAP_GENERIC
 
 
 STAGES = ("input statistic", "gather + DAC", "input noise, by-products", "MVM (sgemm)",
@@ -641,6 +641,15 @@ def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
             ar[t] += ((yr[t] * fq[t]) * m) * p
 
 
+@njit(inline="always", error_model="numpy")
+def _image_run(r, p_, left):
+    """The run of output rows from row r within its image: image n, first pixel p0 and
+    length (at most ``left``; P pixels per image)."""
+    n = r // p_
+    p0 = r - n * p_
+    return n, p0, min(p_ - p0, left)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, hi):
     """out[n, out0 + i, p] = ((y[i, t] · out_scale/scale[t]) · ms[i]) · post[i] + bias[out0 + i]
@@ -655,9 +664,7 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, h
     b = 0
     r = r0
     while b < q:
-        n = r // p_
-        p0 = r - n * p_
-        cnt = min(p_ - p0, q - b)
+        n, p0, cnt = _image_run(r, p_, q - b)
         fq = f[b:b + cnt]
         for i in range(nout):
             dst = out[n, out0 + i, p0:p0 + cnt]
@@ -684,9 +691,7 @@ def _layout(acc, q, bias, out, r0, lo, hi):
     b = 0
     r = r0
     while b < q:
-        n = r // p_
-        p0 = r - n * p_
-        cnt = min(p_ - p0, q - b)
+        n, p0, cnt = _image_run(r, p_, q - b)
         for o in range(oc):
             dst = out[n, o, p0:p0 + cnt]
             src = acc[o, b:b + cnt]
@@ -759,7 +764,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                 key = keys[ti]
                 mode = tiles[ti, 8]
                 t0 = _now(prof)
-                if tiles[ti, 7] and mode == _GENERIC:  # a new input chunk: gather, then prepare
+                if tiles[ti, 7] and mode == MAP_GENERIC:  # a new input chunk: gather, then prepare
                     _gather(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, xt)
                     _condition(xt, nk, q, pp, _F1, 0, rid, key, xsq, xabs, xir, rin, ws, tmp,
                                rowf, rowi, xn64)
