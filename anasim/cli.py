@@ -213,13 +213,10 @@ def _describe_config(cfg, name: str, overrides) -> str:
         if f.ir_drop:
             facts.append(f"IR drop {f.ir_drop:g}")
     facts.append(f"tiles {mp.max_input_size}×{mp.max_output_size}")
-    model = cfg.sections.get("noise_model")
-    tname = getattr(model, "type_name", None) or (model.get("type") if isinstance(model, dict) else None)
-    facts.append(f"device {tname}" if tname and tname != "none" else "ideal devices")
-    comp = cfg.sections.get("drift_compensation")
-    cname = getattr(comp, "type_name", None) or (comp.get("type") if isinstance(comp, dict) else None)
-    if cname and cname != "none":
-        facts.append(f"{cname} drift compensation")
+    model, comp = cfg.noise_model, cfg.drift_compensation
+    facts.append(f"device {model.config_type}" if model is not None else "ideal devices")
+    if comp is not None:
+        facts.append(f"{comp.config_type} drift compensation")
     text = f"{name}: " + ", ".join(facts)
     if overrides:
         text += "; --set " + " ".join(overrides)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import math
+import operator
 import pickle
 import re
 import tempfile
@@ -18,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from anasim.config import (
+    AIHWKIT_FORWARD,
     AnalogConfig,
     ForwardParameters,
     Interval,
@@ -39,16 +42,46 @@ from anasim.config import (
     unmatched_patterns,
     unregister_section,
 )
+from anasim.config import AIHWKIT_MAPPING as AIHWKIT_MAPPING_DATA
 from anasim.config.describe import section_classes
 from anasim.config.io import dumps_toml, loads_toml
 from anasim.errors import ConfigError
 
-AIHWKIT_IO = dict(
-    is_perfect=False, inp_bound=1.0, inp_res=1 / 126, inp_noise=0.0, inp_sto_round=False,
-    out_bound=12.0, out_res=1 / 510, out_noise=0.06, out_sto_round=False, w_noise=0.0,
-    w_noise_type="none", ir_drop=0.0, ir_drop_g_ratio=1.0 / 0.35 / 5e-6, out_nonlinearity=0.0,
-    noise_management="abs_max", nm_thres=0.0, bound_management="iterative", max_bm_factor=1000,
-    max_bm_res=0.25, bm_test_negative_bound=True)
+
+
+def _note_value(text: str):
+    """The value of an ``aihwkit`` note's right-hand side: a number, a boolean, an
+    arithmetic expression of numbers (``1/(2**7 - 2)``) or an aihwkit enum name."""
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.Div: operator.truediv, ast.Pow: operator.pow}
+
+    def ev(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, bool)):
+            return node.value
+        if isinstance(node, ast.Name):  # enum member, e.g. ABS_MAX
+            return node.id
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](ev(node.left), ev(node.right))
+        raise ValueError(f"cannot read aihwkit note value {text!r}")
+
+    return ev(ast.parse(text.strip(), mode="eval").body)
+
+
+def documented_aihwkit(cls, owner: str) -> tuple[dict, set]:
+    """aihwkit's defaults as the fields' ``aihwkit`` notes (what ``anasim params`` prints)
+    state them, e.g. ``IOParameters.out_noise = 0.06``: an account of aihwkit's defaults
+    written independently of the presets' data, which the tests compare it with."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        note = f.metadata.get("aihwkit", "")
+        if note.startswith(f"{owner}.{f.name} = "):
+            out[f.name] = _note_value(note.partition(" = ")[2])
+    # through the section's own validation: enum spellings ("ABS_MAX") become the choices
+    return cls(**out).to_dict(), set(out)
+
+
+AIHWKIT_IO, _IO_NOTED = documented_aihwkit(ForwardParameters, "IOParameters")
+AIHWKIT_MAPPING, _MAPPING_NOTED = documented_aihwkit(MappingParameters, "MappingParameter")
 
 
 # ---------------------------------------------------------------------------------------
@@ -207,12 +240,21 @@ def test_presets_listed_and_unknown():
 
 def test_preset_aihwkit_values():
     cfg = preset("aihwkit")
+    # every [forward] field and every aihwkit [mapping] field carries its aihwkit default
+    assert _IO_NOTED == set(ForwardParameters.field_names())
+    assert _MAPPING_NOTED == set(MappingParameters.field_names()) - {"fold_batchnorm"}
     assert cfg.forward.to_dict() == AIHWKIT_IO
-    assert cfg.mapping == MappingParameters(max_input_size=512, max_output_size=512, digital_bias=True,
-                                            weight_scaling_omega=0.0, weight_scaling_columnwise=False,
+    assert cfg.mapping == MappingParameters(**{k: AIHWKIT_MAPPING[k] for k in _MAPPING_NOTED},
                                             fold_batchnorm=False)
     assert cfg.forward.input_step == pytest.approx(2 / 126)
     assert cfg.forward.output_step == pytest.approx(24 / 510)
+    # the one written copy: the preset is made of it, and the tile model falls back on it
+    assert dict(AIHWKIT_FORWARD) == AIHWKIT_IO
+    assert {k: AIHWKIT_MAPPING_DATA[k] for k in _MAPPING_NOTED} == \
+        {k: AIHWKIT_MAPPING[k] for k in _MAPPING_NOTED}
+    from anasim.analog.tile import Periphery
+
+    assert Periphery.from_params(object()) == Periphery.from_params(cfg.forward)
 
 
 def test_preset_hwa_standard_values():
@@ -520,8 +562,8 @@ def test_presets_round_trip(name, tmp_path):
 def test_device_sections_plug_in(tmp_path):
     from anasim.config import registered_sections
 
-    if "noise_model" not in registered_sections():
-        pytest.skip("anasim.devices does not provide [noise_model] yet")
+    assert list(registered_sections())[:4] == ["noise_model", "converter", "drift_compensation",
+                                               "device_faults"]
     cfg = preset("aihwkit")
     assert cfg.noise_model.to_config()["type"] == "pcm"
     assert cfg.drift_compensation.to_config()["type"] == "global"
@@ -531,8 +573,164 @@ def test_device_sections_plug_in(tmp_path):
         {"match": "/fc/*", "noise_model": {"read_noise_scale": 0.0}},
         {"match": "/conv1/*", "noise_model": {"type": "none"}}]})
     assert cfg3.for_layer("/fc/Gemm").noise_model.to_config() == {"type": "pcm", "read_noise_scale": 0.0}
-    assert cfg3.for_layer("/conv1/Conv").noise_model.to_config()["type"] == "none"
+    assert cfg3.for_layer("/conv1/Conv").section("noise_model").to_config()["type"] == "none"
+    assert cfg3.for_layer("/conv1/Conv").noise_model is None  # typed: ideal devices are no model
     assert load_config(dump_config(cfg3, tmp_path / "d.toml")) == cfg3
     with pytest.raises(ConfigError, match="Did you mean 'pcm'"):
         load_config({"noise_model": {"type": "pmc"}})
-    assert AnalogConfig().noise_model is not None  # the devices' default (ideal) model
+    assert AnalogConfig().section("noise_model") is not None  # the devices' default (ideal) model
+    assert AnalogConfig().noise_model is None
+
+
+# ---------------------------------------------------------------------------------------
+# typed device fields, one resolver, presets that keep their sections
+# ---------------------------------------------------------------------------------------
+def test_typed_device_fields():
+    from anasim import devices
+
+    ideal = AnalogConfig()
+    assert ideal.noise_model is None and ideal.drift_compensation is None and ideal.faults is None
+    assert isinstance(ideal.converter, devices.Converter)
+    assert ideal.converter == devices.build_converter({"type": "single_pair"})
+    assert ideal.sections == {}  # defaults are not written into the file
+    cfg = load_config({
+        "preset": "aihwkit", "converter": {"type": "dual_pair"},
+        "device_faults": {"stuck_at_g_min_rate": 0.1},
+        "layers": [{"match": "fc", "noise_model": {"type": "none"}, "drift_compensation": {"type": "none"},
+                    "device_faults": {"stuck_at_g_min_rate": 0.0}},
+                   {"match": "c*", "converter": {"type": "single_pair", "g_max": 40.0}}]})
+    assert isinstance(cfg.noise_model, devices.NoiseModel) and cfg.noise_model.config_type == "pcm"
+    assert isinstance(cfg.drift_compensation, devices.DriftCompensation)
+    assert cfg.drift_compensation.config_type == "global"
+    assert cfg.converter.config_type == "dual_pair"
+    assert isinstance(cfg.faults, devices.DeviceFaults) and cfg.faults.params.stuck_at_g_min_rate == 0.1
+    assert cfg.device_faults == devices.FaultParams(stuck_at_g_min_rate=0.1)  # the section itself
+    fc, conv, other = cfg.for_layer("fc"), cfg.for_layer("conv"), cfg.for_layer("other")
+    assert fc.noise_model is None and fc.drift_compensation is None and fc.faults is None
+    assert fc.section("drift_compensation").config_type == "none"
+    assert fc.converter == cfg.converter
+    assert conv.converter == devices.build_converter({"type": "single_pair", "g_max": 40.0})
+    assert conv.noise_model == cfg.noise_model and conv.faults == cfg.faults
+    assert (other.noise_model, other.converter, other.faults) == (cfg.noise_model, cfg.converter, cfg.faults)
+    # objects and short names are accepted and checked like tables
+    built = AnalogConfig(sections={"noise_model": "pcm", "converter": devices.build_converter(),
+                                   "device_faults": devices.build_faults({"g_max_d2d_std": 0.1})})
+    assert built.noise_model == devices.build_noise_model({"type": "pcm"})
+    assert built.device_faults == devices.FaultParams(g_max_d2d_std=0.1)
+    assert load_config(built.to_dict()) == built
+    with pytest.raises(ConfigError, match=r"\[noise_model\] must be a table"):
+        AnalogConfig(sections={"noise_model": 3})
+    with pytest.raises(ConfigError, match=r"\[device_faults\] must be a table"):
+        AnalogConfig(sections={"device_faults": "many"})
+    with pytest.raises(ConfigError, match=r"\[converter\] needs a Converter; got the noise_model PCM"):
+        AnalogConfig(sections={"converter": devices.build_noise_model({"type": "pcm"})})
+
+
+def test_user_device_class_through_the_config(monkeypatch):
+    import sys
+    import types
+
+    from anasim import devices
+
+    mod = types.ModuleType("anasim_test_cfg_devices")
+
+    class Halver(devices.NoiseModel):
+        """Programs half the target."""
+
+        def program(self, g_target, ctx, rng):
+            return g_target * 0.5
+
+    mod.Halver = Halver
+    Halver.__module__, Halver.__qualname__ = mod.__name__, "Halver"
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    cfg = load_config({"noise_model": {"type": "anasim_test_cfg_devices:Halver"}})
+    assert isinstance(cfg.noise_model, Halver)
+    assert cfg.noise_model.config_type == "anasim_test_cfg_devices:Halver"
+    assert load_config(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"has no attribute 'Halvr'.*Did you mean 'Halver'"):
+        load_config({"noise_model": {"type": "anasim_test_cfg_devices:Halvr"}})
+
+
+def test_one_resolver_for_plugin_sections(zz_noise):
+    with pytest.raises(ConfigError, match="could not be imported.*ModuleNotFoundError"):
+        load_config({"zz_noise": {"type": "no_such_module_xyz:Model"}})
+    with pytest.raises(ConfigError, match=r"has no attribute 'FakePMC'.*Did you mean 'FakePCM'"):
+        load_config({"zz_noise": {"type": f"{__name__}:FakePMC"}})
+    with pytest.raises(ConfigError, match="is not a class"):
+        load_config({"zz_noise": {"type": f"{__name__}:invalid_values"}})
+    with pytest.raises(ConfigError, match="ClassName"):
+        load_config({"zz_noise": {"type": ":FakePCM"}})
+
+
+def test_device_sections_are_built_in():
+    for name in ("noise_model", "converter", "drift_compensation", "device_faults"):
+        with pytest.raises(ConfigError, match="built-in device section"):
+            register_section(name, FakePCM)
+        with pytest.raises(ConfigError, match="built-in device section"):
+            unregister_section(name)
+    assert {r.variant for r in describe_parameters("noise_model")} >= {"pcm", "none", "reram_wan2022"}
+
+
+def test_preset_with_an_unregistered_section_is_refused(monkeypatch):
+    from anasim.config import presets
+
+    data = {"forward": {"out_noise": 0.1}, "zz_unknown": {"type": "x"}, "zz_other": {}}
+    monkeypatch.setitem(presets.PRESETS, "lab", presets.Preset("lab", "a lab's chip", data))
+    for make in (lambda: preset("lab"), lambda: load_config({"preset": "lab"}), lambda: load_config("lab")):
+        with pytest.raises(ConfigError, match=r"Preset 'lab' has section\(s\) 'zz_unknown', 'zz_other' "
+                                              "that are not registered"):
+            make()
+
+
+def test_preset_carries_a_registered_plugin_section(zz_noise, monkeypatch):
+    from anasim.config import presets
+
+    data = {"zz_noise": {"type": "pcm", "prog_scale": 3.0}}
+    monkeypatch.setitem(presets.PRESETS, "lab", presets.Preset("lab", "a lab's chip", data))
+    assert preset("lab").zz_noise == FakePCM(prog_scale=3.0)
+
+
+# the order of a tile's operations, as the code runs them (anasim/kernels/cpu.py
+# _prepare_rows then _finalize_rows; anasim/analog/tile.py for bound management and the
+# digital periphery), stated in the same words wherever it is stated
+TILE_ORDER = ("noise management, DAC quantization and clipping, input noise, MVM, IR drop, "
+              "output-referred weight noise, output non-linearity, output noise, ADC quantization "
+              "and clipping, iterative bound management, rescaling, digital accumulation of the "
+              "tiles' partial sums, digital bias")
+
+
+def test_tile_order_stated_identically():
+    from anasim.analog import tile
+    import anasim.kernels.cpu as cpu
+    import anasim.kernels.stages as stages
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    texts = {"ForwardParameters": ForwardParameters.__doc__, "analog/tile.py": tile.__doc__,
+             "kernels/cpu.py": cpu.__doc__, "kernels/stages.py": stages.__doc__,
+             "README.md": readme.read_text(encoding="utf-8")}
+    for where, text in texts.items():
+        assert TILE_ORDER in " ".join(text.split()), where
+        # and no other sentence puts the weight noise before the IR drop
+        assert not re.search(r"weight[- ]noise,? (then )?IR drop", " ".join(text.split())), where
+
+
+def test_import_graph_params_and_devices_below_config():
+    root = Path(__file__).resolve().parents[1] / "anasim"
+
+    def imports(path: Path) -> set[str]:
+        pkg = ".".join(path.relative_to(root.parent).with_suffix("").parts[:-1])
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):  # functions included
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1] if node.level else []
+                out.add(".".join(base + ([node.module] if node.module else [])))
+            elif isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+        return {m for m in out if m.startswith("anasim")}
+
+    assert imports(root / "params.py") == {"anasim.errors"}
+    for path in sorted((root / "devices").glob("*.py")):
+        bad = {m for m in imports(path) if m.startswith("anasim.config")}
+        assert not bad, (path.name, bad)
+    text = (root / "config" / "registry.py").read_text(encoding="utf-8")
+    assert "PLUGIN_MODULES" not in text and "except Exception" not in text

@@ -10,7 +10,11 @@ in ``src/rpucuda/rpu_forward_backward_pass.cpp``) operation by operation in floa
 that deterministic settings reproduce aihwkit up to BLAS summation order (checked on
 ``shared/golden/aihwkit_tiles.npz``). Where a choice was made it is noted at the code.
 
-Per tile and input vector x (the tile's slice of the layer input):
+The operations, in the order the code runs them: noise management, DAC quantization and
+clipping, input noise, MVM, IR drop, output-referred weight noise, output non-linearity,
+output noise, ADC quantization and clipping, iterative bound management, rescaling,
+digital accumulation of the tiles' partial sums, digital bias. Per tile and input vector
+x (the tile's slice of the layer input):
 
 1. noise management α (abs_max / max / constant / none) and the input scale
    s = (1/α)/red, red the bound-management reduction (1, 2, 4, ...);
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config.presets import AIHWKIT_FORWARD
 from ..kernels import cpu, stages
 from ..kernels.rng import normals_numpy, stream_key
 
@@ -55,6 +60,12 @@ class _Kernels:
 _PARALLEL = _Kernels("")
 SERIAL = _Kernels("_serial")
 """Single-threaded, GIL-free kernels for :meth:`AnalogMatrix.forward_into` on worker threads."""
+
+#: aihwkit ``IOParameters`` fields that ``[forward]`` does not have, at aihwkit's defaults
+#: (read from aihwkit-like objects; the first five must stay 0).
+_UNCONFIGURED = {"v_offset_std": 0.0, "r_series": 0.0, "inp_asymmetry": 0.0, "out_asymmetry": 0.0,
+                 "w_read_asymmetry_dtod": 0.0, "out_noise_std": 0.0, "out_nonlinearity_std": 0.0,
+                 "slope_calibration": 0.0, "out_scale": 1.0}
 
 _NM = {"none": cpu.NM_NONE, "abs_max": cpu.NM_ABS_MAX, "max": cpu.NM_MAX, "constant": cpu.NM_CONSTANT}
 _WN = {"none": cpu.WN_NONE, "additive_constant": cpu.WN_ADDITIVE, "pcm_read": cpu.WN_PCM_READ}
@@ -131,42 +142,47 @@ class Periphery:
 
     @classmethod
     def from_params(cls, fp) -> "Periphery":
-        """Read an aihwkit-named forward-parameter object (duck typed)."""
-        g = lambda name, default: getattr(fp, name, default)  # noqa: E731
+        """Read an aihwkit-named forward-parameter object (duck typed: a
+        :class:`~anasim.config.ForwardParameters`, an aihwkit ``IOParameters``, a
+        namespace). A field it does not have takes aihwkit's ``IOParameters()`` default,
+        from :data:`anasim.config.AIHWKIT_FORWARD` (the one copy of those defaults); the
+        aihwkit fields anasim does not configure default to their aihwkit values below."""
+        g = lambda name: getattr(fp, name, AIHWKIT_FORWARD[name])  # noqa: E731
+        x = lambda name: getattr(fp, name, _UNCONFIGURED[name])  # noqa: E731
         for name in ("v_offset_std", "r_series", "inp_asymmetry", "out_asymmetry", "w_read_asymmetry_dtod"):
-            if float(g(name, 0.0)) != 0.0:
+            if float(x(name)) != 0.0:
                 raise NotImplementedError(
                     f"forward parameter {name!r} != 0 is not supported by the tile model"
                 )
-        nm_type = _choice(g("noise_management", "abs_max"), _NM, "noise_management")
-        inp_bound = float(g("inp_bound", 1.0))
-        out_bound = float(g("out_bound", 12.0))
+        nm_type = _choice(g("noise_management"), _NM, "noise_management")
+        inp_bound = float(g("inp_bound"))
+        out_bound = float(g("out_bound"))
         return cls(
-            perfect=bool(g("is_perfect", False)),
+            perfect=bool(g("is_perfect")),
             nm_type=nm_type,
             # aihwkit zeroes nm_thres when noise management is off (initializeForForward)
-            nm_thres=np.float32(g("nm_thres", 0.0) if nm_type != cpu.NM_NONE else 0.0),
-            inp_step=_step(g("inp_res", 1 / 126), inp_bound),
+            nm_thres=np.float32(g("nm_thres") if nm_type != cpu.NM_NONE else 0.0),
+            inp_step=_step(g("inp_res"), inp_bound),
             inp_bound=np.float32(inp_bound if inp_bound > 0 else np.inf),
-            inp_noise=np.float32(g("inp_noise", 0.0)),
-            inp_sto_round=bool(g("inp_sto_round", False)),
-            out_step=_step(g("out_res", 1 / 510), out_bound),
+            inp_noise=np.float32(g("inp_noise")),
+            inp_sto_round=bool(g("inp_sto_round")),
+            out_step=_step(g("out_res"), out_bound),
             out_bound=np.float32(out_bound if out_bound > 0 else np.inf),
-            out_noise=np.float32(g("out_noise", 0.06)),
-            out_noise_std=np.float32(g("out_noise_std", 0.0)),
-            out_sto_round=bool(g("out_sto_round", False)),
-            wn_type=_choice(g("w_noise_type", "none"), _WN, "w_noise_type"),
-            w_noise=np.float32(g("w_noise", 0.0)),
-            ir_drop=np.float32(g("ir_drop", 0.0)),
-            ir_drop_g_ratio=np.float32(g("ir_drop_g_ratio", 1.0 / 0.35 / 5e-6)),
-            out_nonlinearity=np.float32(g("out_nonlinearity", 0.0)),
-            out_nonlinearity_std=np.float32(g("out_nonlinearity_std", 0.0)),
-            slope_calibration=np.float32(g("slope_calibration", 0.0)),
-            bm=_choice(g("bound_management", "iterative"), _BM, "bound_management"),
-            bm_test_negative_bound=bool(g("bm_test_negative_bound", True)),
-            max_bm_factor=int(g("max_bm_factor", 1000)),
-            max_bm_res=np.float32(g("max_bm_res", 0.25)),
-            out_scale=np.float32(g("out_scale", 1.0)),
+            out_noise=np.float32(g("out_noise")),
+            out_noise_std=np.float32(x("out_noise_std")),
+            out_sto_round=bool(g("out_sto_round")),
+            wn_type=_choice(g("w_noise_type"), _WN, "w_noise_type"),
+            w_noise=np.float32(g("w_noise")),
+            ir_drop=np.float32(g("ir_drop")),
+            ir_drop_g_ratio=np.float32(g("ir_drop_g_ratio")),
+            out_nonlinearity=np.float32(g("out_nonlinearity")),
+            out_nonlinearity_std=np.float32(x("out_nonlinearity_std")),
+            slope_calibration=np.float32(x("slope_calibration")),
+            bm=_choice(g("bound_management"), _BM, "bound_management"),
+            bm_test_negative_bound=bool(g("bm_test_negative_bound")),
+            max_bm_factor=int(g("max_bm_factor")),
+            max_bm_res=np.float32(g("max_bm_res")),
+            out_scale=np.float32(x("out_scale")),
         )
 
     def kernel_params(self) -> stages.Periphery:

@@ -1,8 +1,12 @@
 """``AnalogConfig``: the whole hardware configuration of one simulation.
 
 It holds ``forward`` (:class:`ForwardParameters`), ``mapping``
-(:class:`MappingParameters`), the ``[[layers]]`` overrides and the registered extra
-sections (``noise_model``, ``drift_compensation``, …) by name. It is immutable and
+(:class:`MappingParameters`), the ``[[layers]]`` overrides and the other sections by name
+(``sections``: the device sections ``noise_model``, ``converter``,
+``drift_compensation``, ``device_faults`` and any plugin's). The device sections are
+typed fields too (:class:`~anasim.config.registry.SectionAccess`): ``noise_model``
+(None for ideal devices), ``converter`` (the default single pair when not configured),
+``drift_compensation`` (None when there is none) and ``faults``. It is immutable and
 hashable (extra sections excluded from the hash), compares by value, and pickles, so it
 can key result tables and travel to sweep workers.
 """
@@ -15,16 +19,18 @@ from typing import Any, Iterable
 
 from ..errors import ConfigError, closest
 from .layers import LayerConfig, LayerOverride
-from .registry import BUILTIN, get_entry, registered_sections, section_attribute
+from .presets import preset_dict
+from .registry import BUILTIN, SectionAccess, get_entry, registered_sections
 from .schema import ForwardParameters, MappingParameters
+from .text import config_to_json, config_to_toml, parse_literal
 
 TOP_LEVEL = BUILTIN + ("preset",)
 
 
 @dataclass(frozen=True, eq=False)
-class AnalogConfig:
+class AnalogConfig(SectionAccess):
     """A complete analog configuration (``[forward]``, ``[mapping]``, ``[[layers]]`` and
-    registered sections). ``AnalogConfig()`` is the ``ideal`` preset.
+    the other sections). ``AnalogConfig()`` is the ``ideal`` preset.
 
     Dicts are accepted for every part and validated: ``AnalogConfig(forward={"out_noise":
     0.04, "out_bound": 10.0, "out_res": 254})``.
@@ -61,8 +67,7 @@ class AnalogConfig:
         for name, value in self.sections.items():
             if value is None:  # same as absent: the registered default applies
                 continue
-            entry = get_entry(name)
-            sections[name] = entry.build(value) if isinstance(value, dict) else value
+            sections[name] = get_entry(name).coerce(value)
         object.__setattr__(self, "forward", fwd)
         object.__setattr__(self, "mapping", mp)
         object.__setattr__(self, "layers", tuple(layers))
@@ -85,23 +90,8 @@ class AnalogConfig:
     def __hash__(self) -> int:
         return hash((self.forward, self.mapping, self.layers))
 
-    # -- access ------------------------------------------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        return section_attribute(self, name)
-        sections = self.__dict__.get("sections", {})
-        if name in sections:
-            return sections[name]
-        entries = registered_sections()
-        if name in entries:
-            return entries[name].default_value()
-        raise AttributeError(f"AnalogConfig has no attribute or section {name!r}")
-
-    def section(self, name: str) -> Any:
-        """A registered section's value: the configured one, else its default (or None)."""
-        if name in self.sections:
-            return self.sections[name]
-        return get_entry(name).default_value()
-
+    # -- access: the typed fields noise_model, converter, drift_compensation, faults,
+    # section(name) and attribute access to the other sections come from SectionAccess
     def for_layer(self, node_name: str) -> LayerConfig:
         """The configuration of the layer whose ONNX node is ``node_name``, with every
         matching ``[[layers]]`` entry applied in order (later entries win per field)."""
@@ -154,7 +144,6 @@ class AnalogConfig:
                                   f"Valid sections: {', '.join(valid)}.")
         data = dict(data)
         if "preset" in data:
-            from .presets import preset_dict
             data = merge_dicts(preset_dict(data.pop("preset")), data)
         layers = data.get("layers", [])
         if not isinstance(layers, list):
@@ -183,11 +172,10 @@ class AnalogConfig:
 
     def to_toml(self, only_changed: bool = False, comments: bool = False) -> str:
         """The configuration as TOML text (``comments`` adds each field's meaning)."""
-        from .io import config_to_toml
         return config_to_toml(self, only_changed=only_changed, comments=comments)
 
     def to_json(self, only_changed: bool = False, indent: int = 2) -> str:
-        from .io import config_to_json
+        """The configuration as JSON text (the same shape as the TOML file)."""
         return config_to_json(self, only_changed=only_changed, indent=indent)
 
     def replace(self, **changes) -> "AnalogConfig":
@@ -195,9 +183,56 @@ class AnalogConfig:
         return dataclasses.replace(self, **changes)
 
     def with_overrides(self, assignments: Iterable[str]) -> "AnalogConfig":
-        """A copy with ``section.key=value`` assignments applied (see ``apply_overrides``)."""
-        from .io import apply_overrides
-        return apply_overrides(self, assignments)
+        """A copy with ``section.key=value`` assignments applied, e.g.
+        ``["forward.out_noise=0.02", "mapping.max_input_size=256"]`` (the CLI's ``--set``).
+
+        ``section=value`` with an inline table replaces a whole section
+        (``noise_model={type="pcm", prog_noise_scale=0.5}``; ``noise_model=pcm`` is short for
+        ``{type="pcm"}``). Values are TOML literals.
+        Unknown sections or keys raise ConfigError naming the closest valid name.
+        """
+        if isinstance(assignments, str):
+            assignments = [assignments]
+        data = self.to_dict()
+        entries = registered_sections()
+        valid_sections = list(BUILTIN[:2]) + list(entries)
+        for item in assignments:
+            if not isinstance(item, str) or "=" not in item:
+                raise ConfigError(f"Override {item!r} must look like 'section.key=value', "
+                                  "e.g. 'forward.out_noise=0.02'.")
+            lhs, _, rhs = item.partition("=")
+            path = [p.strip() for p in lhs.strip().split(".")]
+            section = path[0]
+            if section not in valid_sections:
+                hint = closest(section, valid_sections)
+                extra = " ([[layers]] entries can only be changed in a file.)" if section == "layers" else ""
+                raise ConfigError(f"Unknown section {section!r} in override {item!r}.{hint} "
+                                  f"Valid sections: {', '.join(valid_sections)}.{extra}")
+            value = parse_literal(rhs)
+            if len(path) == 1:
+                if isinstance(value, str) and section in entries:  # noise_model=pcm
+                    value = {"type": value}
+                if not isinstance(value, dict):
+                    raise ConfigError(f"Override {item!r}: a whole section needs an inline table, "
+                                      f"e.g. {section}={{type = \"...\"}}; or set one key with "
+                                      f"{section}.KEY=VALUE.")
+                data[section] = value
+                continue
+            table = data.get(section)
+            if table is None:
+                entry = entries[section]
+                default = entry.default_value()
+                table = {} if default is None else entry.serialize(default)
+            table = dict(table)
+            node = table
+            for key in path[1:-1]:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"Override {item!r}: {key!r} is not a table in [{section}].")
+                node[key] = dict(node[key])
+                node = node[key]
+            node[path[-1]] = value
+            data[section] = table
+        return AnalogConfig.from_dict(data, where="the --set overrides")
 
     def __str__(self) -> str:
         parts = [str(self.forward), str(self.mapping)]

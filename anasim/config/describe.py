@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import ConfigError, closest
+from ..params import ParamRecord, field_records, format_default
 from .layers import LayerOverride
-from .params import ParamRecord, field_records, format_default
 from .registry import registered_sections
 from .schema import ForwardParameters, MappingParameters
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
 from ..errors import ConfigError, closest
-from .params import Section, documented, param
-from .registry import registered_sections, section_attribute
+from ..params import Section, documented, param
+from .registry import SectionAccess, registered_sections
 from .schema import ForwardParameters, MappingParameters
 
 
@@ -157,10 +157,14 @@ class LayerOverride(Section):
 
 
 @dataclass(frozen=True)
-class LayerConfig:
+class LayerConfig(SectionAccess):
     """The configuration one analog layer is simulated with (see ``AnalogConfig.for_layer``).
 
-    Registered sections are available as attributes too (``layer.noise_model``).
+    Typed fields as on ``AnalogConfig``: ``noise_model`` (None for ideal devices),
+    ``converter`` (the default single pair when none is configured),
+    ``drift_compensation`` (None when there is none), ``faults`` (None when no device
+    can fail); ``section(name)`` and attributes (``layer.device_faults``) give the other
+    sections.
     """
 
     name: str
@@ -169,16 +173,6 @@ class LayerConfig:
     mapping: MappingParameters
     sections: dict = field(default_factory=dict, hash=False)
     matched: tuple = ()  # the [[layers]] patterns that selected this layer, in order
-
-    def __getattr__(self, name: str) -> Any:
-        return section_attribute(self, name)
-        sections = self.__dict__.get("sections", {})
-        if name in sections:
-            return sections[name]
-        entries = registered_sections()
-        if name in entries:
-            return entries[name].default_value()
-        raise AttributeError(f"{type(self).__name__} has no attribute or section {name!r}")
 
 
 def unmatched_patterns(config, node_names: Iterable[str]) -> list[str]:

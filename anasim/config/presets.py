@@ -15,21 +15,28 @@ read for aihwkit 1.0.x; file paths relative to ``src/aihwkit/``):
 * ``simulator/presets/utils.py`` — ``PresetIOParameters`` (the class those ten fields
   are changed on; it contributes ``inp_sto_round = False``).
 
-Extra sections (``noise_model``, ``drift_compensation``) are part of a preset only when a
-section of that name is registered (by ``anasim.devices``); until then the presets are
-forward + mapping only.
+:data:`AIHWKIT_FORWARD` and :data:`AIHWKIT_MAPPING` are the one written copy of aihwkit's
+``IOParameters()`` / ``MappingParameter()`` defaults in anasim: the ``aihwkit`` preset is
+made of them, and the tile model (``anasim.analog.tile.Periphery.from_params``) falls back
+on them for a field an aihwkit-like parameter object does not have.
+
+A preset is data only (this module does not build an ``AnalogConfig``; :func:`preset` is
+in :mod:`anasim.config.io`). Its sections must all be known: a preset naming a section
+that is not registered is an error, never silently dropped.
 """
 
 from __future__ import annotations
 
 import copy
+import types
 from dataclasses import dataclass
 
 from ..errors import ConfigError, closest
+from .registry import BUILTIN, registered_sections
 from .schema import IR_DROP_G_RATIO
 
 # aihwkit IOParameters() defaults — src/aihwkit/simulator/parameters/io.py
-_AIHWKIT_IO = {
+AIHWKIT_FORWARD = types.MappingProxyType({
     "is_perfect": False,                 # io.py: is_perfect: bool = False
     "inp_bound": 1.0,                    # io.py: inp_bound: float = 1.0
     "inp_res": 1 / (2**7 - 2),           # io.py: inp_res: float = 1 / (2**7 - 2)  (7-bit DAC, 126 steps)
@@ -50,21 +57,21 @@ _AIHWKIT_IO = {
     "max_bm_factor": 1000,               # io.py: max_bm_factor: int = 1000
     "max_bm_res": 0.25,                  # io.py: max_bm_res: float = 0.25
     "bm_test_negative_bound": True,      # io.py: bm_test_negative_bound: bool = True
-}
+})
 
 # aihwkit MappingParameter() defaults — src/aihwkit/simulator/parameters/mapping.py
-_AIHWKIT_MAPPING = {
+AIHWKIT_MAPPING = types.MappingProxyType({
     "max_input_size": 512,               # mapping.py: max_input_size: int = 512
     "max_output_size": 512,              # mapping.py: max_output_size: int = 512
     "digital_bias": True,                # mapping.py: digital_bias: bool = True
     "weight_scaling_omega": 0.0,         # mapping.py: weight_scaling_omega: float = 0.0
     "weight_scaling_columnwise": False,  # mapping.py: weight_scaling_columnwise: bool = False
     "fold_batchnorm": False,             # (anasim only) aihwkit keeps an unfused BatchNorm digital
-}
+})
 
 # StandardHWATrainingPreset — src/aihwkit/simulator/presets/inference.py
 _HWA_STANDARD_IO = dict(
-    _AIHWKIT_IO,
+    AIHWKIT_FORWARD,
     inp_sto_round=False,                 # presets/utils.py: PresetIOParameters.inp_sto_round = False
     inp_res=254.0,                       # inference.py: PresetIOParameters(inp_res=254.0, ...)
     out_res=254.0,                       # inference.py: out_res=254.0
@@ -108,7 +115,7 @@ PRESETS: dict[str, Preset] = {
                "ADC, out_bound 12, out_noise 0.06, abs_max noise and iterative bound "
                "management), MappingParameter() (512×512 tiles, digital bias, no weight "
                "scaling), BatchNorm kept digital, PCM noise model, global drift compensation.",
-               {"forward": _AIHWKIT_IO, "mapping": _AIHWKIT_MAPPING, **_AIHWKIT_DEVICES}),
+               {"forward": dict(AIHWKIT_FORWARD), "mapping": dict(AIHWKIT_MAPPING), **_AIHWKIT_DEVICES}),
         Preset("hwa-standard",
                "Forward/mapping of aihwkit's StandardHWATrainingPreset (Rasch et al. 2023): "
                "8-bit DAC/ADC (254 steps), out_bound 10, out_noise 0.04, PCM read noise 0.0175, "
@@ -121,7 +128,9 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _key(name: str) -> str:
+def preset_key(name: str) -> str:
+    """A preset name as :data:`PRESETS` spells it (case, ``_`` for ``-`` and surrounding
+    blanks forgiven)."""
     return name.strip().lower().replace("_", "-")
 
 
@@ -131,19 +140,17 @@ def list_presets() -> dict[str, str]:
 
 
 def preset_dict(name: str) -> dict:
-    """The preset as a configuration dict (sections not registered are left out)."""
-    from .registry import registered_sections
-
-    if not isinstance(name, str) or _key(name) not in PRESETS:
+    """The preset as a configuration dict (a copy). A section of the preset that is not
+    registered raises ConfigError naming it (it would otherwise be lost)."""
+    if not isinstance(name, str) or preset_key(name) not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}.{closest(str(name), PRESETS)} "
                           f"Available presets: {', '.join(PRESETS)}.")
-    data = copy.deepcopy(PRESETS[_key(name)].data)
+    data = copy.deepcopy(PRESETS[preset_key(name)].data)
     entries = registered_sections()
-    return {k: v for k, v in data.items() if k in ("forward", "mapping", "layers") or k in entries}
-
-
-def preset(name: str):
-    """The :class:`AnalogConfig` of a named preset (see :func:`list_presets`)."""
-    from .analog_config import AnalogConfig
-
-    return AnalogConfig.from_dict(preset_dict(name), where=f"preset {name!r}")
+    unknown = [k for k in data if k not in BUILTIN and k not in entries]
+    if unknown:
+        raise ConfigError(
+            f"Preset {name!r} has section(s) {', '.join(repr(k) for k in unknown)} that are not "
+            f"registered (register them with anasim.config.register_section before using the "
+            f"preset). Registered sections: {', '.join(entries)}.")
+    return data

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .params import Interval, Section, documented, param
+from ..params import Interval, Section, documented, param
 
 NONNEG = Interval(0.0, None)
 POS = Interval(0.0, None, closed="neither")
@@ -47,10 +47,13 @@ def resolution(res: float) -> float | None:
 class ForwardParameters(Section):
     """Analog matrix-vector product and its periphery (aihwkit ``IOParameters``, forward).
 
-    One forward pass of a tile, in order: noise management (x̃ = x/α), DAC (quantize with
-    step ``input_step``, clip to ±inp_bound, add input noise), MVM, output-referred weight
-    noise, IR drop, output non-linearity, output noise, ADC (quantize with step
-    ``output_step``, clip to ±out_bound), bound management, y·α.
+    One forward pass of a tile, in order: noise management, DAC quantization and
+    clipping, input noise, MVM, IR drop, output-referred weight noise, output
+    non-linearity, output noise, ADC quantization and clipping, iterative bound
+    management, rescaling, digital accumulation of the tiles' partial sums, digital
+    bias. Noise management gives x̃ = x/α; the DAC step is ``input_step``, its bound
+    ±inp_bound; the ADC step is ``output_step``, its bound ±out_bound; rescaling
+    multiplies by α (and the digital scales).
     """
 
     section: ClassVar[str] = "forward"

@@ -1,6 +1,6 @@
 """The device protocol: converters, noise models, drift compensation, and the workflow.
 
-Three small base classes, each configured by a :class:`~anasim.config.params.Section`
+Three small base classes, each configured by a :class:`~anasim.params.Section`
 of documented parameters (its ``Params`` attribute) and overridden through a few hooks:
 
 * :class:`Converter` — weights <-> device conductances. Hooks ``to_conductances(w)``
@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..config.params import Section, param
+from ..params import Section, describe_valid, param
 from ..errors import ConfigError, InputError
 from .rng import RngFactory, time_key
 
@@ -97,8 +97,6 @@ def float_list(min_len: int = 1, *, non_negative: bool = False, ascending: bool 
 
 def describe_params(Params) -> list[dict]:
     """Rows (name, default, unit, valid, doc) of a :class:`Section` dataclass's fields."""
-    from ..config.params import describe_valid
-
     if not dataclasses.is_dataclass(Params):
         return []
     rows = []
@@ -204,11 +202,17 @@ class Component:
         """One row per parameter: name, default, unit, valid values and meaning."""
         return describe_params(cls.Params)
 
+    @property
+    def config_type(self) -> str:
+        """The ``type`` value selecting this class in a configuration file: the registry
+        name (``"pcm"``), or ``"package.module:ClassName"`` for a user class."""
+        return self.type_name or f"{type(self).__module__}:{type(self).__qualname__}"
+
     def to_config(self) -> dict:
         """The TOML table that rebuilds this object (``type`` plus changed parameters)."""
         params = getattr(self, "params", None)
         changed = params.to_dict(only_changed=True) if dataclasses.is_dataclass(params) else {}
-        return {"type": self.type_name or f"{type(self).__module__}:{type(self).__qualname__}", **changed}
+        return {"type": self.config_type, **changed}
 
     def __repr__(self) -> str:
         params = getattr(self, "params", None)
@@ -338,6 +342,10 @@ class NoiseModel(Component):
 
     kind: ClassVar[str] = "noise_model"
     Params: ClassVar[type] = NoiseModelParams
+    #: False for the ideal model (``type = "none"``), which leaves every conductance as
+    #: programmed: a configuration then reports no noise model
+    #: (``AnalogConfig.noise_model is None``) and the simulator skips programming.
+    enabled: ClassVar[bool] = True
 
     # ---- hooks
     def validate(self, ctx: DeviceContext) -> None:
@@ -532,6 +540,8 @@ class DriftCompensation(Component):
 
     kind: ClassVar[str] = "drift_compensation"
     Params: ClassVar[type] = NoCompensationParams
+    #: False for ``type = "none"`` (factor 1): a configuration then reports no drift
+    #: compensation (``AnalogConfig.drift_compensation is None``).
     enabled: ClassVar[bool] = True
 
     def readout_input(self, in_size: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..config.params import Interval, Section, param
+from ..params import Interval, Section, param
 from .base import DriftCompensation, aihwkit_names
 from .registry import register
 

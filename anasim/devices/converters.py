@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..config.params import Interval, Section, param
+from ..params import Interval, Section, param
 from ..errors import ConfigError
 from .base import Converter, aihwkit_names, float_list
 from .registry import register

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..config.params import Interval, Section, param
+from ..params import Interval, Section, param
 from ..errors import ConfigError
 from .base import DeviceContext, describe_params
 

@@ -18,10 +18,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from ..config.params import Interval, param
+from ..params import Interval, param
 from .base import NoiseModel, NoiseModelParams, aihwkit_names, float_list
 from .registry import register
 
@@ -35,6 +36,8 @@ _POS = Interval(0.0, None, closed="neither")
 @register("none")
 class IdealNoiseModel(NoiseModel):
     """Ideal devices: conductances are programmed exactly and do not drift."""
+
+    enabled: ClassVar[bool] = False
 
 
 @aihwkit_names("StateIndependentNoiseModel", {

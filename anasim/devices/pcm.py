@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 
-from ..config.params import Interval, param
+from ..params import Interval, param
 from ..errors import ConfigError
 from .base import DeviceContext, NoiseModel, NoiseModelParams, aihwkit_names, float_list, optional_positive
 from .registry import register

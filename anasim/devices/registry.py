@@ -19,11 +19,12 @@ naming the key (unknown types list the valid ones with the closest match).
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from ..errors import ConfigError, closest
+from ..params import import_class
 from .base import Component, Converter, DriftCompensation, NoiseModel
+from .faults import DeviceFaults, FaultParams
 
 __all__ = [
     "register",
@@ -71,38 +72,6 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _import_class(path: str, kind: str) -> type:
-    module_name, _, class_name = path.partition(":")
-    base = _BASES[kind]
-    if not module_name or not class_name or ":" in class_name:
-        raise ConfigError(
-            f"The 'type' of [{kind}] must be a built-in name or 'package.module:ClassName'; got {path!r}."
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:  # ModuleNotFoundError included
-        raise ConfigError(
-            f"The 'type' of [{kind}] is {path!r}, but module {module_name!r} could not be imported: "
-            f"{type(exc).__name__}: {exc}. Is it installed or on sys.path / PYTHONPATH?"
-        ) from exc
-    obj = module
-    for part in class_name.split("."):
-        if not hasattr(obj, part):
-            found = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, base)]
-            raise ConfigError(
-                f"The 'type' of [{kind}] is {path!r}, but module {module_name!r} has no attribute "
-                f"{class_name!r}.{closest(class_name, found)} {base.__name__} classes in it: "
-                f"{', '.join(found) or 'none'}."
-            )
-        obj = getattr(obj, part)
-    if not isinstance(obj, type) or not issubclass(obj, base):
-        raise ConfigError(
-            f"The 'type' of [{kind}] is {path!r}, which is not a subclass of anasim.devices.{base.__name__} "
-            f"(got {obj!r})."
-        )
-    return obj
-
-
 def get_class(kind: str, type_name: str) -> type:
     """The class for a ``type`` value: a registered name or ``"package.module:ClassName"``."""
     kind = _check_kind(kind)
@@ -111,7 +80,8 @@ def get_class(kind: str, type_name: str) -> type:
     if type_name in _REGISTRY[kind]:
         return _REGISTRY[kind][type_name]
     if ":" in type_name:
-        return _import_class(type_name, kind)
+        base = _BASES[kind]
+        return import_class(type_name, kind, base, f"anasim.devices.{base.__name__}")
     valid = names(kind)
     raise ConfigError(
         f"Unknown {kind} type {type_name!r} in [{kind}].{closest(type_name, valid)} "
@@ -125,6 +95,8 @@ def build(kind: str, table: Any = None) -> Component:
     base = _BASES[kind]
     if isinstance(table, base):
         return table
+    if isinstance(table, Component):
+        raise ConfigError(f"[{kind}] needs a {base.__name__}; got the {table.kind} {table!r}.")
     if table is None:
         table = {}
     if isinstance(table, str):
@@ -160,15 +132,14 @@ def build_compensation(table: Any = None) -> DriftCompensation:
 
 
 def build_faults(table: Any = None):
-    """:class:`~anasim.devices.faults.DeviceFaults` from a ``[device_faults]`` table, or
+    """:class:`~anasim.devices.faults.DeviceFaults` from a ``[device_faults]`` table (a
+    dict, its :class:`~anasim.devices.faults.FaultParams` or a ``DeviceFaults``), or
     None when every rate and variation is zero (or the table is None)."""
-    from .faults import DeviceFaults, FaultParams
-
     if table is None:
         return None
     if isinstance(table, DeviceFaults):
         return table if table.active else None
-    faults = DeviceFaults(FaultParams.from_dict(table))
+    faults = DeviceFaults(table if isinstance(table, FaultParams) else FaultParams.from_dict(table))
     return faults if faults.active else None
 
 
@@ -176,11 +147,9 @@ def describe(kind: str | None = None) -> dict:
     """Parameters of every registered type: ``{kind: {type: {"class", "doc", "section", "params"}}}``.
 
     ``params`` is a list of rows (name, default, unit, valid, doc); ``section`` the
-    :class:`~anasim.config.params.Section` dataclass, so ``anasim params`` can print it
+    :class:`~anasim.params.Section` dataclass, so ``anasim params`` can print it
     with the same machinery as the other sections. ``device_faults`` is included.
     """
-    from .faults import DeviceFaults
-
     kinds = [kind] if kind is not None else list(_REGISTRY) + ["device_faults"]
     out: dict = {}
     for k in kinds:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config.params import Interval, param
+from ..params import Interval, param
 from ..errors import ConfigError
 from .base import NoiseModel, NoiseModelParams, aihwkit_names, optional_positive
 from .registry import register

@@ -12,6 +12,13 @@ The analog matrix-vector product itself is a BLAS call (``np.matmul`` on float32
   bound-management saturation test; optionally also the digital rescaling and the
   accumulation into the layer output (:func:`accumulate_output` does that alone).
 
+A tile's forward pass, in order: noise management, DAC quantization and clipping, input
+noise, MVM, IR drop, output-referred weight noise, output non-linearity, output noise,
+ADC quantization and clipping, iterative bound management, rescaling, digital
+accumulation of the tiles' partial sums, digital bias (:func:`prepare_input` up to the
+input noise, BLAS for the MVM, :func:`finalize_output` from the IR drop on, re-run by
+:mod:`anasim.analog.tile` for bound management).
+
 Arithmetic is float32 in the same order as aihwkit's CPU ``ForwardBackwardPassIOManaged``
 (``src/rpucuda/rpu_forward_backward_pass.cpp``), so that deterministic settings reproduce
 aihwkit bit for bit apart from BLAS summation order (the bound-management test is the

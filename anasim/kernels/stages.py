@@ -6,6 +6,11 @@ aihwkit's operation order (``ForwardBackwardPassIOManaged``, CPU), decorated wit
 :mod:`.cpu_conv`) and the CUDA kernels inline the same code. Loops, layouts and random
 numbers live in the kernels; the arithmetic lives here.
 
+The steps, in the order the kernels apply them: noise management, DAC quantization and
+clipping, input noise, MVM, IR drop, output-referred weight noise, output non-linearity,
+output noise, ADC quantization and clipping, iterative bound management, rescaling,
+digital accumulation of the tiles' partial sums, digital bias.
+
 :class:`Periphery` is the forward parameters in the form the kernels take: one
 named tuple of scalars (float32, int64, bool), passed as a single argument.
 """
