@@ -2,13 +2,12 @@
 
 __version__ = "0.1.0"
 
-import os as _os
+# One setting governs every thread pool (the rule: anasim.threads): ANASIM_NUM_THREADS is
+# the default of the BLAS/OpenMP and Numba thread variables, which they read when they load,
+# so this runs before anything imports NumPy.
+from .threads import apply_env_defaults as _apply_env_defaults  # noqa: E402
 
-# One setting governs every thread pool: ANASIM_NUM_THREADS sets the BLAS/OpenMP thread
-# counts (read when NumPy loads, so only if NumPy is not loaded yet) and Numba's.
-if _os.environ.get("ANASIM_NUM_THREADS", "").isdigit():
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        _os.environ.setdefault(_var, _os.environ["ANASIM_NUM_THREADS"])
+_apply_env_defaults()
 
 from .errors import (  # noqa: E402
     AnasimError,

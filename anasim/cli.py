@@ -261,7 +261,7 @@ def _cmd_evaluate(args) -> int:
 
     from .errors import InputError
     from .experiment import evaluate, format_time
-    from .experiment.threads import set_threads
+    from .threads import set_threads
 
     t_start = time.perf_counter()
     say = (lambda *a: None) if args.quiet else print

@@ -60,3 +60,37 @@ def ort_session(path, threads: int = 2):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(autouse=True)
+def thread_settings():
+    """Every test leaves the thread settings as it found them: Numba's thread count, BLAS's
+    (threadpoolctl) and the thread variables of the environment, which ``set_threads`` /
+    ``--threads`` change for the whole process."""
+    import numba
+
+    from anasim import threads
+
+    names = (threads.ENV,) + threads.BLAS_ENV + threads.IMPORT_ENV
+    env = {k: os.environ.get(k) for k in names}
+    n_numba = numba.get_num_threads()
+    limiter = threads._limiter
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        blas = threadpool_info()
+    except ImportError:
+        blas = None
+    try:
+        yield
+    finally:
+        numba.set_num_threads(n_numba)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if threads._limiter is not limiter:  # set_threads limited BLAS: undo it
+            threads._limiter = limiter
+            if blas is not None:
+                threadpool_limits(limits=blas)

@@ -76,7 +76,8 @@ def test_grouped_conv_path_equals_unblocked_path(group, digital_bias):
     the plain path (whole im2col matrix, each group's columns through its tiles), bit for
     bit: same rows, same row ids, same random numbers; also with an analog bias column,
     several tiles per group and bound management re-runs."""
-    from anasim.ops.conv import cols_to_output, conv_geometry, im2col
+    from anasim.ops.conv_geometry import conv_geometry
+    from anasim.ops.im2col import cols_to_output, im2col
 
     rng = np.random.default_rng(5)
     g = _small_cnn(rng, group)

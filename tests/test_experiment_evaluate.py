@@ -226,24 +226,22 @@ def test_resnet20_on_cifar10_first_64(tmp_path):
     assert res.rows[2]["top1"] == float(np.mean(sim(x).argmax(1) == y))
 
 
-def test_threads_setting_governs_numba(monkeypatch):
+def test_threads_setting_governs_numba(monkeypatch, thread_settings):
+    """set_threads changes Numba's and BLAS's threads and the environment for the whole
+    process; the ``thread_settings`` fixture (conftest) restores them all afterwards."""
     import numba
 
     from anasim.experiment import set_threads
-    from anasim.experiment.threads import resolve_threads
+    from anasim.threads import resolve_threads
 
-    before = numba.get_num_threads()
-    try:
-        info = set_threads(1)
-        assert info["threads"] == 1 and numba.get_num_threads() == 1
-        assert os.environ["OMP_NUM_THREADS"] == "1" and info["blas"] in ("threadpoolctl", "env")
-        monkeypatch.setenv("ANASIM_NUM_THREADS", "3")
-        assert resolve_threads() == 3 and resolve_threads(2) == 2
-        monkeypatch.setenv("ANASIM_NUM_THREADS", "many")
-        with pytest.raises(ConfigError, match="ANASIM_NUM_THREADS"):
-            resolve_threads()
-    finally:
-        numba.set_num_threads(before)
+    info = set_threads(1)
+    assert info["threads"] == 1 and numba.get_num_threads() == 1
+    assert os.environ["OMP_NUM_THREADS"] == "1" and info["blas"] in ("threadpoolctl", "env")
+    monkeypatch.setenv("ANASIM_NUM_THREADS", "3")
+    assert resolve_threads() == 3 and resolve_threads(2) == 2
+    monkeypatch.setenv("ANASIM_NUM_THREADS", "many")
+    with pytest.raises(ConfigError, match="ANASIM_NUM_THREADS"):
+        resolve_threads()
 
 
 def test_progress_bar_without_tqdm(monkeypatch, capsys):

@@ -21,8 +21,10 @@ import anasim
 from anasim.analog.fused import fused_available
 from anasim.errors import ExecutionError
 from anasim.kernels import cpu_conv
-from anasim.ops.conv import cols_to_output, conv_geometry, im2col
+from anasim.ops.conv_geometry import conv_geometry
+from anasim.ops.im2col import cols_to_output, im2col
 from conftest import cifar10_test, shared_path
+from thread_helpers import numba_threads, rerun_with_two_threads
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -189,21 +191,18 @@ def test_fused_after_programming_and_drift():
     assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
 
 
-def test_fused_results_do_not_depend_on_batch_or_threads():
-    import numba
-
+def test_fused_results_do_not_depend_on_batch_or_threads(request):
+    if rerun_with_two_threads(request):  # this process's pool has a single thread
+        return
     g = _conv_model(c=4, oc=8, kernel=[3, 3], pads=[1, 1, 1, 1])
     x = np.random.default_rng(9).standard_normal((7, 4, 9, 8)).astype(np.float32)
     sim = anasim.analog(g, {**AIHWKIT_LIKE, "forward": {**AIHWKIT_LIKE["forward"], "inp_noise": 0.02}}, seed=2)
-    full = sim(x)
-    parts = np.concatenate([sim(x[:3], sample_offset=0), sim(x[3:], sample_offset=3)])
+    with numba_threads(2):
+        full = sim(x)
+        parts = np.concatenate([sim(x[:3], sample_offset=0), sim(x[3:], sample_offset=3)])
     np.testing.assert_array_equal(full, parts)
-    old = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with numba_threads(1):
         np.testing.assert_array_equal(sim(x), full)
-    finally:
-        numba.set_num_threads(old)
 
 
 @pytest.mark.slow

@@ -18,7 +18,10 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import helper  # noqa: E402
 
 from anasim.ops import conv as C  # noqa: E402
+from anasim.ops import conv_geometry as CG  # noqa: E402
+from anasim.ops import im2col as IC  # noqa: E402
 from anasim.ops.registry import resolve  # noqa: E402
+from thread_helpers import numba_threads, rerun_with_two_threads  # noqa: E402
 
 RTOL = 1e-5
 
@@ -140,26 +143,28 @@ def test_conv_same_with_dilation(auto_pad):
     check("Conv", [x, w], dict(auto_pad=auto_pad, dilations=[2, 2], strides=[2, 1]), opset=11, oracle="onnx")
 
 
-def test_conv_independent_of_thread_count():
-    numba = pytest.importorskip("numba")
-    old = numba.get_num_threads()
+def test_conv_independent_of_thread_count(request):
+    """1 against 2 threads (a child process with a 2-thread pool where this one has 1):
+    Winograd, im2col + GEMM, grouped, depthwise convolutions, and a threaded element-wise op."""
+    if rerun_with_two_threads(request):
+        return
     x, w, b = rnd(9, 32, 12, 12), rnd(16, 32, 3, 3, seed=1), rnd(16, seed=2)
-    try:
-        results = []
-        for t in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
-            numba.set_num_threads(t)
-            results.append([ana_run("Conv", [x, w, b], kw, 11)[0] for kw in
-                            (dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2]), dict(group=32 // 2))
-                            if kw.get("group", 1) == 1] + [ana_run("Relu", [x], opset=14)[0]])
-        for a, b_ in zip(results[0], results[-1]):
-            np.testing.assert_array_equal(a, b_)
-    finally:
-        numba.set_num_threads(old)
+    cases = [([x, w, b], dict(pads=[1, 1, 1, 1])), ([x, w, b], dict(strides=[2, 2])),
+             ([x, rnd(16, 2, 3, 3, seed=3), b], dict(group=16)),
+             ([x, rnd(32, 1, 3, 3, seed=4)], dict(group=32))]
+    results = []
+    for t in (1, 2):
+        with numba_threads(t):
+            results.append([ana_run("Conv", inputs, kw, 11)[0] for inputs, kw in cases]
+                            + [ana_run("Relu", [rnd(9, 32, 24, 24)], opset=14)[0]])
+    assert len(results[0]) == len(results[1]) == len(cases) + 1
+    for a, b_ in zip(results[0], results[1]):
+        np.testing.assert_array_equal(a, b_)
 
 
 def test_winograd_weight_cache_follows_weight_changes():
     x, w = rnd(2, 16, 6, 6), rnd(4, 16, 3, 3, seed=1)
-    g = C.conv_geometry(x.shape, w.shape, pads=[1, 1, 1, 1])
+    g = CG.conv_geometry(x.shape, w.shape, pads=[1, 1, 1, 1])
     y1 = C.conv(x, w, None, g)
     w[0] *= 2  # in-place change of a cached weight array
     y2 = C.conv(x, w, None, g)
@@ -184,7 +189,7 @@ def test_conv_rejects_bad_group():
 
 
 # ----------------------------------------------------------------------------- im2col
-def im2col_reference(x, g: C.ConvGeometry):
+def im2col_reference(x, g: CG.ConvGeometry):
     """Slow, obvious im2col: one row per output pixel, columns (c, *kernel)."""
     n = x.shape[0]
     nd = g.n_spatial
@@ -212,8 +217,8 @@ IM2COL_CASES = [
 @pytest.mark.parametrize("xs, ws, attrs", IM2COL_CASES)
 def test_im2col_matches_reference_and_conv(xs, ws, attrs):
     x, w, b = rnd(*xs), rnd(*ws, seed=1), rnd(ws[0], seed=2)
-    g = C.conv_geometry(xs, ws, **attrs)
-    cols = C.im2col(x, g)
+    g = CG.conv_geometry(xs, ws, **attrs)
+    cols = IC.im2col(x, g)
     assert cols.dtype == np.float32 and cols.flags.c_contiguous
     assert cols.shape == (xs[0] * g.n_pixels, g.k)
     np.testing.assert_array_equal(cols, im2col_reference(x, g))
@@ -221,7 +226,7 @@ def test_im2col_matches_reference_and_conv(xs, ws, attrs):
     kg, ocg = g.k_per_group, g.out_channels_per_group
     wm = w.reshape(g.out_channels, kg)
     y = np.concatenate([cols[:, j * kg:(j + 1) * kg] @ wm[j * ocg:(j + 1) * ocg].T for j in range(g.group)], axis=1)
-    out = C.cols_to_output(y, xs[0], g, b)
+    out = IC.cols_to_output(y, xs[0], g, b)
     assert out.shape == (xs[0], g.out_channels) + g.out_shape
     ref = ort_run("Conv", [x, w, b], attrs, opset=11)[0]
     np.testing.assert_allclose(out, ref, rtol=0, atol=RTOL * max(1, np.abs(ref).max()))
@@ -229,18 +234,18 @@ def test_im2col_matches_reference_and_conv(xs, ws, attrs):
 
 
 def test_cols_to_output_reference():
-    g = C.conv_geometry((3, 2, 4, 5), (6, 2, 3, 3), pads=[1, 1, 1, 1])
+    g = CG.conv_geometry((3, 2, 4, 5), (6, 2, 3, 3), pads=[1, 1, 1, 1])
     y = rnd(3 * g.n_pixels, 6)
     ref = y.reshape(3, 4, 5, 6).transpose(0, 3, 1, 2)
-    np.testing.assert_array_equal(C.cols_to_output(y, 3, g), ref)
+    np.testing.assert_array_equal(IC.cols_to_output(y, 3, g), ref)
     b = rnd(6, seed=1)
-    np.testing.assert_array_equal(C.cols_to_output(y, 3, g, b), ref + b[:, None, None])
+    np.testing.assert_array_equal(IC.cols_to_output(y, 3, g, b), ref + b[:, None, None])
     with pytest.raises(ValueError):
-        C.cols_to_output(y[:-1], 3, g)
+        IC.cols_to_output(y[:-1], 3, g)
 
 
 def test_geometry_fields():
-    g = C.conv_geometry((1, 4, 9, 11), (8, 2, 3, 3), auto_pad="SAME_UPPER", group=2, strides=[2, 2])
+    g = CG.conv_geometry((1, 4, 9, 11), (8, 2, 3, 3), auto_pad="SAME_UPPER", group=2, strides=[2, 2])
     assert g.out_shape == (5, 6) and g.pads_begin == (1, 1) and g.pads_end == (1, 1)
     assert (g.k, g.k_per_group, g.n_pixels, g.group) == (36, 18, 30, 2)
     with pytest.raises(Exception):
@@ -250,10 +255,10 @@ def test_geometry_fields():
 @pytest.mark.parametrize("c, group, strides", [(3, 1, [1, 1]), (16, 1, [1, 1]), (16, 1, [2, 2]), (16, 16, [1, 1])])
 def test_conv_keeps_float64(c, group, strides):
     x, w = rnd(2, c, 6, 6, dtype=np.float64), rnd(4 * group, c // group, 3, 3, seed=1, dtype=np.float64)
-    g = C.conv_geometry(x.shape, w.shape, pads=[1, 1, 1, 1], group=group, strides=strides)
+    g = CG.conv_geometry(x.shape, w.shape, pads=[1, 1, 1, 1], group=group, strides=strides)
     y = C.conv(x, w, None, g)
     assert y.dtype == np.float64
-    assert C.im2col(x, g).dtype == np.float64
+    assert IC.im2col(x, g).dtype == np.float64
     ref = ort_run("Conv", [x.astype(np.float32), w.astype(np.float32)], dict(pads=[1, 1, 1, 1], group=group,
                                                                            strides=strides), opset=11)[0]
     np.testing.assert_allclose(y, ref, rtol=0, atol=1e-5 * np.abs(ref).max())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import types
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,6 +21,7 @@ import anasim.analog.tile as tile_mod
 from anasim.analog import AnalogMatrix, split_sizes
 from anasim.kernels import cpu
 from naive_tile import naive_forward
+from thread_helpers import numba_threads, rerun_with_two_threads
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
@@ -321,21 +321,19 @@ def test_input_noise_does_not_depend_on_batch():
         np.testing.assert_array_equal(part, full)
 
 
-def test_one_and_two_numba_threads_identical():
+def test_one_and_two_numba_threads_identical(request):
+    if rerun_with_two_threads(request):  # this process's pool has a single thread
+        return
     rng = np.random.default_rng(3)
     w = rng.standard_normal((40, 90)).astype(np.float32) * 0.2
     x = rng.standard_normal((200, 90)).astype(np.float32)
     am = AnalogMatrix(w, None, fwd(out_bound=1.0, inp_noise=0.02, inp_sto_round=True, w_noise=0.02,
                                    w_noise_type="pcm_read", ir_drop=1.0, out_nonlinearity=0.3),
                       mapping(max_input_size=32, weight_scaling_omega=1.0), key=(7, 7))
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with numba_threads(1):
         one = am.forward(x)
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    with numba_threads(2):
         two = am.forward(x)
-    finally:
-        numba.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
 
 

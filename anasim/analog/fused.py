@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernels import cpu_conv
 from ..kernels import stages as S
-from ..ops.conv import _Blas, num_threads
+from ..threads import _Blas, num_threads
 from .tile import AnalogMatrix
 
 __all__ = ["FusedConv", "fused_available"]

@@ -39,8 +39,9 @@ import numpy as np
 
 from ..errors import ExecutionError, InputError, UnsupportedOpError
 from ..graph.ir import GraphIR, Node
-from ..ops.conv import (cols_to_output, conv_geometry, im2col, im2col_rows, num_threads, padded_input,
-                        rows_to_nchw, run_blocks)
+from ..ops.conv_geometry import conv_geometry
+from ..ops.im2col import cols_to_output, im2col, im2col_rows, padded_input, rows_to_nchw
+from ..threads import num_threads, run_blocks
 from .fused import FusedConv, fused_available
 from .tile import SERIAL, AnalogMatrix
 

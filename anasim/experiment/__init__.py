@@ -10,12 +10,12 @@
 * :func:`set_threads` — one setting for Numba and BLAS threads.
 """
 
+from ..threads import set_threads
 from .evaluate import DataSource, ModelSource, as_data, evaluate
 from .metrics import Metric, get_metric, register_metric
 from .results import Results, format_time
 from .storage import ResultLock, ResultsFileError
 from .sweep import Grid, load_grid, sweep
-from .threads import set_threads
 
 __all__ = ["evaluate", "sweep", "Grid", "load_grid", "Results", "Metric", "get_metric",
            "register_metric", "set_threads", "format_time", "ResultLock", "ResultsFileError",

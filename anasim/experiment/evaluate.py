@@ -32,10 +32,10 @@ from ..config import AnalogConfig, apply_overrides, load_config
 from ..errors import ConfigError, InputError
 from ..graph.executor import check_device
 from ..graph.executor import Graph
+from ..threads import set_threads
 from .metrics import Metric, default_metrics, get_metric
 from .progress import progress_bar
 from .results import Results
-from .threads import set_threads
 
 
 IDEAL_CHUNK = 64

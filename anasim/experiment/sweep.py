@@ -62,7 +62,6 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,11 +69,11 @@ from typing import Any, Sequence
 from ..config.io import toml_literal
 from ..config import AnalogConfig, apply_overrides, load_config
 from ..errors import ConfigError, closest
+from ..threads import resolve_threads, set_threads, worker_env
 from .evaluate import Job, ModelSource, as_data, check_times, make_job, run_meta
 from .progress import progress_bar
 from .results import HEAD, KINDS, TAIL, Results, table_columns
 from .storage import ResultLock, ResultStore, ResultsFileError, read_table
-from .threads import BLAS_ENV, resolve_threads, set_threads
 
 GRID_KEYS = ("base", "set", "times", "repeats", "seed", "metric", "grid", "points", "description")
 
@@ -325,24 +324,6 @@ def _run_dask(job: Job, cfg: AnalogConfig, params: dict, point: str, threads: in
     return job.run(cfg, params, point=point)
 
 
-@contextmanager
-def _blas_env(n: int | None):
-    """Thread variables for worker processes (read when their BLAS loads)."""
-    if not n:
-        yield
-        return
-    old = {k: os.environ.get(k) for k in BLAS_ENV}
-    os.environ.update({k: str(n) for k in BLAS_ENV})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _label(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "base"
 
@@ -474,7 +455,7 @@ def _sweep_processes(job, pending, workers, threads, finished, bar):
 
     per = max(1, (threads or os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
-    with _blas_env(per):
+    with worker_env(per):
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
                                    initializer=_init_worker, initargs=(job, per))
         try:

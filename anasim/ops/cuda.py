@@ -40,7 +40,7 @@ import numpy as np
 
 from ..kernels import cuda as K
 from ..kernels import cuda_digital as D
-from .conv import _params3, conv_geometry
+from .conv_geometry import _params3, conv_geometry
 from .pool import _p3, pool_geometry
 from .tensor import _axis, pad_amounts, pad_value
 

@@ -16,9 +16,10 @@ import math
 import numpy as np
 from numba import njit
 
+from ..threads import run_chunks
 from .conv import conv as _conv
-from .conv import run_chunks
-from .conv import conv_geometry, conv_transpose as _conv_transpose, conv_transpose_geometry
+from .conv import conv_transpose as _conv_transpose
+from .conv_geometry import conv_geometry, conv_transpose_geometry
 from .pool import average_pool as _average_pool
 from .pool import max_pool as _max_pool
 from .pool import pool_geometry

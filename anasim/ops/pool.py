@@ -13,7 +13,8 @@ import numpy as np
 from numba import njit
 
 from ..errors import UnsupportedOpError
-from .conv import ConvGeometry, _spatial_param, run_chunks
+from ..threads import run_chunks
+from .conv_geometry import ConvGeometry, _spatial_param
 
 __all__ = ["pool_geometry", "max_pool", "average_pool"]
 

@@ -8,6 +8,11 @@ arrive as ``None``. It returns one array, or a tuple of arrays for multi-output 
 model's opset, the implementation with the largest ``since`` that is <= that opset,
 as the ONNX reference evaluator does. Nothing here scans module globals: an op exists
 only if a module registered it explicitly.
+
+This module imports no op module (they import it). The built-in ones (elementwise, nn,
+tensor, reduce, resize) are imported by the package, :mod:`anasim.ops`, which Python
+loads before any of its modules, this one included: whoever imports :func:`resolve` finds
+them registered.
 """
 
 from __future__ import annotations
@@ -48,20 +53,13 @@ def register(op_type: str, since: int = 1, domain: str = "", wants_n_outputs: bo
     return deco
 
 
-def _load_builtin_ops() -> None:
-    # Importing the modules registers their ops (explicit decorators, no scanning).
-    from . import elementwise, nn, tensor  # noqa: F401
-
-
 def supported_ops() -> list[str]:
     """Sorted list of supported op types (``domain::Op`` for non-default domains)."""
-    _load_builtin_ops()
     return sorted(op if not d else f"{d}::{op}" for d, op in _REGISTRY)
 
 
 def resolve(domain: str, op_type: str, opset: int, node_name: str = "?") -> OpImpl:
     """Implementation of ``op_type`` for a model importing ``domain`` at version ``opset``."""
-    _load_builtin_ops()
     domain = "" if domain == "ai.onnx" else domain
     impls = _REGISTRY.get((domain, op_type))
     where = f"node {node_name!r}: op {op_type!r} (domain {domain or 'ai.onnx'!r}, opset {opset})"

@@ -381,6 +381,3 @@ def range_(start, limit, delta):
         t = start.dtype.type
         return (np.arange(n, dtype=start.dtype) * t(d) + t(s)).astype(start.dtype)
     return (s + d * np.arange(n, dtype=np.float64)).astype(start.dtype)
-
-
-from . import reduce, resize  # noqa: E402,F401  (register their ops)
