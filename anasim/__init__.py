@@ -1,6 +1,6 @@
 """anasim: simulate analog in-memory-computing inference hardware on trained ONNX networks."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # One setting governs every thread pool (the rule: anasim.threads): ANASIM_NUM_THREADS is
 # the default of the BLAS/OpenMP and Numba thread variables, which they read when they load,
@@ -43,7 +43,9 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     return _load(model, check=check, fold_batchnorm=fold_batchnorm, name=name)
 
 
-from . import analog  # noqa: E402  (a callable module: anasim.analog(graph, config, seed))
+# the function; it shares its name with the package anasim.analog, whose modules are
+# imported by name (from anasim.analog.tile import AnalogMatrix)
+from .analog.simulator import analog  # noqa: E402
 
 
 def load_config(source):

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from .version import __version__
 from .errors import AnasimError
 
 
@@ -289,7 +289,7 @@ def _cmd_evaluate(args) -> int:
     threads = set_threads(args.threads)
     cfg, cfg_name = _config_and_name(args)
     pre, pre_note = _preprocessing(args, args.model)
-    fold = bool(getattr(cfg.mapping, "fold_batchnorm", True))
+    fold = bool(cfg.mapping.fold_batchnorm)
 
     from .datasets import load_dataset
 

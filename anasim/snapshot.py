@@ -1,5 +1,10 @@
 """Save and restore the programmed (and drifted) state of an analog simulator (HDF5).
 
+A plain serializer: the arrays are the simulator's :meth:`~anasim.analog.simulator.AnalogSimulator.state_dict`
+(layout in :mod:`anasim.analog.state`), written with checksums and atomically, and read
+back through :meth:`~anasim.analog.simulator.AnalogSimulator.load_state_dict` after the
+file, the model, the configuration, the seed and the tile layout are checked.
+
 >>> sim = anasim.analog(graph, config, seed=0).program(2).drift(3600.0)
 >>> anasim.snapshot.save_snapshot(sim, "chip.h5")
 >>> sim2 = anasim.analog(graph, config, seed=0)
@@ -56,7 +61,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AnasimError, InputError
+from .analog.state import STATE, TILE_ARRAYS, escape_name, tile_prefix, unescape_name
+from .errors import AnasimError, ConfigError, InputError
+from .version import __version__
 
 __all__ = ["SnapshotError", "save_snapshot", "load_snapshot", "open_snapshot", "FORMAT_VERSION"]
 
@@ -73,21 +80,6 @@ class SnapshotError(AnasimError, ValueError):
 
 
 # --------------------------------------------------------------------------- names
-
-
-def escape_name(name: str) -> str:
-    """An ONNX node name as an HDF5 link name (injective; see the module docstring)."""
-    out = name.replace("%", "%25").replace("/", "%2F")
-    if out.startswith(".") or out == "":
-        out = "%2E" + out[1:] if out else "%00"
-    return out
-
-
-def unescape_name(text: str) -> str:
-    """Inverse of :func:`escape_name`."""
-    if text == "%00":
-        return ""
-    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
 
 
 # --------------------------------------------------------------------------- saving
@@ -171,11 +163,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None:
+    """The simulator's :meth:`state_dict` as HDF5, with the layer and tile layout as attributes."""
     import h5py
 
-    from . import __version__
-
-    programmed = include == "programmed"
+    state = sim.state_dict(include)
     with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
         a = f.attrs
         _text(a, "format", FORMAT)
@@ -184,9 +175,9 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
         _text(a, "model_sha256", str(sim.graph.ir.sha256))
         _text(a, "model_name", str(sim.graph.ir.name))
         _text(a, "config_json", sim.config.to_json())
-        a["seed"] = np.int64(sim.seed)
-        a["repetition"] = np.int64(sim.repetition)
-        a["t_inference"] = np.float64(0.0 if programmed else sim.t_inference)
+        a["seed"] = np.int64(state["seed"])
+        a["repetition"] = np.int64(state["repetition"])
+        a["t_inference"] = np.float64(state["t_inference"])
         _text(a, "include", include)
         _text(a, "created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         a["n_layers"] = np.int64(len(sim.layers))
@@ -198,7 +189,6 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
             lg.attrs["index"] = np.int64(layer.index)
             lg.attrs["weight_shape"] = np.asarray(layer.weight_shape, np.int64)
             lg.attrs["n_groups"] = np.int64(len(layer.matrices))
-            converter = _converter(sim, layer) if programmed and layer.states else None
             for g, m in enumerate(layer.matrices):
                 gg = lg.create_group(f"group{g}")
                 gg.attrs["n_tiles"] = np.int64(len(m.tiles))
@@ -206,30 +196,21 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
                     tg = gg.create_group(f"tile{t.index}")
                     for name in ("index", "in_start", "in_stop", "out_start", "out_stop"):
                         tg.attrs[name] = np.int64(getattr(t, name))
-                    state = layer.states.get((g, t.index))
-                    tg.attrs["has_state"] = np.int8(state is not None)
-                    weight, post = t.weight, t.post_scale
-                    if programmed:
-                        post = np.ones(t.n_out, np.float32)
-                        if state is not None:
-                            weight = state.weights(converter)
-                    _put(tg, "weight", np.asarray(weight, np.float32), compression)
-                    _put(tg, "mapping_scale", np.asarray(t.mapping_scale, np.float32))
-                    _put(tg, "post_scale", np.asarray(post, np.float32))
-                    if state is not None:
+                    key = tile_prefix(layer.name, g, t.index)
+                    device = sorted(k for k in state if k.startswith(key + STATE))
+                    tg.attrs["has_state"] = np.int8(bool(device))
+                    for name in TILE_ARRAYS:
+                        _put(tg, name, state[key + name], compression if name == "weight" else None)
+                    if device:
                         sg = tg.create_group("state")
                         cg = None
-                        for key, arr in state.to_arrays().items():
-                            if key.startswith("converter_params/"):
+                        for k in device:
+                            name = k[len(key) + len(STATE):]
+                            if name.startswith("converter_params/"):
                                 cg = cg if cg is not None else sg.create_group("converter_params")
-                                _put(cg, escape_name(key[len("converter_params/"):]), arr, compression)
+                                _put(cg, escape_name(name[len("converter_params/"):]), state[k], compression)
                             else:
-                                _put(sg, key, arr, compression)
-
-
-def _converter(sim, layer):
-    """The converter the simulator uses for ``layer`` (to turn conductances into weights)."""
-    return sim.converter_for(layer)
+                                _put(sg, name, state[k], compression)
 
 
 def _text(attrs, name: str, value: str) -> None:
@@ -318,18 +299,12 @@ def _read_meta(f, path: Path) -> dict:
     if int(meta["format_version"]) > FORMAT_VERSION:
         raise SnapshotError(
             f"{path}: snapshot format version {meta['format_version']} was written by anasim "
-            f"{meta['anasim_version']}; this anasim ({_version()}) reads versions up to {FORMAT_VERSION}.")
+            f"{meta['anasim_version']}; this anasim ({__version__}) reads versions up to {FORMAT_VERSION}.")
     try:
         meta["config"] = json.loads(meta["config_json"])
     except json.JSONDecodeError as exc:
         raise SnapshotError(f"{path}: damaged snapshot, config_json is not valid JSON: {exc}") from None
     return meta
-
-
-def _version() -> str:
-    from . import __version__
-
-    return str(__version__)
 
 
 def _layer_groups(f, path: Path):
@@ -476,7 +451,7 @@ def load_snapshot(sim, path):
     path = Path(path)
     meta, layers = _read(path)
     _check_compatible(sim, meta, layers, path)
-    _restore(sim, meta, layers)
+    _restore(sim, meta, layers, path)
     return sim
 
 
@@ -561,25 +536,24 @@ def _check_state(state: dict, t, where: str) -> None:
         raise SnapshotError(f"{where}: invalid device state: {exc}") from None
 
 
-def _restore(sim, meta: dict, layers: list[_Layer]) -> None:
-    """Put the (checked) saved state into ``sim`` through its public attributes."""
-    from .devices.base import ProgrammedState
-
+def _restore(sim, meta: dict, layers: list[_Layer], path: Path) -> None:
+    """Put the (checked) saved state into ``sim``: the file's arrays as the flat mapping
+    :meth:`AnalogSimulator.load_state_dict` takes."""
+    state = {"seed": np.int64(meta["seed"]), "repetition": np.int64(meta["repetition"]),
+             "t_inference": np.float64(meta["t_inference"])}
     saved = {x.name: x for x in layers}
     for layer in sim.layers:
-        sl = saved[layer.name]
-        layer.states.clear()
-        for g, (m, tiles) in enumerate(zip(layer.matrices, sl.groups)):
-            for t, st in zip(m.tiles, tiles):
-                t.mapping_scale = np.ascontiguousarray(st.arrays["mapping_scale"], dtype=np.float32)
-                if st.state is not None:
-                    layer.states[(g, t.index)] = ProgrammedState.from_arrays(st.state)
-            m.set_tile_weights([st.arrays["weight"] for st in tiles])
-            m.set_post_scales([st.arrays["post_scale"] for st in tiles])
-    repetition = int(meta["repetition"])
-    sim.repetition = repetition
-    sim.context.epoch = repetition
-    sim.t_inference = float(meta["t_inference"])
+        for g, tiles in enumerate(saved[layer.name].groups):
+            for st in tiles:
+                key = tile_prefix(layer.name, g, int(st.attrs["index"]))
+                for name, arr in st.arrays.items():
+                    state[key + name] = arr
+                for name, arr in (st.state or {}).items():
+                    state[key + STATE + name] = arr
+    try:
+        sim.load_state_dict(state)
+    except InputError as exc:  # checked above already; a mismatch left over is still the file's
+        raise SnapshotError(f"{path}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- config diff
@@ -591,7 +565,7 @@ def _canonical(config: dict) -> dict:
 
     try:
         return json.loads(load_config(config).to_json())
-    except Exception:  # e.g. a section type not registered here: compare as written
+    except ConfigError:  # e.g. a plugin section not registered here: compare as written
         return config
 
 

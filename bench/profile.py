@@ -63,22 +63,21 @@ def main() -> int:
     layer_time: dict[str, float] = defaultdict(float)
     call = AnalogLayer.__call__
 
-    def timed(self, *args):
+    def timed(self, *args, **kwargs):
         t = time.perf_counter()
         try:
-            return call(self, *args)
+            return call(self, *args, **kwargs)
         finally:
             layer_time[self.name] += time.perf_counter() - t
 
     AnalogLayer.__call__ = timed
-    sim.context.stage_cycles = cycles = {}
+    cycles: dict = {}
     t0 = time.perf_counter()
     try:
         for _ in range(ARGS.runs):
-            sim(x)
+            sim.run({sim.inputs[0].name: x}, profile=cycles)
     finally:
         AnalogLayer.__call__ = call
-        sim.context.stage_cycles = None
     total = time.perf_counter() - t0
     hz = cpu_conv.cycles_per_second()
     per_img = 1e3 / (ARGS.runs * len(x))  # seconds of all runs -> ms per image

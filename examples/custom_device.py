@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anasim.config.params import Interval, param
+from anasim.params import Interval, param
 from anasim.devices import NoiseModel, NoiseModelParams
 
 

@@ -27,10 +27,10 @@ def _quantize(v, res, sto, u):
     return (np.rint(v / res).astype(f32) * res).astype(f32)
 
 
-def tile_vector(am, t, xs, row, epoch):
+def tile_vector(am, t, xs, row, repetition):
     """One tile, one vector: returns the tile's contribution (before the digital sum)."""
     p = am.periphery
-    keys = am.stream_keys(t.index, epoch)
+    keys = am.stream_keys(t.index, repetition)
     k = xs.size
     n = t.n_out
     # noise management
@@ -100,7 +100,7 @@ def tile_vector(am, t, xs, row, epoch):
     return (((y * f).astype(f32) * t.mapping_scale).astype(f32) * t.post_scale).astype(f32)
 
 
-def naive_forward(am, x, row_ids=None, epoch=0):
+def naive_forward(am, x, row_ids=None, repetition=0):
     """The whole layer, vector by vector; same result as ``am.forward``."""
     x = np.asarray(x, dtype=f32)
     m = x.shape[0]
@@ -115,7 +115,7 @@ def naive_forward(am, x, row_ids=None, epoch=0):
                 y = (t.weight.astype(np.float64) @ xs.astype(np.float64)).astype(f32)
                 y = ((y * am.periphery.out_scale).astype(f32) * t.mapping_scale * t.post_scale).astype(f32)
             else:
-                y = tile_vector(am, t, xs, int(row_ids[r]), epoch)
+                y = tile_vector(am, t, xs, int(row_ids[r]), repetition)
             out[r, t.out_start:t.out_stop] = (out[r, t.out_start:t.out_stop] + y).astype(f32)
     if am.bias is not None:
         out = (out + am.bias).astype(f32)

@@ -8,6 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import anasim
 from anasim.errors import ConfigError, InputError
+from anasim.graph.context import RunContext
 from conftest import cifar10_test, shared_path
 
 NOISY = {
@@ -87,13 +88,13 @@ def test_grouped_conv_path_equals_unblocked_path(group, digital_bias):
     layer = sim.layer("conv")
     assert layer.tile_grid[0] == group and layer.n_tiles > group
     x = rng.standard_normal((6, 4, 6, 6)).astype(np.float32)
-    sim.context.sample_offset, sim.context.epoch = 11, 2
+    ctx = RunContext(sample_offset=11, repetition=2)
     a = layer.attrs
     geom = conv_geometry(x.shape, layer.weight_shape, dilations=a.get("dilations"), group=group,
                          pads=a.get("pads"), strides=a.get("strides"))
-    plain = cols_to_output(layer._run_rows(im2col(x, geom), layer._row_ids(6, geom.n_pixels)), 6, geom)
+    plain = cols_to_output(layer._run_rows(ctx, im2col(x, geom), layer._row_ids(ctx, 6, geom.n_pixels)), 6, geom)
     assert layer.epilogue == (0.0, np.inf)  # the Relu after it, folded into the layer
-    np.testing.assert_array_equal(layer(x), np.maximum(plain, 0))
+    np.testing.assert_array_equal(layer(x, context=ctx), np.maximum(plain, 0))
     assert np.abs(plain).max() > 0
 
 
@@ -202,6 +203,6 @@ def test_large_batches_are_chunked_automatically(monkeypatch):
     assert g.auto_batch_size() == 3
     calls = []
     original = sim._executor._run_once
-    monkeypatch.setattr(sim._executor, "_run_once", lambda f, w: calls.append(len(next(iter(f.values())))) or original(f, w))
+    monkeypatch.setattr(sim._executor, "_run_once", lambda f, w, c: calls.append(len(next(iter(f.values())))) or original(f, w, c))
     np.testing.assert_array_equal(sim(x), full)
     assert max(calls) == 3 and sum(calls) == 40

@@ -226,8 +226,8 @@ def test_sim_graph_on_cuda_equals_cpu():
 
     os.environ["ANASIM_STOP_AFTER"] = str(len(g.nodes) - 2)
     try:
-        ref = g._run_once({"x": x}, [])
-        got = gd._run_once({"x": x}, [])
+        ref = g.run({"x": x}, outputs=[])
+        got = gd.run({"x": x}, outputs=[])
     finally:
         del os.environ["ANASIM_STOP_AFTER"]
     for name in ref:
@@ -435,10 +435,11 @@ def test_sim_analog_layer_nan_is_reported_on_cuda():
     with pytest.raises(InputError, match="NaN"):
         dev(x)  # the simulator checks its inputs first
     layer = dev.layers[0]
+    from anasim.graph.context import RunContext
     from anasim.kernels.cuda import as_device
 
     with pytest.raises(ExecutionError, match="its input"):
-        layer(as_device(x))
+        layer(as_device(x), context=RunContext())
 
 
 # ---------------------------------------------------------------------- real GPU

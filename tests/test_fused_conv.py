@@ -57,7 +57,7 @@ def _conv_model(c, oc, kernel, group=1, strides=None, pads=None, dilations=None,
     return anasim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
 
 
-def _reference(layer, x, sample_offset=0):
+def _reference(layer, x, sample_offset=0, repetition=0):
     """The layer through its tiles on the whole im2col matrix (the unfused path)."""
     a = layer.attrs
     geom = conv_geometry(x.shape, layer.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
@@ -66,7 +66,7 @@ def _reference(layer, x, sample_offset=0):
     p = geom.n_pixels
     ids = np.arange(sample_offset * p, (sample_offset + x.shape[0]) * p, dtype=np.int64)
     k = geom.k_per_group
-    y = np.concatenate([m.forward(cols[:, g * k:(g + 1) * k], ids, layer.context.epoch)
+    y = np.concatenate([m.forward(cols[:, g * k:(g + 1) * k], ids, repetition)
                         for g, m in enumerate(layer.matrices)], axis=1)
     return cols_to_output(y, x.shape[0], geom)
 
@@ -186,7 +186,7 @@ def test_fused_after_programming_and_drift():
         if t:
             sim.drift(t)
         y = sim(x)
-        _assert_same(y, _reference(layer, x), layer, x)
+        _assert_same(y, _reference(layer, x, repetition=rep), layer, x)
         outs.append(y)
     assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
 

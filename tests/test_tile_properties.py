@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import anasim.analog.tile as tile_mod
+from anasim.analog import tile as tile_mod
 from anasim.analog import AnalogMatrix, split_sizes
 from anasim.kernels import cpu
 from naive_tile import naive_forward
@@ -299,14 +299,14 @@ def test_batch_size_does_not_change_results(w_noise_type):
     am, rng = _dyadic_layer(11, w_noise_type=w_noise_type)
     x = rng.standard_normal((64, 48)).astype(np.float32)
     rows = np.arange(1000, 1064, dtype=np.int64)
-    full = am.forward(x, rows, epoch=2)
+    full = am.forward(x, rows, repetition=2)
     for bs, stop in ((1, 12), (7, 64)):
-        parts = [am.forward(x[s:s + bs], rows[s:s + bs], epoch=2) for s in range(0, stop, bs)]
+        parts = [am.forward(x[s:s + bs], rows[s:s + bs], repetition=2) for s in range(0, stop, bs)]
         np.testing.assert_array_equal(np.concatenate(parts), full[:stop])
     # and a permutation of the batch permutes the result
     perm = rng.permutation(64)
-    np.testing.assert_array_equal(am.forward(x[perm], rows[perm], epoch=2), full[perm])
-    assert not np.array_equal(am.forward(x, rows, epoch=3), full)
+    np.testing.assert_array_equal(am.forward(x[perm], rows[perm], repetition=2), full[perm])
+    assert not np.array_equal(am.forward(x, rows, repetition=3), full)
 
 
 def test_input_noise_does_not_depend_on_batch():
@@ -368,7 +368,7 @@ def test_kernels_equal_numpy_twin_exactly(kw, seed):
                mapping(weight_scaling_omega=1.0, weight_scaling_columnwise=True, digital_bias=False)):
         am = AnalogMatrix(w, b, fwd(**params), mp, key=(seed, 5))
         rows = np.arange(16, dtype=np.int64) * 7 + 3
-        np.testing.assert_array_equal(am.forward(x, rows, epoch=1), naive_forward(am, x, rows, epoch=1))
+        np.testing.assert_array_equal(am.forward(x, rows, repetition=1), naive_forward(am, x, rows, repetition=1))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -95,17 +95,17 @@ class FusedConv:
             out0 += m.out_size
         self.tiles = np.array(rows, np.int64).reshape(-1, 10)
         self._modes = {}
-        self._state = None
-        self._packed = None
+        self._cache = None  # (state, packed), replaced in one assignment: runs may overlap
         self._offsets = {}
 
-    def _pack(self, epoch: int):
+    def _pack(self, repetition: int):
         """Flat weights, |weights|, vectors, non-linearity factors and keys (cached per state)."""
         tiles = [t for m in self.matrices for t in m.tiles]
-        state = (epoch, [(t.weight, t.post_scale) for t in tiles])
-        if self._state is not None and self._state[0] == epoch and all(
-                a is c and b is d for (a, b), (c, d) in zip(self._state[1], state[1])):
-            return self._packed
+        state = (repetition, [(t.weight, t.post_scale, t.mapping_scale) for t in tiles])
+        cache = self._cache
+        if cache is not None and cache[0][0] == repetition and all(
+                all(u is v for u, v in zip(a, b)) for a, b in zip(cache[0][1], state[1])):
+            return cache[1]
         wflat = np.concatenate([t.weight.reshape(-1) for t in tiles]).astype(np.float32, copy=False)
         awflat = np.abs(wflat) if self.need_abs else np.zeros(0, np.float32)
         n = sum(t.n_out for t in tiles)
@@ -122,12 +122,13 @@ class FusedConv:
                 if t.noise_vec is not None:
                     vecs[3, sl] = t.noise_vec
                 nlf[k] = t.nlf
-                ks = m.stream_keys(t.index, epoch)
+                ks = m.stream_keys(t.index, repetition)
                 keys[k] = [w for name in _KEYS for w in ks[name]]
                 v0 += t.n_out
                 k += 1
-        self._state, self._packed = state, (wflat, awflat, vecs, nlf, keys)
-        return self._packed
+        packed = (wflat, awflat, vecs, nlf, keys)
+        self._cache = (state, packed)
+        return packed
 
     def _column_offsets(self, geom, hp: int, wp: int) -> np.ndarray:
         """Offset in a padded image of every tile column's input (-1: an analog bias's constant 1)."""
@@ -189,13 +190,13 @@ class FusedConv:
         n_blocks = -(-n_blocks // workers) * workers if n_blocks >= workers else n_blocks
         return max(1, -(-total // n_blocks))
 
-    def run(self, x: np.ndarray, geom, first: int, epoch: int, profile: dict | None = None,
+    def run(self, x: np.ndarray, geom, first: int, repetition: int, profile: dict | None = None,
             name: str = "", epilogue: tuple | None = None) -> tuple[np.ndarray, int]:
         """The layer's output (N, OC, *out_shape) for the float32 input ``x`` and the number
         of its values that are NaN or infinite; ``first`` is the global row id of the
         batch's first pixel. ``profile``: where to add the kernel's cycles per worker and
         stage (``profile[name]``) and the host-side seconds (``profile[(name, "host")]``),
-        see :attr:`anasim.analog.layer.RunContext.stage_cycles`. ``epilogue``: (lo, hi), clip
+        see :attr:`anasim.graph.context.RunContext.profile`. ``epilogue``: (lo, hi), clip
         the outputs to [lo, hi] on the way out (a Relu or Clip folded into the layer)."""
         n, oc = x.shape[0], geom.out_channels
         out = np.empty((n, oc, geom.n_pixels), np.float32)
@@ -204,7 +205,7 @@ class FusedConv:
         if total:
             t0 = time.perf_counter()
             xp, (kh, kw, sh, sw, dh, dw, ow) = _padded(x, geom)
-            wflat, awflat, vecs, nlf, keys = self._pack(epoch)
+            wflat, awflat, vecs, nlf, keys = self._pack(repetition)
             offs = self._column_offsets(geom, xp.shape[2], xp.shape[3])
             workers = max(1, num_threads())
             rows = self.block_rows(total, workers)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import ExecutionError, InputError, UnsupportedOpError
+from ..graph.context import RunContext
 from ..graph.ir import GraphIR, Node
 from ..ops.conv_geometry import conv_geometry
 from ..ops.im2col import cols_to_output, im2col, im2col_rows, padded_input, rows_to_nchw
@@ -54,21 +55,6 @@ _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 256, 32768
 
 
 @dataclass
-class RunContext:
-    """Shared, mutable state of one simulator run, read by every analog layer."""
-
-    sample_offset: int = 0
-    """Index in the data set of the first sample of the current batch."""
-    epoch: int = 0
-    """Monte-Carlo repetition; part of the key of the forward-noise random streams."""
-    stage_cycles: dict | None = None
-    """When a dict: every fused analog convolution adds the CPU cycles of its stages to
-    ``stage_cycles[layer name]`` ((chunks, len(cpu_conv.STAGES)) int64, see
-    ``bench/profile.py``) and the seconds of its host-side preparation (padding, channel
-    maps) to ``stage_cycles[(layer name, "host")]``."""
-
-
-@dataclass
 class AnalogLayer:
     """One analog node: its tiles (``matrices``, one per conv group) and geometry."""
 
@@ -79,7 +65,6 @@ class AnalogLayer:
     weight_shape: tuple
     matrices: list[AnalogMatrix]
     attrs: dict
-    context: RunContext
     extra_bias: np.ndarray | None = None
     """Gemm ``beta·C`` that is not a per-output vector; added digitally after the tiles."""
     states: dict = field(default_factory=dict, repr=False)
@@ -123,22 +108,22 @@ class AnalogLayer:
         return f"<AnalogLayer {self.describe()}>"
 
     # ------------------------------------------------------------------ running
-    def _row_ids(self, n_samples: int, rows_per_sample: int) -> np.ndarray:
-        first = (self.context.sample_offset) * rows_per_sample
+    def _row_ids(self, ctx: RunContext, n_samples: int, rows_per_sample: int) -> np.ndarray:
+        first = ctx.sample_offset * rows_per_sample
         return np.arange(first, first + n_samples * rows_per_sample, dtype=np.int64)
 
-    def _run_rows(self, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
+    def _run_rows(self, ctx: RunContext, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
         if len(self.matrices) == 1 and type(self.matrices[0]) is AnalogMatrix:
-            return self._rows_blocked(self.matrices[0], rows, row_ids)
+            return self._rows_blocked(ctx, self.matrices[0], rows, row_ids)
         if len(self.matrices) == 1:
-            return self.matrices[0].forward(rows, row_ids, self.context.epoch)
+            return self.matrices[0].forward(rows, row_ids, ctx.repetition)
         k = self.matrices[0].in_size
         return np.concatenate(
-            [m.forward(rows[:, g * k:(g + 1) * k], row_ids, self.context.epoch) for g, m in enumerate(self.matrices)],
+            [m.forward(rows[:, g * k:(g + 1) * k], row_ids, ctx.repetition) for g, m in enumerate(self.matrices)],
             axis=1,
         )
 
-    def _rows_blocked(self, m: AnalogMatrix, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
+    def _rows_blocked(self, ctx: RunContext, m: AnalogMatrix, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
         """:meth:`AnalogMatrix.forward` on blocks of rows shared out among the worker threads
         (:func:`~anasim.ops.conv.run_blocks`: single-threaded BLAS and the serial periphery
         kernels per block), so that BLAS's own threads and Numba's never compete for the
@@ -146,7 +131,7 @@ class AnalogLayer:
         but the BLAS kernel OpenBLAS picks for a product's size."""
         x = np.ascontiguousarray(rows, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != m.in_size:
-            return m.forward(x, row_ids, self.context.epoch)  # its error message
+            return m.forward(x, row_ids, ctx.repetition)  # its error message
         n = x.shape[0]
         if m.analog_bias:
             x = np.concatenate([x, np.ones((n, 1), np.float32)], axis=1)
@@ -154,11 +139,11 @@ class AnalogLayer:
         acc = np.zeros((n, m.out_size), np.float32)
         size = max(_MIN_BLOCK_ROWS, -(-n // (2 * max(1, num_threads()))))
         n_blocks = -(-n // size)
-        epoch = self.context.epoch
+        repetition = ctx.repetition
 
         def do_block(_state, i):
             r0, r1 = i * size, min(n, (i + 1) * size)
-            m.forward_into(x[r0:r1], ids[r0:r1], epoch, acc[r0:r1], SERIAL)
+            m.forward_into(x[r0:r1], ids[r0:r1], repetition, acc[r0:r1], SERIAL)
 
         if n:
             run_blocks(n_blocks, lambda: None, do_block)
@@ -166,18 +151,20 @@ class AnalogLayer:
             acc += m.bias
         return acc
 
-    def __call__(self, *inputs):
+    def __call__(self, *inputs, context: RunContext):
+        """The node's output for its inputs (the executor calls it in place of the node);
+        ``context`` says which samples these are (row ids) and which repetition."""
         if not isinstance(inputs[0], np.ndarray) and _on_device(inputs[0]):
-            return self._call_device(inputs[0])
+            return self._call_device(context, inputs[0])
         bad = None  # number of NaN/infinite outputs, when the path counted them
         if self.op_type == "Conv":
-            y = self._conv(inputs[0])
+            y = self._conv(context, inputs[0])
             if isinstance(y, tuple):
                 y, bad = y
         elif self.op_type == "Gemm":
-            y = self._gemm(inputs[0])
+            y = self._gemm(context, inputs[0])
         else:
-            y = self._matmul(inputs[0])
+            y = self._matmul(context, inputs[0])
         clipped = bad is not None  # the fused kernel applied the epilogue
         if bad is None:
             bad = 0 if np.isfinite(y).all() else int((~np.isfinite(y)).sum())
@@ -191,7 +178,7 @@ class AnalogLayer:
             y = np.minimum(np.maximum(y, np.float32(self.epilogue[0])), np.float32(self.epilogue[1]))
         return y
 
-    def _conv(self, x: np.ndarray):
+    def _conv(self, ctx: RunContext, x: np.ndarray):
         """The convolution's output; on the fused kernel (output, count of NaN/infinite
         outputs) -- the kernel counts them on the way, so :meth:`__call__` need not."""
         a = self.attrs
@@ -199,18 +186,18 @@ class AnalogLayer:
                              a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
         if geom.n_spatial <= 2 and self._fused is not None:
             return self._fused.run(np.ascontiguousarray(x, dtype=np.float32), geom,
-                                   self.context.sample_offset * geom.n_pixels, self.context.epoch,
-                                   self.context.stage_cycles, self.name, self.epilogue)
+                                   ctx.sample_offset * geom.n_pixels, ctx.repetition,
+                                   ctx.profile, self.name, self.epilogue)
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
-            return self._conv_blocked(np.ascontiguousarray(x, dtype=np.float32), geom)
+            return self._conv_blocked(ctx, np.ascontiguousarray(x, dtype=np.float32), geom)
         if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
-            return self._conv_grouped(np.asarray(x, dtype=np.float32), geom)
+            return self._conv_grouped(ctx, np.asarray(x, dtype=np.float32), geom)
         cols = im2col(np.ascontiguousarray(x, dtype=np.float32), geom)
         per_sample = int(np.prod(geom.out_shape))
-        y = self._run_rows(cols, self._row_ids(x.shape[0], per_sample))
+        y = self._run_rows(ctx, cols, self._row_ids(ctx, x.shape[0], per_sample))
         return cols_to_output(y, x.shape[0], geom)
 
-    def _conv_grouped(self, x: np.ndarray, geom) -> np.ndarray:
+    def _conv_grouped(self, ctx: RunContext, x: np.ndarray, geom) -> np.ndarray:
         """A grouped (e.g. depthwise) convolution: the groups are shared out among the
         convolution's worker threads.
 
@@ -225,9 +212,9 @@ class AnalogLayer:
         one = replace(geom, in_channels=cg, out_channels=ocg, group=1)
         out = np.empty((n, geom.out_channels, p), np.float32)
         total = n * p
-        first = self.context.sample_offset * p
+        first = ctx.sample_offset * p
         ids = np.arange(first, first + total, dtype=np.int64)
-        epoch = self.context.epoch
+        repetition = ctx.repetition
 
         def do_group(_state, g):
             m = self.matrices[g]
@@ -237,7 +224,7 @@ class AnalogLayer:
                 cols[:, one.k] = 1
             im2col_rows(xp, params, 0, total, cols)
             acc = np.zeros((total, ocg), np.float32)
-            m.forward_into(cols, ids, epoch, acc, SERIAL)
+            m.forward_into(cols, ids, repetition, acc, SERIAL)
             tmp = np.empty((n, ocg, p), np.float32)
             rows_to_nchw(acc, np.zeros(ocg, np.float32) if m.bias is None else m.bias, tmp, 0)
             out[:, g * ocg:(g + 1) * ocg] = tmp
@@ -245,7 +232,7 @@ class AnalogLayer:
         run_blocks(len(self.matrices), lambda: None, do_group)
         return out.reshape((n, geom.out_channels) + geom.out_shape)
 
-    def _conv_blocked(self, x: np.ndarray, geom) -> np.ndarray:
+    def _conv_blocked(self, ctx: RunContext, x: np.ndarray, geom) -> np.ndarray:
         """The convolution in blocks of rows that stay in cache, on worker threads.
 
         Per block: im2col rows (from a zero-padded copy of the input), the tiles
@@ -264,8 +251,8 @@ class AnalogLayer:
         rows = int(min(_MAX_BLOCK_ROWS, max(_MIN_BLOCK_ROWS, _BLOCK_BYTES // per_row)))
         n_blocks = -(-total // rows)
         rows = -(-total // n_blocks)  # equal blocks
-        first = self.context.sample_offset * p
-        epoch = self.context.epoch
+        first = ctx.sample_offset * p
+        repetition = ctx.repetition
         xp, params = padded_input(x, geom)
         bias = np.zeros(oc, np.float32) if m.bias is None else m.bias
 
@@ -282,14 +269,14 @@ class AnalogLayer:
             c = im2col_rows(xp, params, r0, r1, cols)
             a = acc[:r1 - r0]
             a.fill(0)
-            m.forward_into(c, np.arange(first + r0, first + r1, dtype=np.int64), epoch, a, SERIAL)
+            m.forward_into(c, np.arange(first + r0, first + r1, dtype=np.int64), repetition, a, SERIAL)
             rows_to_nchw(a, bias, out, r0)
 
         run_blocks(n_blocks, make_state, do_block)
         return out.reshape((n, oc) + geom.out_shape)
 
     # ------------------------------------------------------------------ on the GPU
-    def _call_device(self, x):
+    def _call_device(self, ctx: RunContext, x):
         """The layer on a device array (graph placed on "cuda"): im2col, tiles, layout and
         row ids all on the device; returns a device array. CPU tiles get a host copy."""
         from ..kernels import cuda_digital as D
@@ -297,17 +284,17 @@ class AnalogLayer:
 
         if not all(hasattr(m, "refresh_weights") for m in self.matrices) or np.dtype(x.dtype) not in (
                 np.float32, np.float64):  # CPU tiles, or float16 data: the host path
-            return as_device(self(to_host(x)))
+            return as_device(self(to_host(x), context=ctx))
         if np.dtype(x.dtype) == np.float64:
             x = D.to_float32(x)  # as the CPU path casts
         if self.op_type == "Conv":
-            y = self._conv_device(x)
+            y = self._conv_device(ctx, x)
         elif self.op_type == "Gemm":
             if len(x.shape) != 2:
                 raise InputError(f"Gemm node {self.name!r} expects a 2-D input; got shape {tuple(x.shape)}.")
             if self.attrs.get("transA", 0):
                 x = D.copy_strided(x, 0, (1, x.shape[1]), tuple(x.shape)[::-1])
-            y = self._rows_device(x, x.shape[0], 1)
+            y = self._rows_device(ctx, x, x.shape[0], 1)
             if self.extra_bias is not None:
                 if self._extra_bias_device is None:
                     self._extra_bias_device = as_device(self.extra_bias)
@@ -319,7 +306,7 @@ class AnalogLayer:
                                  f"weight has {k} rows.")
             lead = shape[:-1] or (1,)
             per_sample = math.prod(lead[1:])
-            y = self._rows_device(x.reshape(math.prod(lead), k), lead[0], per_sample)
+            y = self._rows_device(ctx, x.reshape(math.prod(lead), k), lead[0], per_sample)
             y = y.reshape(shape[:-1] + (y.shape[1],))
         bad = D.count_nonfinite(y)
         if bad:
@@ -329,13 +316,13 @@ class AnalogLayer:
                 f"from {src}. Check the data and the configuration (e.g. a zero bound or an extreme noise scale).")
         return y
 
-    def _rows_device(self, rows, n_samples: int, per_sample: int):
+    def _rows_device(self, ctx: RunContext, rows, n_samples: int, per_sample: int):
         from ..kernels import cuda_digital as D
 
-        first = self.context.sample_offset * per_sample
-        return self.matrices[0].forward(rows, D.arange(first, n_samples * per_sample), self.context.epoch)
+        first = ctx.sample_offset * per_sample
+        return self.matrices[0].forward(rows, D.arange(first, n_samples * per_sample), ctx.repetition)
 
-    def _conv_device(self, x):
+    def _conv_device(self, ctx: RunContext, x):
         """im2col rows of each group in blocks, through the group's tiles, into NCHW."""
         from ..kernels import cuda_digital as D
         from ..kernels.cuda import device_empty
@@ -348,35 +335,35 @@ class AnalogLayer:
         out = device_empty((n, oc, p))
         x5, params = as5d(x, geom), conv_params(geom)
         cg, ocg = geom.channels_per_group, geom.out_channels_per_group
-        first = self.context.sample_offset * p
+        first = ctx.sample_offset * p
         for g, m in enumerate(self.matrices):
             for r0, r1 in row_blocks(n * p, 4 * geom.k_per_group):
                 cols = D.im2col(x5, params, r0, r1, g * cg, cg)
-                y = m.forward(cols, D.arange(first + r0, r1 - r0), self.context.epoch)
+                y = m.forward(cols, D.arange(first + r0, r1 - r0), ctx.repetition)
                 D.rows_to_nchw(y, out, r0, g * ocg)
         return out.reshape((n, oc) + geom.out_shape)
 
     # ------------------------------------------------------------------ on the CPU
-    def _gemm(self, a: np.ndarray) -> np.ndarray:
+    def _gemm(self, ctx: RunContext, a: np.ndarray) -> np.ndarray:
         if self.attrs.get("transA", 0):
             a = a.T
         if a.ndim != 2:
             raise InputError(f"Gemm node {self.name!r} expects a 2-D input; got shape {a.shape}.")
-        y = self._run_rows(a, self._row_ids(a.shape[0], 1))
+        y = self._run_rows(ctx, a, self._row_ids(ctx, a.shape[0], 1))
         if self.extra_bias is not None:
             y = y + self.extra_bias
         return y
 
-    def _matmul(self, a: np.ndarray) -> np.ndarray:
+    def _matmul(self, ctx: RunContext, a: np.ndarray) -> np.ndarray:
         k = self.matrices[0].in_size
         if a.shape[-1] != k:
             raise InputError(f"MatMul node {self.name!r}: input's last dimension is {a.shape[-1]}, weight has {k} rows.")
         if a.ndim == 1:
-            return self._run_rows(a[None, :], self._row_ids(1, 1))[0]
+            return self._run_rows(ctx, a[None, :], self._row_ids(ctx, 1, 1))[0]
         lead = a.shape[:-1]
         per_sample = int(np.prod(lead[1:])) if len(lead) > 1 else 1
         rows = a.reshape(-1, k)
-        y = self._run_rows(rows, self._row_ids(lead[0], per_sample))
+        y = self._run_rows(ctx, rows, self._row_ids(ctx, lead[0], per_sample))
         return y.reshape(*lead, -1)
 
 

@@ -24,8 +24,10 @@ import numpy as np
 
 from ..config import AnalogConfig, load_config, unmatched_patterns
 from ..errors import ConfigError, InputError
+from ..graph.context import RunContext
 from ..graph.executor import Graph, check_device
-from .layer import AnalogLayer, RunContext, layer_matrix
+from .layer import AnalogLayer, layer_matrix
+from .state import META, STATE, TILE_ARRAYS, tile_prefix
 from .tile import AnalogMatrix
 
 _GROUP_STRIDE = 1 << 20
@@ -40,7 +42,8 @@ class AnalogSimulator:
 
     Attributes
     ----------
-    graph : Graph — the digital model (unchanged).
+    graph : Graph — the digital model: the caller's graph with BatchNormalization folded or
+        not, as ``mapping.fold_batchnorm`` says (:meth:`Graph.folded`).
     config : AnalogConfig — the hardware configuration.
     seed : int — master seed of every random stream.
     layers : list of AnalogLayer — the analog layers with their tile grids.
@@ -58,10 +61,9 @@ class AnalogSimulator:
         check_device(device, ConfigError)
         self.device = device
         self.config: AnalogConfig = load_config(config) if config is not None else AnalogConfig()
-        graph = _graph_for(graph, self.config)
+        graph = graph.folded(bool(self.config.mapping.fold_batchnorm))
         self.graph = graph
         self.seed = int(seed)
-        self.context = RunContext()
         candidates = graph.analog_candidates
         bad = unmatched_patterns(self.config, candidates)
         if bad:
@@ -90,8 +92,7 @@ class AnalogSimulator:
 
                 matrices = [to_cuda(m) for m in matrices]
             shape = tuple(graph.ir.constants[node.inputs[1]].shape)
-            self.layers.append(AnalogLayer(name, node.op_type, index, shape, matrices, dict(node.attrs),
-                                           self.context, extra))
+            self.layers.append(AnalogLayer(name, node.op_type, index, shape, matrices, dict(node.attrs), extra))
         self._layer_configs = {layer.name: self.config.for_layer(layer.name) for layer in self.layers}
         overrides = {layer.name: layer for layer in self.layers}
         if device == "cpu":  # Relu/Clip after a fused convolution: applied by its kernel
@@ -112,20 +113,19 @@ class AnalogSimulator:
         programmed chip), and resets the time to t_inference = 0. Without a noise model
         the tiles hold their target weights. Deterministic in (seed, repetition).
         """
-        from ..devices import build_faults, program_weights, rng_factory
+        from ..devices import program_weights, rng_factory
 
         repetition = _check_repetition(repetition)
         for layer in self.layers:
             lc = self._layer_configs[layer.name]
-            model = _device_model(lc)
+            model = lc.noise_model
             layer.states.clear()
             for g, m in enumerate(layer.matrices):
                 if model is None:
                     m.set_tile_weights([t.target for t in m.tiles])
                     m.set_post_scales([1.0] * len(m.tiles))
                     continue
-                converter = lc.sections.get("converter") or _default_converter()
-                faults = build_faults(_section_dict(lc, "device_faults"))
+                converter, faults = lc.converter, lc.faults
                 weights = []
                 for t in m.tiles:
                     rngs = rng_factory(self.seed, layer.index * _GROUP_STRIDE + g, t.index, repetition)
@@ -135,7 +135,6 @@ class AnalogSimulator:
                 m.set_tile_weights(weights)
                 m.set_post_scales([1.0] * len(m.tiles))
         self.repetition = repetition
-        self.context.epoch = repetition
         self.t_inference = 0.0
         return self
 
@@ -155,11 +154,10 @@ class AnalogSimulator:
             raise InputError(f"t_inference must be a finite number of seconds >= 0; got {t_inference!r}.")
         for layer in self.layers:
             lc = self._layer_configs[layer.name]
-            model = _device_model(lc)
+            model = lc.noise_model
             if model is None:
                 continue
-            converter = lc.sections.get("converter") or _default_converter()
-            comp = lc.sections.get("drift_compensation")
+            converter, comp = lc.converter, lc.drift_compensation
             for g, m in enumerate(layer.matrices):
                 weights, scales = [], []
                 for tile in m.tiles:
@@ -167,7 +165,7 @@ class AnalogSimulator:
                     rngs = rng_factory(self.seed, layer.index * _GROUP_STRIDE + g, tile.index, self.repetition)
                     w_t = drifted_weights(state, t, converter, model, rngs)
                     weights.append(w_t)
-                    if comp is not None and comp.enabled and t > 0:
+                    if comp is not None and t > 0:
                         ref = comp.readout_weights(state.weights(converter))
                         scales.append(np.asarray(comp.factor(ref, comp.readout_weights(w_t)), np.float32))
                     else:
@@ -177,14 +175,130 @@ class AnalogSimulator:
         self.t_inference = t
         return self
 
+    # ------------------------------------------------------------------ state
+    def state_dict(self, include: str = "drifted") -> dict[str, np.ndarray]:
+        """The chip's state as a flat ``{key: array}`` mapping (:mod:`anasim.analog.state`
+        lists the keys): seed, repetition and t_inference, and every tile's weights,
+        scales and programmed device state. The arrays are copies.
+
+        include : "drifted" (default): the tiles as they are now, at :attr:`t_inference`;
+            "programmed": as right after programming (t_inference 0: weights converted
+            back from the programmed conductances, post scales 1). The device state is
+            there either way, so a simulator that loads it can drift to any time.
+        """
+        if include not in ("drifted", "programmed"):
+            raise InputError(f"include must be 'drifted' or 'programmed'; got {include!r}.")
+        programmed = include == "programmed"
+        out: dict[str, np.ndarray] = {
+            "seed": np.asarray(self.seed, np.int64), "repetition": np.asarray(self.repetition, np.int64),
+            "t_inference": np.asarray(0.0 if programmed else self.t_inference, np.float64)}
+        for layer in self.layers:
+            converter = self.converter_for(layer)
+            for g, m in enumerate(layer.matrices):
+                for t in m.tiles:
+                    key = tile_prefix(layer.name, g, t.index)
+                    device = layer.states.get((g, t.index))
+                    weight, post = t.weight, t.post_scale
+                    if programmed:
+                        post = np.ones(t.n_out, np.float32)
+                        if device is not None:
+                            weight = device.weights(converter)
+                    out[key + "weight"] = np.array(weight, np.float32)
+                    out[key + "mapping_scale"] = np.array(t.mapping_scale, np.float32)
+                    out[key + "post_scale"] = np.array(post, np.float32)
+                    if device is not None:
+                        for name, arr in device.to_arrays().items():
+                            out[key + STATE + name] = np.array(arr)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> "AnalogSimulator":
+        """Put a chip state (from :meth:`state_dict`, possibly of another simulator of the
+        same model, configuration and seed) into this simulator; returns it.
+
+        Everything is checked before anything changes: the seed, every key (missing or
+        unknown), every array's shape and kind, and that tiles have a device state
+        exactly where this simulator's configuration has a device model. A mismatch
+        raises InputError naming the key and what was expected.
+        """
+        from ..devices.base import ProgrammedState
+
+        missing = [k for k in META if k not in state]
+        if missing:
+            raise InputError(f"The state has no {missing}; pass a mapping from AnalogSimulator.state_dict().")
+        seed = int(np.asarray(state["seed"]).reshape(()))
+        if seed != self.seed:
+            raise InputError(f"seed: state {seed}, simulator {self.seed}. The forward noise and read noise depend "
+                             f"on the seed; build the simulator with seed={seed}.")
+        repetition = _check_repetition(int(np.asarray(state["repetition"]).reshape(())))
+        t = float(np.asarray(state["t_inference"]).reshape(()))
+        if not np.isfinite(t) or t < 0:
+            raise InputError(f"t_inference in the state must be a finite number of seconds >= 0; got {t}.")
+        used = set(META)
+        plan = []  # (layer, g, matrix, weights, mapping scales, post scales, device states)
+        for layer in self.layers:
+            with_model = self._layer_configs[layer.name].noise_model is not None
+            for g, m in enumerate(layer.matrices):
+                weights, mapping, post, devices = [], [], [], {}
+                for tile in m.tiles:
+                    key = tile_prefix(layer.name, g, tile.index)
+                    shapes = {"weight": (tile.n_out, tile.n_in), "mapping_scale": (tile.n_out,),
+                              "post_scale": (tile.n_out,)}
+                    arrays = {}
+                    for name in TILE_ARRAYS:
+                        if key + name not in state:
+                            raise InputError(f"The state has no {key + name!r} (layer {layer.name!r}); it is of "
+                                             "another model or configuration.")
+                        a = np.asarray(state[key + name])
+                        if a.shape != shapes[name] or a.dtype.kind != "f":
+                            raise InputError(f"{key + name}: shape {a.shape} ({a.dtype}), expected "
+                                             f"{shapes[name]} (float32).")
+                        arrays[name] = a
+                        used.add(key + name)
+                    dev = {k[len(key) + len(STATE):]: np.asarray(v) for k, v in state.items()
+                           if k.startswith(key + STATE)}
+                    if bool(dev) != with_model:
+                        raise InputError(
+                            f"{key}: the state {'has' if dev else 'has no'} device state, the simulator's "
+                            f"configuration {'has' if with_model else 'has no'} device noise model for layer "
+                            f"{layer.name!r}.")
+                    if dev:
+                        try:
+                            devices[tile.index] = ProgrammedState.from_arrays(dev)
+                        except Exception as exc:
+                            raise InputError(f"{key}{STATE}: invalid device state: {exc}") from None
+                        g_shape = devices[tile.index].conductances.shape
+                        if len(g_shape) != 3 or g_shape[1:] != (tile.n_out, tile.n_in):
+                            raise InputError(f"{key}{STATE}conductances: shape {g_shape}, expected "
+                                             f"(n_slices, {tile.n_out}, {tile.n_in}).")
+                        used.update(key + STATE + k for k in dev)
+                    weights.append(arrays["weight"])
+                    mapping.append(arrays["mapping_scale"])
+                    post.append(arrays["post_scale"])
+                plan.append((layer, g, m, weights, mapping, post, devices))
+        unknown = sorted(set(state) - used)
+        if unknown:
+            raise InputError(f"The state has {len(unknown)} key(s) this simulator does not know, e.g. "
+                             f"{unknown[:3]}; it is of another model or configuration.")
+        for layer in self.layers:
+            layer.states.clear()
+        for layer, g, m, weights, mapping, post, devices in plan:
+            m.set_mapping_scales(mapping)
+            m.set_tile_weights(weights)
+            m.set_post_scales(post)
+            for k, dev in devices.items():
+                layer.states[(g, k)] = dev
+        self.repetition = repetition
+        self.t_inference = t
+        return self
+
     @property
     def has_device_model(self) -> bool:
         """Whether any analog layer has a device noise model (programming/drift matter)."""
-        return any(_device_model(lc) is not None for lc in self._layer_configs.values())
+        return any(lc.noise_model is not None for lc in self._layer_configs.values())
 
     def converter_for(self, layer: AnalogLayer):
         """The conductance converter of ``layer`` (its config's, or the default single pair)."""
-        return self._layer_configs[layer.name].sections.get("converter") or _default_converter()
+        return self._layer_configs[layer.name].converter
 
     # ------------------------------------------------------------------ running
     @property
@@ -195,39 +309,36 @@ class AnalogSimulator:
     def outputs(self):
         return self.graph.outputs
 
-    def run(self, feeds: Mapping[str, np.ndarray], batch_size: int | None = None,
-            sample_offset: int = 0, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], *, batch_size: int | None = None,
+            sample_offset: int = 0, outputs: list[str] | None = None,
+            profile: dict | None = None) -> dict[str, np.ndarray]:
         """Run the analog model; arguments as :meth:`Graph.run`, plus:
 
         sample_offset : int, default 0
             Index, in the whole data set, of the first sample in ``feeds``. Evaluations
             that feed a data set in batches pass each batch's offset so that every
             sample draws the same noise whatever the batch size.
+        profile : dict, optional
+            Filled with CPU cycles per stage of every fused analog convolution
+            (:attr:`RunContext.profile <anasim.graph.context.RunContext.profile>`;
+            ``bench/profile.py`` prints them).
+
+        Inputs are always checked for NaN/infinite values. The run reads the simulator's
+        tiles and changes nothing, so runs in several threads at once are safe (while no
+        thread programs or drifts the tiles).
         """
         if isinstance(sample_offset, bool) or not isinstance(sample_offset, (int, np.integer)) or sample_offset < 0:
             raise InputError(f"sample_offset must be a non-negative integer; got {sample_offset!r}.")
-        feeds = self._executor._check_feeds(feeds, finite=True)
-        want = outputs or [o.name for o in self.outputs]
-        total = next(iter(feeds.values())).shape[0] if feeds else 0
-        if batch_size is None and total > self.graph.auto_batch_size():
-            batch_size = self.graph.auto_batch_size()  # bounded memory; results do not change
-        step = batch_size or max(total, 1)
-        if step < 1:
-            raise InputError(f"batch_size must be a positive integer; got {batch_size}.")
-        parts = []
-        for s in range(0, max(total, 1), step):
-            self.context.sample_offset = int(sample_offset) + s
-            chunk = {k: v[s:s + step] for k, v in feeds.items()} if batch_size else feeds
-            parts.append(self._executor._run_once(chunk, want))
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in want}
+        context = RunContext(sample_offset=int(sample_offset), repetition=self.repetition, profile=profile)
+        return self._executor.run(feeds, batch_size=batch_size, outputs=outputs, check_finite=True,
+                                  context=context)
 
-    def __call__(self, x: np.ndarray, batch_size: int | None = None, sample_offset: int = 0) -> np.ndarray:
+    def __call__(self, x: np.ndarray, *, batch_size: int | None = None, sample_offset: int = 0) -> np.ndarray:
         """Single-input, single-output shortcut of :meth:`run`."""
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise InputError("sim(x) needs a model with one input and one output; use sim.run({...}).")
-        return self.run({self.inputs[0].name: x}, batch_size, sample_offset)[self.outputs[0].name]
+        return self.run({self.inputs[0].name: x}, batch_size=batch_size,
+                        sample_offset=sample_offset)[self.outputs[0].name]
 
     def layer(self, name: str) -> AnalogLayer:
         """The analog layer of node ``name`` (exact name or a glob matching exactly one)."""
@@ -257,40 +368,6 @@ def _check_repetition(repetition) -> int:
     return int(repetition)
 
 
-def _device_model(lc):
-    model = lc.sections.get("noise_model")
-    if model is None or getattr(model, "type_name", None) == "none":
-        return None
-    return model
-
-
-def _default_converter():
-    from ..devices import build_converter
-
-    return build_converter({"type": "single_pair"})
-
-
-def _section_dict(lc, name):
-    value = lc.sections.get(name)
-    if value is None:
-        return None
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return value
-
-
-def _graph_for(graph: Graph, config: AnalogConfig) -> Graph:
-    """The graph with BatchNormalization folded or not, as ``config.mapping.fold_batchnorm`` says."""
-    want = bool(getattr(config.mapping, "fold_batchnorm", True))
-    if graph.ir.fold_batchnorm == want or not graph.ir.has_batchnorm:
-        return graph
-    if graph.ir.reload is None:
-        raise ConfigError(
-            f"mapping.fold_batchnorm = {str(want).lower()} but the graph was loaded with fold_batchnorm="
-            f"{graph.ir.fold_batchnorm}; load it with anasim.load(..., fold_batchnorm={want}).")
-    return graph.ir.reload(fold_batchnorm=want)
-
-
 def analog(graph, config=None, seed: int = 0, **kwargs) -> AnalogSimulator:
     """Map ``graph``'s Conv/Gemm/MatMul layers onto simulated analog tiles.
 
@@ -315,14 +392,11 @@ def analog(graph, config=None, seed: int = 0, **kwargs) -> AnalogSimulator:
     if not isinstance(graph, Graph):
         from ..graph.importer import load
 
-        fold = True
-        if config is not None:
-            fold = bool(getattr(load_config(config).mapping, "fold_batchnorm", True))
-        graph = load(graph, fold_batchnorm=fold)
+        graph = load(graph)
     return AnalogSimulator(graph, config, seed, **kwargs)
 
 
-def _pass_through(x, *_bounds):
+def _pass_through(x, *_bounds, context=None):
     """A folded activation node: its input already is its output."""
     return x
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config.presets import AIHWKIT_FORWARD
+from ..config.presets import AIHWKIT_FORWARD, AIHWKIT_MAPPING
 from ..kernels import cpu, stages
 from ..kernels.rng import normals_numpy, stream_key
 
@@ -290,18 +290,18 @@ class AnalogMatrix:
         self.forward_params = forward
         self.periphery = Periphery.from_params(forward if forward is not None else object())
         self.seed, self.layer = int(key[0]), int(key[1])
-        g = lambda name, default: getattr(mapping, name, default)  # noqa: E731
-        self.in_sizes = split_sizes(self.in_size, int(g("max_input_size", 512)))
-        self.out_sizes = split_sizes(self.out_size, int(g("max_output_size", 512)))
+        g = lambda name: getattr(mapping, name, AIHWKIT_MAPPING[name])  # noqa: E731  (aihwkit's defaults)
+        self.in_sizes = split_sizes(self.in_size, int(g("max_input_size")))
+        self.out_sizes = split_sizes(self.out_size, int(g("max_output_size")))
         split = len(self.in_sizes) > 1 or len(self.out_sizes) > 1
         b = None if bias is None else np.asarray(bias, dtype=np.float32).reshape(self.out_size)
-        self.analog_bias = b is not None and not split and not bool(g("digital_bias", True))
+        self.analog_bias = b is not None and not split and not bool(g("digital_bias"))
         self.bias = None if (b is None or self.analog_bias) else b
         if self.analog_bias:
             w = np.concatenate([w, b[:, None]], axis=1)
             self.in_sizes = [self.in_size + 1]
-        omega = float(g("weight_scaling_omega", 0.0) or 0.0)
-        columnwise = bool(g("weight_scaling_columnwise", False))
+        omega = float(g("weight_scaling_omega") or 0.0)
+        columnwise = bool(g("weight_scaling_columnwise"))
         self.tiles: list[PhysicalTile] = []
         i0 = 0
         for n_in in self.in_sizes:
@@ -357,6 +357,15 @@ class AnalogMatrix:
         for t, s in zip(self.tiles, scales):
             t.post_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(s, np.float32), (t.n_out,)))
 
+    def set_mapping_scales(self, scales) -> None:
+        """Set the per-tile digital factors of weight scaling ω (list of (n_out,); e.g. restored
+        from a saved state)."""
+        scales = list(scales)
+        if len(scales) != len(self.tiles):
+            raise ValueError(f"expected {len(self.tiles)} scale vectors, got {len(scales)}")
+        for t, s in zip(self.tiles, scales):
+            t.mapping_scale = np.ascontiguousarray(np.broadcast_to(np.asarray(s, np.float32), (t.n_out,)))
+
     def effective_weight(self) -> np.ndarray:
         """The logical (out × in) matrix the tiles currently represent (scales applied)."""
         w = np.zeros((self.out_size, sum(self.in_sizes)), np.float32)
@@ -390,18 +399,18 @@ class AnalogMatrix:
             else:
                 t.noise_vec = np.full(t.n_out, p.out_noise, np.float32)
 
-    def stream_keys(self, tile: int, epoch: int) -> dict:
-        """Philox keys of one tile's random streams for one epoch (cached)."""
-        k = (tile, epoch)
+    def stream_keys(self, tile: int, repetition: int) -> dict:
+        """Philox keys of one tile's random streams for one repetition (cached)."""
+        k = (tile, repetition)
         if k not in self._keys:
             self._keys[k] = {
-                name: stream_key(self.seed, self.layer, tile, name, epoch)
+                name: stream_key(self.seed, self.layer, tile, name, repetition)
                 for name in ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
             }
         return self._keys[k]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, row_ids=None, epoch: int = 0) -> np.ndarray:
+    def forward(self, x, row_ids=None, repetition: int = 0) -> np.ndarray:
         """y = W x + b through the analog tiles, for every row of ``x``.
 
         Parameters
@@ -410,7 +419,7 @@ class AnalogMatrix:
         row_ids : (M,) int64 global ids of the rows (counters of the random numbers);
             default ``arange(M)``. Give the same ids to get the same noise regardless
             of batch composition.
-        epoch : repetition index (part of the random-stream key).
+        repetition : repetition index (part of the random-stream key).
 
         Returns
         -------
@@ -428,14 +437,14 @@ class AnalogMatrix:
         if self.analog_bias:
             x = np.concatenate([x, np.ones((m, 1), np.float32)], axis=1)
         acc = np.zeros((m, self.out_size), np.float32)
-        self.forward_into(x, row_ids, epoch, acc, _PARALLEL)
+        self.forward_into(x, row_ids, repetition, acc, _PARALLEL)
         if self.bias is not None:
             acc += self.bias
         return acc
 
     __call__ = forward
 
-    def forward_into(self, x, row_ids, epoch, acc, kernels=None) -> None:
+    def forward_into(self, x, row_ids, repetition, acc, kernels=None) -> None:
         """``acc += W x`` through the tiles, without the digital bias (the core of :meth:`forward`).
 
         ``x`` is (M, in) float32 C-contiguous, with the extra column of ones already
@@ -454,7 +463,7 @@ class AnalogMatrix:
             cache = {}
             for j in range(self.n_out_chunks):
                 t = self.tiles[i * self.n_out_chunks + j]
-                self._forward_tile(t, x, row_ids, epoch, acc, cache, kern)
+                self._forward_tile(t, x, row_ids, repetition, acc, cache, kern)
 
     def _forward_perfect(self, x, acc) -> None:
         """is_perfect: plain product per tile, then out_scale and the digital scales."""
@@ -503,10 +512,10 @@ class AnalogMatrix:
         )
         return y, fail
 
-    def _forward_tile(self, t, x, row_ids, epoch, acc, cache, kern=None) -> None:
+    def _forward_tile(self, t, x, row_ids, repetition, acc, cache, kern=None) -> None:
         kern = kern or _PARALLEL
         p = self.periphery
-        keys = self.stream_keys(t.index, epoch)
+        keys = self.stream_keys(t.index, repetition)
         deterministic_input = p.inp_noise <= 0 and not p.inp_sto_round
         prep = cache.get("prep") if deterministic_input else None
         if prep is None:

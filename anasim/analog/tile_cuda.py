@@ -21,7 +21,7 @@ the CPU) and their indices sent back; the re-run gathers those rows (and their r
 ids) on the device, prepares, multiplies and finalizes them, and scatters outputs and
 scales back. Only the flags and the index lists cross the bus.
 
-Use: ``cm = to_cuda(am)``; ``cm.forward(x, row_ids, epoch)`` with a NumPy ``x`` returns
+Use: ``cm = to_cuda(am)``; ``cm.forward(x, row_ids, repetition)`` with a NumPy ``x`` returns
 a NumPy array (a drop-in replacement for ``am`` in an ``AnalogLayer``), with a device
 ``x`` (numba device array or CuPy array) a numba device array.
 """
@@ -98,6 +98,12 @@ class CudaAnalogMatrix:
         for t, d in zip(self.matrix.tiles, self._tiles):
             d.post, d.src_post = K.as_device(t.post_scale), t.post_scale
 
+    def set_mapping_scales(self, scales) -> None:
+        """``AnalogMatrix.set_mapping_scales`` on the CPU object, then refresh the device copies."""
+        self.matrix.set_mapping_scales(scales)
+        for t, d in zip(self.matrix.tiles, self._tiles):
+            d.ms = K.as_device(t.mapping_scale)
+
     def __getattr__(self, name):
         # in_size, out_size, tiles, periphery, effective_weight(), ...: the CPU object's
         if name == "matrix":
@@ -109,7 +115,7 @@ class CudaAnalogMatrix:
                 f"{len(self._tiles)} tiles, matmul {K.matmul_backend()}>")
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, row_ids=None, epoch: int = 0):
+    def forward(self, x, row_ids=None, repetition: int = 0):
         """y = W x + b through the analog tiles, as :meth:`AnalogMatrix.forward`.
 
         Parameters
@@ -117,7 +123,7 @@ class CudaAnalogMatrix:
         x : (M, in) float32, NumPy array or device array (numba / CuPy).
         row_ids : (M,) int64 global row ids, NumPy or device array (made on the device,
             they cost no transfer); default ``arange(M)``.
-        epoch : repetition index (part of the random-stream key).
+        repetition : repetition index (part of the random-stream key).
 
         Returns
         -------
@@ -150,7 +156,7 @@ class CudaAnalogMatrix:
                     cache = {}
                     for j in range(am.n_out_chunks):
                         k = i * am.n_out_chunks + j
-                        self._forward_tile(am.tiles[k], self._tiles[k], dx, rid, epoch, acc, cache)
+                        self._forward_tile(am.tiles[k], self._tiles[k], dx, rid, repetition, acc, cache)
         if self._bias is not None:
             K.add_bias(acc, self._bias)
         return acc if on_device else acc.copy_to_host()
@@ -202,10 +208,10 @@ class CudaAnalogMatrix:
         )
         return y, fail
 
-    def _forward_tile(self, t, d, dx, rid, epoch, acc, cache) -> None:
+    def _forward_tile(self, t, d, dx, rid, repetition, acc, cache) -> None:
         am = self.matrix
         p = am.periphery
-        keys = am.stream_keys(t.index, epoch)
+        keys = am.stream_keys(t.index, repetition)
         deterministic_input = p.inp_noise <= 0 and not p.inp_sto_round
         prep = cache.get("prep") if deterministic_input else None
         if prep is None:

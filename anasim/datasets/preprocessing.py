@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..config.params import Interval, Section, documented, param
+from ..params import Interval, Section, documented, param
 from ..errors import ConfigError, InputError, closest
 
 

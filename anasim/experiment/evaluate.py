@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..config import AnalogConfig, apply_overrides, load_config
 from ..errors import ConfigError, InputError
 from ..graph.executor import check_device
@@ -48,24 +48,23 @@ numbers do not depend on the batch size, so neither may the ideal outputs that
 # ------------------------------------------------------------------------------ inputs
 class ModelSource:
     """Where a model comes from (a path, ONNX bytes, an ``onnx.ModelProto`` or a loaded
-    :class:`Graph`) and its SHA-256; loads the graph once per BatchNorm-folding choice.
-    Pickles without the loaded graphs (worker processes reload from the path or bytes)."""
+    :class:`Graph`) and its SHA-256; loads the graph once (both BatchNorm-folding choices
+    derive from it: :meth:`Graph.folded`). Pickles without the loaded graph (worker
+    processes load it again from the path or bytes)."""
 
     def __init__(self, model: Any):
         self.path: str | None = None
         self.data: bytes | None = None
-        self._graphs: dict[bool, Graph] = {}
+        self._graph: Graph | None = None
         if isinstance(model, ModelSource):
             self.path, self.data = model.path, model.data
             self.sha256, self.source = model.sha256, model.source
-            self._graphs = dict(model._graphs)
+            self._graph = model._graph
             return
         if isinstance(model, Graph):
             ir = model.ir
             self.sha256, self.source = ir.sha256, ir.source
-            self._graphs[bool(ir.fold_batchnorm) or not ir.has_batchnorm] = model
-            if not ir.has_batchnorm:
-                self._graphs[not bool(ir.fold_batchnorm)] = model
+            self._graph = model
             if ir.source and os.path.isfile(ir.source) and _file_sha256(ir.source) == ir.sha256:
                 self.path = ir.source
             return
@@ -88,25 +87,13 @@ class ModelSource:
                          f"{type(model).__name__}.")
 
     def graph(self, fold_batchnorm: bool) -> Graph:
-        fold = bool(fold_batchnorm)
-        g = self._graphs.get(fold)
-        if g is None:
-            if self._graphs:
-                any_g = next(iter(self._graphs.values()))
-                if any_g.ir.reload is None:
-                    raise ConfigError(f"mapping.fold_batchnorm = {str(fold).lower()} but the graph was "
-                                      f"loaded with fold_batchnorm={any_g.ir.fold_batchnorm}; pass the "
-                                      "model's path.")
-                g = any_g.ir.reload(fold_batchnorm=fold)
-            else:
-                from ..graph.importer import load
+        """The model with BatchNormalization folded or not."""
+        if self._graph is None:
+            from ..graph.importer import load
 
-                g = load(self.path if self.path is not None else self.data, fold_batchnorm=fold,
-                         name=None if self.path is not None else "<memory>")
-            self._graphs[fold] = g
-            if not g.ir.has_batchnorm:
-                self._graphs[not fold] = g
-        return g
+            self._graph = load(self.path if self.path is not None else self.data,
+                               name=None if self.path is not None else "<memory>")
+        return self._graph.folded(bool(fold_batchnorm))
 
     @property
     def portable(self) -> bool:
@@ -118,7 +105,7 @@ class ModelSource:
             raise InputError("This model was given as an in-memory Graph without a file; pass its "
                              "path (or bytes) to run it in worker processes.")
         state = dict(self.__dict__)
-        state["_graphs"] = {}
+        state["_graph"] = None
         return state
 
 
@@ -244,7 +231,7 @@ class Job:
 
     def provenance(self, cfg: AnalogConfig) -> dict:
         return {"n_samples": len(self.data), "seed": self.seed,
-                "fold_batchnorm": bool(getattr(cfg.mapping, "fold_batchnorm", True)),
+                "fold_batchnorm": bool(cfg.mapping.fold_batchnorm),
                 "model": self.model.source, "model_sha256": self.model.sha256, "data": self.data.source,
                 "data_sha256": self.data.sha256, "preprocessing": self.data.preprocessing,
                 "limit": self.data.limit, "config": cfg.to_dict(), "anasim_version": __version__}
@@ -305,7 +292,7 @@ class Job:
         into every row."""
         from ..analog.simulator import analog
 
-        fold = bool(getattr(cfg.mapping, "fold_batchnorm", True))
+        fold = bool(cfg.mapping.fold_batchnorm)
         point = point or self.point_id(cfg)
         prov = self.provenance(cfg)
         params = dict(params or {})
@@ -443,7 +430,7 @@ def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, see
     t0 = time.perf_counter()
     thread_info = set_threads(threads)
     cfg = resolve_config(config, overrides)
-    fold = bool(getattr(cfg.mapping, "fold_batchnorm", True))
+    fold = bool(cfg.mapping.fold_batchnorm)
     msrc = ModelSource(model)
     data = as_data(dataset, preprocessing, limit)
     job = make_job(msrc, data, times=times, repeats=repeats, seed=seed, batch_size=batch_size,

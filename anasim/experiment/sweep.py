@@ -360,7 +360,7 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
     points = g.configs()
     msrc = ModelSource(model)
     data = as_data(dataset, preprocessing, limit)
-    first_fold = bool(getattr(points[0][1].mapping, "fold_batchnorm", True))
+    first_fold = bool(points[0][1].mapping.fold_batchnorm)
     job = make_job(msrc, data, times=g.times, repeats=g.repeats, seed=g.seed, batch_size=batch_size,
                    metric=g.metric, output=output, fold_batchnorm=first_fold, device=device)
     metrics = [m.name for m in job.metrics]

@@ -23,7 +23,9 @@ import numpy as np
 
 from ..errors import AnasimError, ExecutionError, InputError
 from ..ops.registry import resolve
-from .ir import GraphIR, ValueInfo
+from .context import RunContext
+from . import passes
+from .ir import GraphIR, ValueInfo, analog_candidates
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class BoundNode:
     fn: Callable
     on_device: bool = False
     """Placed on the GPU and runs there (False on the CPU, and for host fallbacks)."""
+    takes_context: bool = False
+    """An injected callable (an override): called as ``fn(*inputs, context=RunContext)``."""
 
 
 def bind(node, ir: GraphIR, device: str = "cpu") -> BoundNode:
@@ -101,9 +105,10 @@ class Graph:
     ir : GraphIR
         The imported model.
     overrides : dict of node name to callable, optional
-        Callables that replace the named nodes (the analog layers). On ``"cuda"`` they
-        receive and should return device arrays (``anasim.kernels.cuda.to_host`` /
-        ``as_device`` convert).
+        Callables that replace the named nodes (the analog layers), called as
+        ``fn(*inputs, context=ctx)`` with the run's :class:`~anasim.graph.context.RunContext`.
+        On ``"cuda"`` they receive and should return device arrays
+        (``anasim.kernels.cuda.to_host`` / ``as_device`` convert).
     device : "cpu" (default) or "cuda"
         Where the nodes run (see :meth:`to`).
 
@@ -120,9 +125,15 @@ class Graph:
         On ``"cuda"``, the nodes that run on the CPU for lack of a device implementation.
     """
 
-    def __init__(self, ir: GraphIR, overrides: Mapping[str, Callable] | None = None, device: str = "cpu"):
+    def __init__(self, ir: GraphIR, overrides: Mapping[str, Callable] | None = None, device: str = "cpu", *,
+                 unfolded: GraphIR | None = None, _variants: dict | None = None):
         check_device(device)
         self.ir = ir
+        self.unfolded = ir if unfolded is None else unfolded
+        """The model as imported, BatchNormalization not folded (``ir`` itself when it is not)."""
+        # the folded and unfolded IR, shared by every graph derived from this one
+        self._variants = {False: self.unfolded} if _variants is None else _variants
+        self._variants.setdefault(ir.fold_batchnorm, ir)
         self.device = device
         overrides = dict(overrides or {})
         unknown = set(overrides) - {n.name for n in ir.nodes}
@@ -132,7 +143,8 @@ class Graph:
         for node in ir.nodes:
             if node.name in overrides:  # resolved for validation; the override runs
                 b = bind(node, ir)
-                b = BoundNode(b.name, b.op_type, b.inputs, b.outputs, overrides[node.name], device == "cuda")
+                b = BoundNode(b.name, b.op_type, b.inputs, b.outputs, overrides[node.name], device == "cuda",
+                              takes_context=True)
             else:
                 b = bind(node, ir, device)
             bound.append(b)
@@ -167,8 +179,6 @@ class Graph:
 
     @property
     def analog_candidates(self) -> list[str]:
-        from .importer import analog_candidates
-
         return analog_candidates(self.ir)
 
     @property
@@ -182,7 +192,26 @@ class Graph:
         """A copy of this graph in which the named nodes run ``overrides[name]`` instead."""
         merged = dict(self._overrides)
         merged.update(overrides)
-        return Graph(self.ir, merged, self.device)
+        return Graph(self.ir, merged, self.device, unfolded=self.unfolded, _variants=self._variants)
+
+    def folded(self, fold_batchnorm: bool = True) -> "Graph":
+        """This network with BatchNormalization folded into the preceding Conv/Gemm
+        (``True``: what a deployed chip stores) or kept as separate digital nodes
+        (``False``: what aihwkit does with an unfused model); ``self`` when it already is.
+
+        Derived from the model as imported (:attr:`unfolded`) by the IR pass
+        :func:`~anasim.graph.passes.with_batchnorm_folded`; the file is not read again.
+        Overrides of nodes that folding removes are dropped.
+        """
+        want = bool(fold_batchnorm)
+        if not self.ir.has_batchnorm or self.ir.fold_batchnorm == want:
+            return self
+        if want not in self._variants:
+            self._variants[want] = passes.with_batchnorm_folded(self.unfolded)
+        ir = self._variants[want]
+        names = {n.name for n in ir.nodes}
+        overrides = {k: v for k, v in self._overrides.items() if k in names}
+        return Graph(ir, overrides, self.device, unfolded=self.unfolded, _variants=self._variants)
 
     def to(self, device: str) -> "Graph":
         """This graph placed on ``device``: ``"cpu"`` or ``"cuda"`` (a GPU through numba.cuda).
@@ -195,7 +224,7 @@ class Graph:
         """
         if device == self.device:
             return self
-        return Graph(self.ir, self._overrides, device)
+        return Graph(self.ir, self._overrides, device, unfolded=self.unfolded, _variants=self._variants)
 
     def __repr__(self) -> str:
         ins = ", ".join(i.describe() for i in self.inputs)
@@ -267,7 +296,7 @@ class Graph:
                 per_sample = max(per_sample, int(np.prod(vi.shape[1:])) * itemsize)
         return max(1, budget // (16 * per_sample))
 
-    def _run_once(self, feeds: dict[str, np.ndarray], want: list[str]) -> dict[str, np.ndarray]:
+    def _run_once(self, feeds: dict[str, np.ndarray], want: list[str], context: RunContext) -> dict[str, np.ndarray]:
         values: dict[str, np.ndarray] = dict(self.ir.constants)
         if self.device == "cuda":
             from ..kernels.cuda import as_device
@@ -280,7 +309,7 @@ class Graph:
         for k, node in enumerate(self.nodes):
             args = [values[i] if i else None for i in node.inputs]
             try:
-                result = node.fn(*args)
+                result = node.fn(*args, context=context) if node.takes_context else node.fn(*args)
             except AnasimError:
                 raise
             except Exception as exc:  # pragma: no cover - message path tested via bad models
@@ -315,8 +344,9 @@ class Graph:
             return {n: np.asarray(to_host(values[n])) for n in want}
         return {n: values[n] for n in want}
 
-    def run(self, feeds: Mapping[str, np.ndarray], batch_size: int | None = None,
-            outputs: list[str] | None = None, check_finite: bool = False) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], *, batch_size: int | None = None,
+            outputs: list[str] | None = None, check_finite: bool = False,
+            context: RunContext | None = None) -> dict[str, np.ndarray]:
         """Run the model.
 
         Parameters
@@ -336,7 +366,12 @@ class Graph:
             Refuse inputs containing NaN/inf (InputError naming the samples). Off by
             default because NaN is a legitimate ONNX value (IsNaN); the analog simulator
             and the experiments always check.
+        context : RunContext, optional
+            Handed to the injected callables (``overrides``); the chunk of ``batch_size``
+            samples starting at sample ``s`` gets ``context.shifted(s)``. Default
+            ``RunContext()`` (the feeds are the data set's first samples, repetition 0).
         """
+        context = RunContext() if context is None else context
         feeds = self._check_feeds(feeds, check_finite)
         want = outputs or [o.name for o in self.outputs]
         if batch_size is None and feeds:
@@ -345,20 +380,23 @@ class Graph:
             if len(n) == 1 and n.pop() > auto:
                 batch_size = auto
         if batch_size is None or not feeds:
-            return self._run_once(feeds, want)
-        if batch_size < 1:
+            return self._run_once(feeds, want, context)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer; got {batch_size}.")
         n = {a.shape[0] if a.ndim else 1 for a in feeds.values()}
         if len(n) != 1:
             raise InputError(f"batch_size needs all inputs to share the batch dimension; got sizes {sorted(n)}.")
         total = n.pop()
+        batch_size = int(batch_size)
         parts = [
-            self._run_once({k: v[s:s + batch_size] for k, v in feeds.items()}, want)
-            for s in range(0, total, batch_size)
+            self._run_once({k: v[s:s + batch_size] for k, v in feeds.items()}, want, context.shifted(s))
+            for s in range(0, max(total, 1), batch_size)
         ]
+        if len(parts) == 1:
+            return parts[0]
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in want}
 
-    def __call__(self, x: np.ndarray, batch_size: int | None = None, check_finite: bool = False) -> np.ndarray:
+    def __call__(self, x: np.ndarray, *, batch_size: int | None = None, check_finite: bool = False) -> np.ndarray:
         """Run a single-input, single-output model on ``x`` and return the output array."""
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise InputError(

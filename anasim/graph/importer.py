@@ -30,7 +30,6 @@ from . import passes
 MAX_OPSET = 21
 """Highest default-domain opset whose semantics anasim implements and tests."""
 
-ANALOG_OPS = ("Conv", "Gemm", "MatMul")
 """Op types that become analog layers when their weight operand is a constant."""
 
 
@@ -216,6 +215,9 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
         Fold BatchNormalization nodes that follow a Conv/Gemm with constant weights into
         that node's weight and bias (what a deployed analog chip stores). With False they
         stay separate, digital nodes (what aihwkit does with an unfused PyTorch model).
+        Either way the graph keeps the model as imported, so :meth:`Graph.folded` gives
+        the other choice without reading the file again, and :func:`anasim.analog`
+        applies the configuration's ``mapping.fold_batchnorm`` to it.
     name : str, optional
         Name used in messages for bytes/ModelProto input.
 
@@ -252,18 +254,8 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     proto.graph.ClearField("value_info")
     proto.graph.value_info.extend(inferred.graph.value_info)
     ir = to_ir(proto, where, hashlib.sha256(data).hexdigest())
-    ir.has_batchnorm = any(n.op_type == "BatchNormalization" for n in ir.nodes)
-    ir.fold_batchnorm = fold_batchnorm
     _check_finite_constants(ir)
-    ir = passes.run_all(ir, fold_batchnorm=fold_batchnorm)
-
-    def reload(**kwargs) -> Graph:
-        options = {"check": check, "fold_batchnorm": fold_batchnorm, "name": name}
-        options.update(kwargs)
-        return load(model, **options)
-
-    ir.reload = reload
-    return Graph(ir)
+    return Graph(passes.run_all(ir)).folded(fold_batchnorm)
 
 
 _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
@@ -288,14 +280,3 @@ def _check_finite_constants(ir: GraphIR) -> None:
                 f"of {arr.size}; the model is broken (re-export it from a healthy checkpoint).")
         warnings.warn(f"Model {ir.source!r}: tensor {name!r} (used by {names}) contains "
                       f"{int((~finite).sum())} NaN/infinite value(s).", stacklevel=3)
-
-
-def analog_candidates(ir: GraphIR) -> list[str]:
-    """Names of Conv/Gemm/MatMul nodes whose weight (input 1) is a constant, in graph order."""
-    out = []
-    for n in ir.nodes:
-        if n.domain in ("", "ai.onnx") and n.op_type in ANALOG_OPS and len(n.inputs) > 1:
-            w = ir.constants.get(n.inputs[1])
-            if w is not None and (n.op_type != "MatMul" or w.ndim == 2):
-                out.append(n.name)
-    return out

@@ -56,12 +56,11 @@ class GraphIR:
     opsets: dict[str, int]
     sha256: str = ""
     source: str = "<memory>"
-    fold_batchnorm: bool = True
-    """Whether BatchNormalization nodes were folded into the preceding Conv/Gemm on import."""
+    fold_batchnorm: bool = False
+    """Whether BatchNormalization nodes were folded into the preceding Conv/Gemm
+    (:func:`~anasim.graph.passes.with_batchnorm_folded`)."""
     has_batchnorm: bool = False
-    """Whether the imported model had any BatchNormalization node."""
-    reload: Any = None
-    """``reload(**load_kwargs) -> Graph``: import the same model again with other options."""
+    """Whether the imported model has any BatchNormalization node (before folding)."""
 
     def opset(self, domain: str) -> int:
         domain = "" if domain == "ai.onnx" else domain
@@ -77,3 +76,18 @@ class GraphIR:
                 if i:
                     out.setdefault(i, []).append(n)
         return out
+
+
+ANALOG_OPS = ("Conv", "Gemm", "MatMul")
+"""The ops whose constant weight an analog simulation maps onto tiles."""
+
+
+def analog_candidates(ir: GraphIR) -> list[str]:
+    """Names of Conv/Gemm/MatMul nodes whose weight (input 1) is a constant, in graph order."""
+    out = []
+    for n in ir.nodes:
+        if n.domain in ("", "ai.onnx") and n.op_type in ANALOG_OPS and len(n.inputs) > 1:
+            w = ir.constants.get(n.inputs[1])
+            if w is not None and (n.op_type != "MatMul" or w.ndim == 2):
+                out.append(n.name)
+    return out

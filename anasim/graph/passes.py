@@ -6,11 +6,17 @@
   op registry (this covers Constant, ConstantOfShape, Cast of float16 initializers, and
   Shape/Gather/Concat chains), plus Shape/Size of values whose shape is fully static.
 * :func:`remove_identities` — drop Identity and inference-mode Dropout.
-* :func:`fold_batchnorm` — fold BatchNormalization into the preceding Conv/Gemm when exact.
 * :func:`remove_dead_nodes` — drop nodes that no graph output depends on.
+
+:func:`run_all` is what :func:`~anasim.graph.importer.load` applies. BatchNorm folding is
+not among them: :func:`with_batchnorm_folded` is a separate IR → IR pass (a new IR; the
+input is left as it was), applied by :meth:`Graph.folded <anasim.graph.executor.Graph.folded>`
+for the digital path and by :func:`anasim.analog` as ``mapping.fold_batchnorm`` says.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -25,14 +31,25 @@ _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifo
                "Bernoulli"}
 
 
-def run_all(ir: GraphIR, fold_batchnorm: bool = True) -> GraphIR:
+def run_all(ir: GraphIR) -> GraphIR:
+    """The import passes, in order (BatchNormalization stays: see :func:`with_batchnorm_folded`)."""
     ir = validate_and_sort(ir)
     ir = remove_identities(ir)
     ir = fold_constants(ir)
-    if fold_batchnorm:
-        ir = globals()["fold_batchnorm"](ir)
     ir = remove_dead_nodes(ir)
+    ir.has_batchnorm = any(n.op_type == "BatchNormalization" for n in ir.nodes)
     return ir
+
+
+def with_batchnorm_folded(ir: GraphIR) -> GraphIR:
+    """A new IR in which BatchNormalization is folded into the preceding Conv/Gemm where
+    exact (:func:`fold_batchnorm`), then dead nodes and unused constants dropped; ``ir``
+    itself is not changed (its nodes are copied, its constant arrays shared)."""
+    copy = dataclasses.replace(
+        ir, nodes=[dataclasses.replace(n, inputs=list(n.inputs), outputs=list(n.outputs), attrs=dict(n.attrs),
+                                       meta=dict(n.meta)) for n in ir.nodes],
+        constants=dict(ir.constants), fold_batchnorm=True)
+    return remove_dead_nodes(fold_batchnorm(copy))
 
 
 def validate_and_sort(ir: GraphIR) -> GraphIR:

@@ -3,7 +3,7 @@
 Every random number anasim draws is a pure function of *where* it is used, never of
 how the work is scheduled::
 
-    key     = stream_key(seed, layer, tile, purpose, epoch)      -> (k0, k1), 2 x uint32
+    key     = stream_key(seed, layer, tile, purpose, repetition)      -> (k0, k1), 2 x uint32
     counter = (element >> 2, round, row_id & 0xffffffff, row_id >> 32)
     block   = philox4x32_10(counter, key)                         -> 4 x uint32
     value   = word (element & 3) of the block, turned into a normal or a uniform
@@ -90,10 +90,10 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def stream_key(seed: int, layer: int, tile: int, purpose: int | str, epoch: int = 0) -> tuple[int, int]:
+def stream_key(seed: int, layer: int, tile: int, purpose: int | str, repetition: int = 0) -> tuple[int, int]:
     """The Philox key (k0, k1) of one random stream.
 
-    Mixing: ``h = splitmix64(seed)``, then for each of ``layer, tile, purpose, epoch``
+    Mixing: ``h = splitmix64(seed)``, then for each of ``layer, tile, purpose, repetition``
     in this order ``h = splitmix64(h ^ (value & 2**64-1))``; ``k0`` is the low and
     ``k1`` the high 32-bit word of the final ``h``. Each field changes every bit of
     the key with probability ~1/2 (SplitMix64 is a bijective avalanche mixer), so
@@ -102,14 +102,14 @@ def stream_key(seed: int, layer: int, tile: int, purpose: int | str, epoch: int 
 
     Parameters
     ----------
-    seed, layer, tile, epoch : non-negative (or negative, taken mod 2**64) integers.
-        ``epoch`` is the repetition / Monte-Carlo draw.
+    seed, layer, tile, repetition : non-negative (or negative, taken mod 2**64) integers.
+        ``repetition`` is the Monte-Carlo repetition (a freshly programmed chip).
     purpose : int or a name from :data:`PURPOSE`.
     """
     if isinstance(purpose, str):
         purpose = PURPOSE[purpose]
     h = _splitmix64(int(seed) & _MASK64)
-    for v in (layer, tile, purpose, epoch):
+    for v in (layer, tile, purpose, repetition):
         h = _splitmix64(h ^ (int(v) & _MASK64))
     return h & 0xFFFFFFFF, h >> 32
 
