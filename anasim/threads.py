@@ -15,7 +15,7 @@ all cores) -- is the number of cores anasim keeps busy. It governs:
 * **The Python worker threads of the convolutions** (:func:`run_chunks`, :func:`run_blocks`:
   the blocks of the ideal convolutions, pooling, the analog layers' row blocks): as many as
   Numba's thread count (:func:`num_threads`), as are the chunks of the fused analog
-  convolution (on Numba's threads). BLAS runs single-threaded inside them (:class:`_Blas`),
+  convolution (on Numba's threads). BLAS runs single-threaded inside them (:class:`Blas`),
   so BLAS's threads and these never compete.
 * **Worker processes of sweeps** (``sweep(workers=W)``): ``N // W`` threads each (at least
   1; N defaults to the number of cores there): the BLAS variables when they are spawned
@@ -144,7 +144,7 @@ def worker_env(n: int | None):
 
 
 # --------------------------------------------------------------------------- BLAS at run time
-class _Blas:
+class Blas:
     """Run-time control of the OpenBLAS thread count used by NumPy (no-op where unavailable).
 
     The convolution runs its own worker threads, each calling single-threaded BLAS on a
@@ -223,7 +223,7 @@ def run_chunks(n_chunks: int, make_state, do_chunk) -> None:
     """
     global _POOL, _POOL_SIZE
     n = min(num_threads(), n_chunks)
-    if n <= 1 or not _Blas.available():
+    if n <= 1 or not Blas.available():
         state = make_state()
         for i in range(n_chunks):
             do_chunk(state, i)
@@ -246,7 +246,7 @@ def run_chunks(n_chunks: int, make_state, do_chunk) -> None:
                 failed.append(True)
                 raise
 
-    with _Blas.single_threaded():
+    with Blas.single_threaded():
         for f in [_POOL.submit(worker, k) for k in range(n)]:
             f.result()
 
@@ -255,8 +255,8 @@ def run_blocks(n_blocks: int, make_state, do_block) -> None:
     """:func:`run_chunks` for blocks whose BLAS products are small (the analog layers'
     row blocks): BLAS stays single-threaded also when the blocks run in the calling
     thread (one worker), where its own threads would only add overhead."""
-    if min(num_threads(), n_blocks) <= 1 and _Blas.available():
-        with _Blas.single_threaded():
+    if min(num_threads(), n_blocks) <= 1 and Blas.available():
+        with Blas.single_threaded():
             run_chunks(n_blocks, make_state, do_block)
     else:
         run_chunks(n_blocks, make_state, do_block)

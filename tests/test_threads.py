@@ -21,7 +21,7 @@ from thread_helpers import numba_threads, rerun_with_two_threads
 
 
 def _need_worker_threads():
-    if not threads._Blas.available():
+    if not threads.Blas.available():
         pytest.skip("no OpenBLAS thread control: run_chunks runs in the calling thread by design")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernels import cpu_conv
 from ..kernels import stages as S
-from ..threads import _Blas, num_threads
+from ..threads import Blas, num_threads
 from .tile import AnalogMatrix
 
 __all__ = ["FusedConv", "fused_available"]
@@ -35,7 +35,7 @@ _KEYS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
 def fused_available(matrices) -> bool:
     """Whether the fused kernel serves these matrices: CPU tiles with a periphery, the same
     periphery for all, and NumPy's BLAS reachable from kernels."""
-    return (cpu_conv.available() and _Blas.available()
+    return (cpu_conv.available() and Blas.available()
             and all(type(m) is AnalogMatrix and not m.periphery.perfect for m in matrices)
             and all(m.periphery == matrices[0].periphery for m in matrices))
 
@@ -224,6 +224,6 @@ class FusedConv:
                     (np.float32(epilogue[0]), np.float32(epilogue[1])), out,
                     np.int64(first), np.int64(rows), np.int64(chunks),
                     all(m.n_in_chunks == 1 for m in self.matrices), cycles)
-            with _Blas.single_threaded():  # each chunk calls sgemm on its own thread
+            with Blas.single_threaded():  # each chunk calls sgemm on its own thread
                 bad = int(cpu_conv.analog_conv_parallel(*args))
         return out.reshape((n, oc) + geom.out_shape), int(bad)

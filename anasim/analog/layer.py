@@ -13,7 +13,7 @@ the layer's (digital by default) bias, any other Gemm ``C`` is added after the t
 
 Speed: an ungrouped 1-D/2-D convolution on CPU tiles never builds its whole im2col
 matrix. It runs in blocks of rows sized to stay in a core's cache (``_BLOCK_BYTES``),
-on the convolution's worker threads (:func:`~anasim.ops.conv.run_blocks`): im2col rows
+on the convolution's worker threads (:func:`~anasim.threads.run_blocks`): im2col rows
 of the block from a zero-padded copy of the input, the tiles with the single-threaded
 periphery kernels (:data:`~anasim.analog.tile.SERIAL`), then bias and NCHW layout
 straight into the output. Row ids are those of the whole batch, so the result is the
@@ -50,7 +50,7 @@ _BLOCK_BYTES = 4 << 20
 """Working set of one block of convolution rows (im2col rows, prepared inputs, outputs).
 A few MB: smaller blocks fit L2 better but pay the per-block Python work more often
 (measured on 2 MB-L2 cores: 4 MB best, 1 MB about 30 % slower). Blocks run on the worker
-threads of :func:`~anasim.ops.conv.run_blocks`."""
+threads of :func:`~anasim.threads.run_blocks`."""
 _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 256, 32768
 
 
@@ -125,7 +125,7 @@ class AnalogLayer:
 
     def _rows_blocked(self, ctx: RunContext, m: AnalogMatrix, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
         """:meth:`AnalogMatrix.forward` on blocks of rows shared out among the worker threads
-        (:func:`~anasim.ops.conv.run_blocks`: single-threaded BLAS and the serial periphery
+        (:func:`~anasim.threads.run_blocks`: single-threaded BLAS and the serial periphery
         kernels per block), so that BLAS's own threads and Numba's never compete for the
         cores. Every row's numbers are its own (row ids), so the blocking changes nothing
         but the BLAS kernel OpenBLAS picks for a product's size."""

@@ -271,7 +271,7 @@ def im2col(x5, params, r0: int, r1: int, c0: int, cg: int):
     """Rows ``r0:r1`` of the im2col matrix of channels ``c0:c0+cg`` of ``x5`` (N, C, D, H, W).
 
     ``params`` is ``(kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, od, oh, ow)``; the
-    columns are in (channel, kd, kh, kw) order, as :func:`anasim.ops.conv.im2col`.
+    columns are in (channel, kd, kh, kw) order, as :func:`anasim.ops.im2col.im2col`.
     """
     kk = params[0] * params[1] * params[2]
     out = device_empty((r1 - r0, cg * kk), x5.dtype)

@@ -23,7 +23,7 @@ def pool_geometry(x_shape, kernel_shape, auto_pad="NOTSET", ceil_mode=0, dilatio
                   pads=None, strides=None) -> ConvGeometry:
     """Resolve a MaxPool / AveragePool node's attributes for input ``x_shape`` (N, C, *spatial).
 
-    Returns a :class:`~anasim.ops.conv.ConvGeometry` with ``group == in_channels ==
+    Returns a :class:`~anasim.ops.conv_geometry.ConvGeometry` with ``group == in_channels ==
     out_channels == C``.
     """
     x_shape = tuple(int(s) for s in x_shape)
