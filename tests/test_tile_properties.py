@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from anasim.analog import tile as tile_mod
 from anasim.analog import AnalogMatrix, split_sizes
+from anasim.config import AIHWKIT_FORWARD, AIHWKIT_MAPPING
 from anasim.kernels import cpu
 from naive_tile import naive_forward
 from thread_helpers import numba_threads, rerun_with_two_threads
@@ -28,22 +29,12 @@ SETTINGS = settings(max_examples=30, deadline=None)
 
 def fwd(**kw):
     """aihwkit IOParameters defaults (as InferenceRPUConfig sets them), overridden by kw."""
-    base = dict(
-        is_perfect=False, inp_res=1 / 126, inp_bound=1.0, inp_noise=0.0, inp_sto_round=False,
-        out_res=1 / 510, out_bound=12.0, out_noise=0.06, out_sto_round=False, w_noise=0.0,
-        w_noise_type="none", ir_drop=0.0, ir_drop_g_ratio=1 / 0.35 / 5e-6, out_nonlinearity=0.0,
-        noise_management="abs_max", nm_thres=0.0, bound_management="iterative",
-        max_bm_factor=1000, max_bm_res=0.25, bm_test_negative_bound=True,
-    )
-    base.update(kw)
-    return types.SimpleNamespace(**base)
+    return types.SimpleNamespace(**{**AIHWKIT_FORWARD, **kw})
 
 
 def mapping(**kw):
-    base = dict(max_input_size=512, max_output_size=512, digital_bias=True,
-                weight_scaling_omega=0.0, weight_scaling_columnwise=False)
-    base.update(kw)
-    return types.SimpleNamespace(**base)
+    """aihwkit MappingParameter defaults, overridden by kw."""
+    return types.SimpleNamespace(**{**AIHWKIT_MAPPING, **kw})
 
 
 def dyadic(rng, shape, scale=64):
