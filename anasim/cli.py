@@ -236,9 +236,9 @@ def _check_outputs(paths, overwrite: bool, plot) -> None:
         if not Path(p).resolve().parent.is_dir():
             raise ResultsFileError(f"Cannot write {p}: folder {Path(p).parent} does not exist.")
     if plot:
-        from .experiment.plot import _matplotlib
+        from .experiment.plot import plot_format
 
-        _matplotlib()
+        plot_format(plot)  # matplotlib installed, and the extension is an image format it writes
         if Path(plot).exists() and not overwrite:
             raise ResultsFileError(f"{plot} exists; refusing to overwrite it (pass --overwrite).")
 
@@ -403,7 +403,7 @@ def _cmd_sweep(args) -> int:
         say(f"results in {args.out} ({len(res)} rows for this grid: one per point × time × "
             "repetition, plus the ideal row of each point)")
     if args.plot:
-        res.plot(args.plot, x=args.x, overwrite=True)
+        res.plot(args.plot, x=args.x, overwrite=args.overwrite)  # checked before the sweep
         say(f"wrote {args.plot}")
     say(f"({time.perf_counter() - t_start:.1f} s)")
     return 0

@@ -1,4 +1,10 @@
-"""Shared fixtures: paths of ../shared (tests skip cleanly when it is absent) and data."""
+"""Shared fixtures: paths of ../shared and data.
+
+Tests find the reference models and data through :func:`shared_path`, under ``../shared``
+beside the repository (or ``$ANASIM_SHARED``). A missing folder or file skips the test,
+unless ``ANASIM_REQUIRE_SHARED=1`` (CI sets it, ``.ci/run``): then the test fails, naming
+the file, so that a checkout without ../shared cannot pass by skipping.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import numpy as np
 import pytest
 
 SHARED = Path(os.environ.get("ANASIM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+REQUIRE_SHARED = os.environ.get("ANASIM_REQUIRE_SHARED", "").strip().lower() not in ("", "0", "false", "no", "off")
 MODELS = SHARED / "models"
 DATA = SHARED / "data"
 GOLDEN = SHARED / "golden"
@@ -18,11 +25,23 @@ CIFAR_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def shared_path(*parts: str) -> Path:
-    """Path under ../shared, or skip the calling test if it is not there."""
+    """Path under ../shared; skip the calling test if it is not there, or fail it when
+    ``ANASIM_REQUIRE_SHARED=1``."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"{p} not available (../shared is absent)")
+        why = f"{SHARED} is absent" if not SHARED.is_dir() else f"{SHARED} has no {Path(*parts)}"
+        if REQUIRE_SHARED:
+            pytest.fail(f"{p} is missing ({why}), and ANASIM_REQUIRE_SHARED=1 makes that a failure: "
+                        "put the reference models and data there, point ANASIM_SHARED at them, or "
+                        "unset ANASIM_REQUIRE_SHARED to skip these tests.", pytrace=False)
+        pytest.skip(f"{p} not available ({why})")
     return p
+
+
+def pytest_report_header(config):
+    state = "present" if SHARED.is_dir() else "absent"
+    mode = "missing files fail (ANASIM_REQUIRE_SHARED=1)" if REQUIRE_SHARED else "missing files skip"
+    return f"anasim reference data: {SHARED} ({state}; {mode})"
 
 
 def cifar10_test(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

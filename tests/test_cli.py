@@ -123,8 +123,8 @@ def test_plot_option(files, tmp_path, capsys):
 
 
 def test_default_evaluate_runs_the_bundled_model(capsys):
-    if not (ROOT / "data" / "fmnist_cnn.onnx").is_file() or not (ROOT / "data" / "fmnist_test.npz").is_file():
-        pytest.skip("data/fmnist_cnn.onnx and data/fmnist_test.npz are not there yet")
+    for name in ("fmnist_cnn.onnx", "fmnist_cnn.json", "fmnist_test.npz"):  # tracked in git
+        assert (ROOT / "data" / name).is_file(), f"data/{name} (the bundled demo) is missing"
     rc = main(["evaluate", "--limit", "200", "--times", "0,1d", "--repeats", "2"])
     out = capsys.readouterr().out
     assert rc == 0

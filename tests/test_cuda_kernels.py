@@ -393,7 +393,6 @@ def _tiny_mlp(rng):
 def test_sim_simulator_with_cuda_tiles_programming_and_drift():
     """An AnalogSimulator whose matrices are swapped for CUDA twins: same outputs, and
     program() / drift() reach the device copies."""
-    pytest.importorskip("onnx")
     import anasim
     from anasim.analog.tile_cuda import to_cuda
 

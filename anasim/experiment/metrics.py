@@ -31,8 +31,8 @@ from ..errors import ConfigError, InputError, closest
 @dataclass(frozen=True)
 class Metric:
     """A per-sample score. ``percent``: shown as a percentage (accuracies);
-    ``higher_is_better``: for plots and wording; ``needs_labels`` / ``needs_ideal``: what
-    the function reads besides the outputs."""
+    ``higher_is_better``: False puts "lower is better" on plots' metric axis;
+    ``needs_labels`` / ``needs_ideal``: what the function reads besides the outputs."""
 
     name: str
     fn: Callable
@@ -53,14 +53,12 @@ class Metric:
                              f"{outputs.shape[0]} samples; it must return one per sample.")
         return values
 
-    def format(self, value: float | None, digits: int | None = None) -> str:
+    def format(self, value: float | None) -> str:
         """``value`` as shown in tables (percent for accuracies)."""
         if value is None or not np.isfinite(value):
             return "n/a"
         if self.percent:
-            return f"{100.0 * value:.{2 if digits is None else digits}f}"
-        if digits is not None:
-            return f"{value:.{digits}g}"
+            return f"{100.0 * value:.2f}"
         return f"{value:.4f}" if abs(value) < 100 else f"{value:.4g}"
 
     @property
@@ -148,10 +146,6 @@ def get_metric(metric) -> Metric:
                       f"Known metrics: {', '.join(_REGISTRY)} (or topK for any K).")
 
 
-def metric_names() -> list[str]:
-    return list(_REGISTRY)
-
-
 def default_metrics(primary: Metric, n_outputs: int | None, has_labels: bool) -> list[Metric]:
     """The metrics an evaluation records: the requested one first, then top-1 and top-5
     accuracy when there are labels and a classifier output (top-5 only with > 5 classes)."""
@@ -163,5 +157,4 @@ def default_metrics(primary: Metric, n_outputs: int | None, has_labels: bool) ->
     return out
 
 
-__all__ = ["Metric", "get_metric", "register_metric", "metric_names", "topk", "logits_rel_error",
-           "default_metrics"]
+__all__ = ["Metric", "get_metric", "register_metric", "topk", "logits_rel_error", "default_metrics"]

@@ -1,7 +1,9 @@
 """Plots of result tables (matplotlib, the ``plot`` extra: ``pip install matplotlib``).
 
 Figures are drawn with ``matplotlib.figure.Figure`` directly (no pyplot, no GUI backend),
-so plotting works on headless machines and inside worker processes.
+so plotting works on headless machines and inside worker processes. A figure is written to
+exactly the path given, in the format its extension names (:func:`plot_format`), and an
+existing file is kept unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .metrics import get_metric
 from .results import format_time
-from .storage import atomic_write
+from .storage import ResultsFileError, atomic_write, check_writable
 
 
 def _matplotlib():
@@ -53,15 +55,34 @@ def _time_axis(ax, times):
     ax.set_xlabel("time after programming, t_inference (log scale; 0 s at the left)")
 
 
-def plot_results(results, path=None, metric=None, x=None, overwrite=True):
+def plot_format(path) -> str:
+    """The image format that ``path``'s extension names ("png" when it has none), checked
+    before anything is drawn: matplotlib must be installed and support it, or
+    ResultsFileError lists the extensions it does support."""
+    _matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix
+    fmt = suffix.lstrip(".").lower() or "png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise ResultsFileError(f"{path}: cannot write a plot as {suffix!r}; use one of "
+                               + ", ".join(f".{k}" for k in sorted(supported)) + ".")
+    return fmt
+
+
+def plot_results(results, path=None, metric=None, x=None, overwrite=False):
     """See :meth:`anasim.experiment.Results.plot`."""
     Figure = _matplotlib()
+    if path is not None:
+        fmt = plot_format(path)
+        check_writable(path, overwrite)  # refuse before drawing
     metric = metric or results.metrics[0]
     m = get_metric(metric)
     aggs = results.aggregate(metric)
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ylabel = m.label + (f" ({m.unit})" if m.unit else "")
+    ylabel = m.label + (f" ({m.unit})" if m.unit else "") + ("" if m.higher_is_better else ", lower is better")
     n_rep = max((a["n"] for a in aggs), default=0)
     bars = "95 % interval over repetitions" if n_rep > 1 else "1 repetition"
     varying = [p for p in results.params if len({_key(a.get(p)) for a in aggs}) > 1]
@@ -124,25 +145,10 @@ def plot_results(results, path=None, metric=None, x=None, overwrite=True):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     if path is not None:
-        path = Path(path)
         buf = io.BytesIO()
-        fmt = path.suffix.lstrip(".").lower() or "png"
         fig.savefig(buf, format=fmt, dpi=120)
-        _atomic_bytes(path, buf.getvalue(), overwrite)
+        atomic_write(path, buf.getvalue(), overwrite=overwrite)
     return fig
-
-
-def _atomic_bytes(path: Path, data: bytes, overwrite: bool):
-    import os
-
-    if not overwrite and path.exists():
-        atomic_write(path, "", overwrite=False)  # raises the standard message
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _key(v):
@@ -159,4 +165,4 @@ def _title(results) -> str:
     return f"{model} on {data} ({r.get('n_samples', '?')} samples)"
 
 
-__all__ = ["plot_results"]
+__all__ = ["plot_results", "plot_format"]

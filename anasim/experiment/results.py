@@ -26,12 +26,11 @@ metric columns
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from .metrics import get_metric
 from .stats import describe
-from .storage import read_table, write_table
+from .storage import ResultsFileError, read_table, table_text, write_table
 
 HEAD = ["point"]
 KEYS = ["kind", "t_inference", "repetition"]
@@ -126,9 +125,14 @@ class Results:
         return None
 
     def to_pandas(self):
-        """A ``pandas.DataFrame`` of the table (pandas must be installed)."""
-        import pandas as pd
+        """A ``pandas.DataFrame`` of the table (pandas must be installed: ``pip install pandas``)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            from ..errors import ConfigError
 
+            raise ConfigError("Results.to_pandas() needs pandas, which is not installed: "
+                              "pip install pandas.") from None
         return pd.DataFrame(self.table(), columns=self.columns)
 
     # ------------------------------------------------------------------ statistics
@@ -208,17 +212,43 @@ class Results:
         return _render([head], body)
 
     # ------------------------------------------------------------------ files
+    # One rule for every writer here. ``to_csv()`` / ``to_json()`` without a path return the
+    # file's text (nothing is written); with a path they write exactly that path and return
+    # it as a Path. ``save(path)`` always writes, in the format the extension names. The
+    # extension is never changed: one that does not match the format is refused
+    # (ResultsFileError naming the choices), and so is an existing file unless ``overwrite=True``.
     def save(self, path, overwrite: bool = False) -> Path:
-        """Write the table to ``path`` (.csv, .json or .jsonl), atomically; an existing file
-        is refused unless ``overwrite``."""
-        meta = dict(self.meta, params=self.params, metrics=self.metrics)
-        return write_table(path, self.columns, self.rows, meta, overwrite=overwrite)
+        """Write the table to exactly ``path`` (.csv, .json or .jsonl: the extension picks the
+        format; another one is refused), atomically; returns ``path`` as a Path. An existing
+        file is refused (ResultsFileError) unless ``overwrite``."""
+        return write_table(path, self.columns, self.rows, self._file_meta(), overwrite=overwrite)
 
-    def to_csv(self, path, overwrite: bool = False) -> Path:
-        return self.save(_with_suffix(path, ".csv"), overwrite)
+    def to_csv(self, path=None, overwrite: bool = False) -> str | Path:
+        """The table as CSV text when ``path`` is None; otherwise written to exactly ``path``,
+        which must end in ``.csv`` (returns the Path; an existing file is refused unless
+        ``overwrite``). The file holds exactly the text ``to_csv()`` returns."""
+        return self._to("csv", path, overwrite)
 
-    def to_json(self, path, overwrite: bool = False) -> Path:
-        return self.save(_with_suffix(path, ".json"), overwrite)
+    def to_json(self, path=None, overwrite: bool = False) -> str | Path:
+        """The table as JSON text (``{"format", "meta", "columns", "rows"}``) when ``path`` is
+        None; otherwise written to exactly ``path``, which must end in ``.json`` (returns the
+        Path; an existing file is refused unless ``overwrite``)."""
+        return self._to("json", path, overwrite)
+
+    def _file_meta(self) -> dict:
+        return dict(self.meta, params=self.params, metrics=self.metrics)
+
+    def _to(self, fmt: str, path, overwrite: bool):
+        if path is None:
+            return table_text(fmt, self.columns, self.rows, self._file_meta())
+        suffix = Path(path).suffix
+        if suffix.lower() != f".{fmt}":
+            got = f"ends in {suffix!r}" if suffix else "has no extension"
+            raise ResultsFileError(
+                f"{path}: to_{fmt}() writes .{fmt} files, and this name {got}; name the file "
+                f"*.{fmt}, or use save(path) for .csv, .json or .jsonl, or call to_{fmt}() "
+                "without a path to get the text.")
+        return self.save(path, overwrite)
 
     @classmethod
     def load(cls, path) -> "Results":
@@ -240,22 +270,19 @@ class Results:
                     r[k] = float(r[k])
         return cls(rows, params=params, metrics=metrics, meta=meta)
 
-    def plot(self, path=None, metric: str | None = None, x: str | None = None, overwrite: bool = True):
+    def plot(self, path=None, metric: str | None = None, x: str | None = None, overwrite: bool = False):
         """Plot the results (matplotlib needed: ``pip install matplotlib``).
 
         One point: the metric against t_inference (log axis) with 95 % intervals as error
         bars and the ideal score as a horizontal line. Several points: the metric against
         the swept parameter ``x`` (default: the first with several values), one line per
-        combination of the other parameters and time. Returns the matplotlib Figure and
-        writes it to ``path`` when given."""
+        combination of the other parameters and time. Returns the matplotlib Figure, with
+        or without ``path``; with ``path`` the figure is also written to exactly that path,
+        in the format its extension names (.png, .pdf, .svg, …; none: PNG; an unsupported
+        one is refused), and an existing file is refused unless ``overwrite``."""
         from .plot import plot_results
 
         return plot_results(self, path=path, metric=metric, x=x, overwrite=overwrite)
-
-
-def _with_suffix(path, suffix) -> Path:
-    path = Path(path)
-    return path if path.suffix.lower() == suffix else path.with_suffix(suffix)
 
 
 def _render_groups(first: list[str], groups: list) -> str:
@@ -280,11 +307,11 @@ def _render_groups(first: list[str], groups: list) -> str:
     return "\n".join(x.rstrip() for x in lines)
 
 
-def _render(headers: list[list[str]], body: list[list[str]], gap_after_header: bool = False) -> str:
+def _render(headers: list[list[str]], body: list[list[str]]) -> str:
+    """Header rows, a rule, then the body; the first column left-aligned, the others right."""
     ncol = max(len(r) for r in headers + body)
     rows = [r + [""] * (ncol - len(r)) for r in headers + body]
     widths = [max(len(r[i]) for r in rows) for i in range(ncol)]
-    # a header spanning two cells (metric label over mean/CI) may be wider than the pair
     lines = []
     for k, r in enumerate(rows):
         cells = []
@@ -295,12 +322,6 @@ def _render(headers: list[list[str]], body: list[list[str]], gap_after_header: b
         if k == len(headers) - 1:
             lines.append("-" * max(len(x) for x in lines))
     return "\n".join(lines)
-
-
-def nan_to_none(v):
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
 
 
 __all__ = ["Results", "format_time", "table_columns"]

@@ -12,6 +12,11 @@ Formats (chosen by the file extension):
     ``{"format": "anasim-results/1", "meta": {...}, "columns": [...], "rows": [...]}``,
     always rewritten as a whole.
 
+Writing never changes the path it is given: the extension names the format, and an
+unknown extension is refused (:func:`result_format`). A file that exists is refused
+unless ``overwrite=True`` (the default everywhere is ``False``); only a sweep's own
+results file is rewritten in place (:meth:`ResultStore.rewrite`), which is how it resumes.
+
 Durability. :func:`atomic_write` writes a temporary file in the same folder, fsyncs it and
 renames it over the target with ``os.replace`` (atomic on POSIX and Windows), then fsyncs
 the folder: a reader or a crash sees the old file or the new one, never a mix.
@@ -47,7 +52,8 @@ FORMAT_TAG = "anasim-results/1"
 
 
 class ResultsFileError(InputError):
-    """A results file exists and may not be overwritten, is locked, or cannot be read."""
+    """A results (or plot) file exists and may not be overwritten, has an unsupported file
+    type, is locked, or cannot be read."""
 
 
 def result_format(path) -> str:
@@ -128,29 +134,55 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path, text: str, *, overwrite: bool = True) -> Path:
-    """Write ``text`` to ``path`` through a temporary file + ``os.replace``.
+def atomic_write(path, data: str | bytes, *, overwrite: bool = False) -> Path:
+    """Write ``data`` (text, as UTF-8, or bytes) to exactly ``path`` through a temporary file
+    in the same folder + ``os.replace``; returns ``path`` as a :class:`~pathlib.Path`.
 
-    With ``overwrite=False`` an existing file is refused (ResultsFileError)."""
+    An existing file is refused (:class:`ResultsFileError` naming it and ``overwrite=True``)
+    unless ``overwrite``; the refusal is atomic too (the temporary file is hard-linked to
+    ``path``, which fails if ``path`` appeared meanwhile) where the file system allows it."""
     path = Path(path)
-    if not overwrite and path.exists():
-        raise ResultsFileError(f"{path} exists; refusing to overwrite it (pass --overwrite, or "
-                               "overwrite=True, or choose another --out).")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ResultsFileError(f"Cannot write {path}: folder {folder} does not exist.")
+    folder = check_writable(path, overwrite)
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path exists: no window for a silent overwrite
+            except FileExistsError:
+                _refuse_overwrite(path)
+            except OSError:  # no hard links here (some network or FAT file systems)
+                if path.exists():
+                    _refuse_overwrite(path)
+                os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(folder)
     return path
+
+
+def check_writable(path, overwrite: bool = False) -> Path:
+    """Refuse (ResultsFileError) to write ``path`` when it exists and not ``overwrite``, or
+    when its folder does not exist; returns the folder. For checks before long work."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        _refuse_overwrite(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ResultsFileError(f"Cannot write {path}: folder {folder} does not exist.")
+    return folder
+
+
+def _refuse_overwrite(path: Path):
+    raise ResultsFileError(f"{path} exists; refusing to overwrite it (pass overwrite=True, or "
+                           "--overwrite on the command line, or choose another file name).")
 
 
 def csv_text(columns: list[str], rows: list[dict], header: bool = True) -> str:
@@ -173,17 +205,23 @@ def json_text(columns: list[str], rows: list[dict], meta: dict | None) -> str:
     return json.dumps(doc, indent=1, default=_json_default, allow_nan=True) + "\n"
 
 
+def table_text(fmt: str, columns: list[str], rows: list[dict], meta: dict | None = None) -> str:
+    """The whole table as the text of a ``fmt`` file ("csv", "jsonl" or "json")."""
+    if fmt == "csv":
+        return csv_text(columns, rows)
+    if fmt == "jsonl":
+        return jsonl_text(columns, rows)
+    if fmt == "json":
+        return json_text(columns, rows, meta)
+    raise ResultsFileError(f"Unknown results format {fmt!r}; use csv, json or jsonl.")
+
+
 def write_table(path, columns: list[str], rows: list[dict], meta: dict | None = None, *,
                 overwrite: bool = False) -> Path:
-    """Write a whole table atomically in the format of ``path``'s extension."""
-    fmt = result_format(path)
-    if fmt == "csv":
-        text = csv_text(columns, rows)
-    elif fmt == "jsonl":
-        text = jsonl_text(columns, rows)
-    else:
-        text = json_text(columns, rows, meta)
-    return atomic_write(path, text, overwrite=overwrite)
+    """Write a whole table atomically to exactly ``path``, in the format its extension names
+    (.csv, .json, .jsonl; another extension is refused); an existing file is refused unless
+    ``overwrite``."""
+    return atomic_write(path, table_text(result_format(path), columns, rows, meta), overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -388,5 +426,6 @@ def _pid_alive(pid: int) -> bool:  # pragma: no cover - Windows fallback
     return True
 
 
-__all__ = ["ResultStore", "ResultLock", "ResultsFileError", "atomic_write", "write_table",
+__all__ = ["ResultStore", "ResultLock", "ResultsFileError", "atomic_write", "check_writable",
+           "write_table", "table_text",
            "read_table", "result_format", "to_cell", "from_cell"]
