@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .metrics import get_metric
-from .results import format_time
+from .times import format_time
 from .storage import ResultsFileError, atomic_write, check_writable
 
 

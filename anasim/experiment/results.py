@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .metrics import get_metric
+from .times import format_time
 from .stats import describe
 from .storage import ResultsFileError, read_table, table_text, write_table
 
@@ -44,17 +45,6 @@ KINDS = {"point": "str", "kind": "str", "t_inference": "float", "repetition": "i
 
 def table_columns(params, metrics) -> list[str]:
     return HEAD + list(params) + KEYS + list(metrics) + TAIL
-
-
-def format_time(t) -> str:
-    """Seconds as a short human unit: 0 s, 30 s, 5 min, 1 h, 1 d, 30 d, 1 y (= 365 d)."""
-    if t is None:
-        return ""
-    t = float(t)
-    for unit, size in (("y", 365 * 86400.0), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if t >= size:
-            return f"{t / size:.3g} {unit}"
-    return f"{t:.3g} s"
 
 
 def _short(v) -> str:
