@@ -72,6 +72,9 @@ def parse_times(text: str) -> list[float]:
 
     from .errors import ConfigError
 
+    if not text.strip():
+        raise ConfigError(f"--times is empty; give at least one time, e.g. --times 0,1h,1d (without the "
+                          f"option: {DEFAULT_TIMES}).")
     out = []
     for part in text.split(","):
         part = part.strip()
@@ -85,6 +88,25 @@ def parse_times(text: str) -> list[float]:
             raise ConfigError(f"--times: cannot read {part!r} as a number of seconds.") from None
         out.append(value)
     return out
+
+
+def _check_inputs(args, *, grid: bool = False) -> None:
+    """Every file the command reads is readable, and the seed usable, before any work starts."""
+    from .datasets import DataError
+    from .errors import ConfigError, ModelLoadError
+    from .files import check_readable
+    from .kernels.rng import check_seed
+
+    if getattr(args, "model", None) is not None:
+        check_readable(args.model, "model", ModelLoadError)
+    if getattr(args, "data", None) is not None:
+        check_readable(args.data, "data set", DataError, directory_ok=True)
+    if getattr(args, "config", None):
+        check_readable(args.config, "configuration file", ConfigError)
+    if grid:
+        check_readable(args.grid, "grid file", ConfigError)
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed, ConfigError, "--seed")
 
 
 def _repo_data():
@@ -283,8 +305,9 @@ def _cmd_evaluate(args) -> int:
             args.repeats = DEMO_REPEATS
     elif args.data is None:
         raise InputError("evaluate needs --data FILE (an .npz with x and y, CIFAR batches, IDX files, ...).")
+    _check_inputs(args)
     repeats = args.repeats if args.repeats is not None else 3
-    times = parse_times(times_text or DEFAULT_TIMES)
+    times = parse_times(DEFAULT_TIMES if times_text is None else times_text)
     _check_outputs(args.out, args.overwrite, args.plot)
     threads = set_threads(args.threads)
     cfg, cfg_name = _config_and_name(args)
@@ -293,7 +316,7 @@ def _cmd_evaluate(args) -> int:
 
     from .datasets import load_dataset
 
-    data = load_dataset(args.data, preprocessing=pre, limit=args.limit)
+    data = load_dataset(args.data, preprocessing=pre, limit=args.limit, format=args.data_format)
     if demo:
         say("anasim evaluate — no MODEL given, so this runs the bundled demo: a small CNN trained on "
             "Fashion-MNIST,\nevaluated ideal (digital) and on a simulated analog PCM chip (aihwkit's "
@@ -383,11 +406,12 @@ def _cmd_sweep(args) -> int:
     _check_outputs([], args.overwrite, args.plot)
     if args.data is None:
         raise InputError("sweep needs --data FILE (an .npz with x and y, CIFAR batches, IDX files, ...).")
+    _check_inputs(args, grid=True)
     pre, pre_note = _preprocessing(args, args.model)
     from .datasets import load_dataset
 
-    data = load_dataset(args.data, preprocessing=pre, limit=args.limit)
-    times = parse_times(args.times) if args.times else None
+    data = load_dataset(args.data, preprocessing=pre, limit=args.limit, format=args.data_format)
+    times = parse_times(args.times) if args.times is not None else None
     log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else None
     if not args.out:
         say("(no --out: results are kept in memory only, and an interrupted sweep cannot resume)")
@@ -437,6 +461,8 @@ def _add_data_options(s) -> None:
     g.add_argument("--layout", choices=("NCHW", "NHWC"), help="layout the model expects (default NCHW)")
     g.add_argument("--input-layout", choices=("auto", "NHW", "NHWC", "NCHW"), help="layout of x in an .npz")
     g.add_argument("--limit", type=int, metavar="N", help="use only the first N samples")
+    g.add_argument("--data-format", metavar="FMT", help="the data file's format when it cannot be told from "
+                   "the file (npz, cifar10-binary, idx, ...; see anasim.datasets.FORMATS)")
 
 
 def _add_run_options(s, sweep: bool = False) -> None:

@@ -94,7 +94,8 @@ def save_snapshot(sim, path, *, overwrite: bool = False, include: str = "drifted
     sim : AnalogSimulator
     path : str or Path of the file to write.
     overwrite : bool, default False. An existing file is refused (FileExistsError)
-        unless True.
+        unless True. A directory is refused (InputError); a missing folder raises
+        FileNotFoundError.
     include : "drifted" (default) or "programmed".
         "drifted": the tiles as they are now, at ``sim.t_inference`` (effective weights
         and drift-compensation scales), plus the programmed device state.
@@ -109,6 +110,8 @@ def save_snapshot(sim, path, *, overwrite: bool = False, include: str = "drifted
     if compression not in (None, "gzip"):
         raise InputError(f"compression must be None or 'gzip'; got {compression!r}.")
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give the snapshot a file name, e.g. {path / 'chip.h5'}.")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     folder = path.parent if str(path.parent) else Path(".")

@@ -24,7 +24,8 @@ import numpy as np
 
 from ..config import AnalogConfig, load_config, unmatched_patterns
 from ..errors import ConfigError, InputError
-from ..graph.context import RunContext
+from ..graph.context import SAMPLE_OFFSET_LIMIT, RunContext
+from ..kernels.rng import check_seed
 from ..graph.executor import Graph, check_device
 from .layer import AnalogLayer, layer_matrix
 from .state import META, STATE, TILE_ARRAYS, tile_prefix
@@ -56,8 +57,7 @@ class AnalogSimulator:
                  device: str = "cpu"):
         if not isinstance(graph, Graph):
             raise InputError(f"anasim.analog expects a Graph from anasim.load; got {type(graph).__name__}.")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
+        seed = check_seed(seed, ConfigError)
         check_device(device, ConfigError)
         self.device = device
         self.config: AnalogConfig = load_config(config) if config is not None else AnalogConfig()
@@ -149,6 +149,9 @@ class AnalogSimulator:
         """
         from ..devices import drifted_weights, rng_factory
 
+        if isinstance(t_inference, bool) or not isinstance(t_inference, (int, float, np.integer, np.floating)):
+            raise InputError(f"t_inference must be a number of seconds; got {t_inference!r} "
+                             f"({type(t_inference).__name__}). 1 h is sim.drift(3600.0), 1 day 86400.0.")
         t = float(t_inference)
         if not np.isfinite(t) or t < 0:
             raise InputError(f"t_inference must be a finite number of seconds >= 0; got {t_inference!r}.")
@@ -327,8 +330,10 @@ class AnalogSimulator:
         tiles and changes nothing, so runs in several threads at once are safe (while no
         thread programs or drifts the tiles).
         """
-        if isinstance(sample_offset, bool) or not isinstance(sample_offset, (int, np.integer)) or sample_offset < 0:
-            raise InputError(f"sample_offset must be a non-negative integer; got {sample_offset!r}.")
+        if (isinstance(sample_offset, bool) or not isinstance(sample_offset, (int, np.integer))
+                or not 0 <= sample_offset < SAMPLE_OFFSET_LIMIT):
+            raise InputError(f"sample_offset must be an integer in [0, 2**40) (the index of the batch's first "
+                             f"sample in the data set); got {sample_offset!r}.")
         context = RunContext(sample_offset=int(sample_offset), repetition=self.repetition, profile=profile)
         return self._executor.run(feeds, batch_size=batch_size, outputs=outputs, check_finite=True,
                                   context=context)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError, closest
+from ..files import parse_nested, read_text
 from .analog_config import AnalogConfig
 from .presets import PRESETS, preset_dict, preset_key
 from .text import (  # noqa: F401  (re-exported)
@@ -53,16 +54,16 @@ def load_config(source: Any) -> AnalogConfig:
     if kind is None:
         raise ConfigError(f"{path}: unknown configuration file type {path.suffix!r}; "
                           "use .toml or .json.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "configuration file", ConfigError)
     if kind == "toml":
-        data = loads_toml(text, str(path))
+        data = parse_nested(lambda t: loads_toml(t, str(path)), text, str(path), ConfigError)
     else:
         try:
-            data = json.loads(text)
+            data = parse_nested(json.loads, text, str(path), ConfigError)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: invalid JSON: {exc}") from exc
     try:
-        return AnalogConfig.from_dict(data, where=str(path))
+        return parse_nested(lambda d: AnalogConfig.from_dict(d, where=str(path)), data, str(path), ConfigError)
     except ConfigError as exc:
         if str(exc).startswith(str(path)):
             raise

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ConfigError, closest
+from ..files import check_readable
 from .preprocessing import DataError, Preprocessing, as_preprocessing, to_nchw
 from .readers import (
     Blob, Raw, check_labels, cifar_binary_files, file_blobs, idx_in_dir, idx_partner, is_tar,
@@ -136,10 +137,13 @@ def load_dataset(path: str | Path, preprocessing: Any = None, limit: int | None 
                                      or not isinstance(num_classes, numbers.Integral)
                                      or num_classes < 1)):
         raise ConfigError(f"num_classes must be a positive integer or None; got {num_classes!r}.")
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory.")
-    raw, files = _read(path, format, split, labels, limit, num_classes)
+    path = check_readable(path, "data set", DataError, directory_ok=True)
+    try:
+        raw, files = _read(path, format, split, labels, limit, num_classes)
+    except OSError as exc:  # a file inside a folder or archive that cannot be read
+        where = exc.filename or path
+        raise DataError(f"{where}: cannot read it ({exc.strerror or exc}); check its permissions "
+                        "(ls -l) or copy the data somewhere readable.") from None
     return _finish(raw, pre, sha256_files(files), limit, split if _split_applies(path) else None,
                    num_classes)
 
@@ -214,7 +218,8 @@ def _detect_file(path: Path) -> str:
         fits = [v for v, rec in ((10, 3073), (100, 3074)) if size % rec == 0]
         if len(fits) == 1:
             return f"cifar{fits[0]}-binary"
-    raise DataError(f"{path}: cannot recognise the data set format; pass format= one of "
+    raise DataError(f"{path}: cannot recognise the data set format; name it with --data-format (CLI) or format= "
+                    "(load_dataset), one of "
                     f"{', '.join(FORMATS)}.")
 
 

@@ -31,6 +31,7 @@ from ..version import __version__
 from ..config import AnalogConfig, apply_overrides, load_config
 from ..errors import ConfigError, InputError
 from ..graph.executor import check_device
+from ..kernels.rng import check_seed
 from ..graph.executor import Graph
 from ..threads import set_threads
 from .metrics import Metric, default_metrics, get_metric
@@ -358,8 +359,7 @@ def make_job(model, data, *, times=(0.0,), repeats=1, seed=0, batch_size=256, me
     times = check_times(times)
     repeats = _check_positive("repeats", repeats)
     batch_size = _check_positive("batch_size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer; got {seed!r}.")
+    seed = check_seed(seed, ConfigError)
     check_device(device, ConfigError)
     primary = get_metric(metric)
     graph = model.graph(fold_batchnorm)

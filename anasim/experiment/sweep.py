@@ -59,16 +59,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config.io import toml_literal
+from ..config.text import toml_literal
 from ..config import AnalogConfig, apply_overrides, load_config
 from ..errors import ConfigError, closest
+from ..files import parse_nested, read_text
+from ..kernels.rng import check_seed
 from ..threads import resolve_threads, set_threads, worker_env
 from .evaluate import Job, ModelSource, as_data, check_times, make_job, run_meta
 from .progress import progress_bar
@@ -185,17 +187,16 @@ def load_grid(grid, **overrides) -> Grid:
         folder, source = Path("."), "<grid>"
         if isinstance(grid, (str, os.PathLike)):
             path = Path(grid)
-            if not path.is_file():
-                raise ConfigError(f"No grid file {str(grid)!r}.")
-            from ..config.io import loads_toml
+            from ..config.text import loads_toml
 
+            text = read_text(path, "grid file", ConfigError)
             if path.suffix.lower() == ".json":
                 try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
+                    data = parse_nested(json.loads, text, str(path), ConfigError)
                 except ValueError as exc:
                     raise ConfigError(f"{path}: invalid JSON: {exc}") from None
             else:
-                data = loads_toml(path.read_text(encoding="utf-8"), str(path))
+                data = parse_nested(lambda t: loads_toml(t, str(path)), text, str(path), ConfigError)
             folder, source = path.parent, str(path)
         elif isinstance(grid, dict):
             data = grid
@@ -226,9 +227,9 @@ def _parse_grid(data: dict, folder: Path, source: str) -> Grid:
         raise ConfigError(f"{source}: 'set' must be a list of \"section.key=value\" strings.")
     times = check_times(data.get("times", [0.0]))
     repeats, seed = data.get("repeats", 1), data.get("seed", 0)
-    for name, v, lo in (("repeats", repeats, 1), ("seed", seed, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ConfigError(f"{source}: {name} must be an integer >= {lo}; got {v!r}.")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"{source}: repeats must be an integer >= 1; got {repeats!r}.")
+    seed = check_seed(seed, ConfigError, f"{source}: seed")
     metric = data.get("metric", "top1")
     table = data.get("grid", {})
     if not isinstance(table, dict):
@@ -380,10 +381,13 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
                     set=g.set, params=g.params, workers=workers,
                     scheduler=str(scheduler) if scheduler else None, threads=total_threads)
 
+    client, own_client = connect_scheduler(scheduler) if scheduler is not None else (None, False)
+    acquired = False
     lock = ResultLock(out) if out is not None else None
-    if lock is not None:
-        lock.acquire()
     try:
+        if lock is not None:
+            lock.acquire()
+            acquired = True
         existing: list[dict] = []
         params_cols, metric_cols = list(g.params), list(metrics)
         store = None
@@ -421,8 +425,8 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
         bar = progress_bar(len(pending) * job.units(), desc="sweep", unit="samples", enabled=progress)
         try:
             if pending:
-                if scheduler is not None:
-                    _sweep_dask(job, pending, scheduler, total_threads, finished, bar)
+                if client is not None:
+                    _sweep_dask(job, pending, client, total_threads, finished, bar)
                 elif workers > 1 and len(pending) > 1:
                     _sweep_processes(job, pending, workers, total_threads, finished, bar)
                 else:
@@ -433,8 +437,10 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
         finally:
             bar.close()
     finally:
-        if lock is not None:
+        if lock is not None and acquired:
             lock.release()
+        if own_client:
+            client.close()
 
     by_point: dict[str, list[dict]] = {}
     for r in existing:
@@ -474,34 +480,51 @@ def _sweep_processes(job, pending, workers, threads, finished, bar):
         pool.shutdown(wait=True)
 
 
-def _sweep_dask(job, pending, scheduler, threads, finished, bar):
+SCHEDULER_TIMEOUT = 10.0
+"""Seconds to wait for a Dask scheduler to answer before the sweep is refused."""
+_ADDRESS = re.compile(r"(?:(?:tcp|tls|ws|wss|ucx)://)?(?:\[[0-9A-Fa-f:.]+\]|[\w.\-]+):\d{1,5}|inproc://\S+")
+
+
+def connect_scheduler(scheduler):
+    """``(client, own)`` for a Dask scheduler address (``tcp://host:port``) or a
+    ``distributed.Client``; a malformed or unreachable address is a ConfigError, raised
+    before any work (within :data:`SCHEDULER_TIMEOUT` seconds)."""
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client
     except ImportError:
         raise ConfigError('--scheduler needs Dask: pip install "dask[distributed]"') from None
-    own = not isinstance(scheduler, Client)
-    client = Client(scheduler) if own else scheduler
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    if not isinstance(scheduler, str) or not _ADDRESS.fullmatch(scheduler.strip()):
+        raise ConfigError(f"--scheduler {scheduler!r} is not a Dask scheduler address; give tcp://HOST:PORT, "
+                          "e.g. tcp://127.0.0.1:8786 (what `dask scheduler` prints).")
     try:
-        remote = Job(**{**{k: v for k, v in job.__dict__.items() if k != "_ideal"}})
-        if job.model.path is not None and job.model.data is None:  # workers may not share our files
-            m = ModelSource(job.model)
-            m.data, m.path, m._graphs = Path(job.model.path).read_bytes(), None, {}
-            remote.model = m
-        [job_f] = client.scatter([remote], broadcast=True)
-        futures = {client.submit(_run_dask, job_f, cfg, params, pid, threads, pure=False): (pid, params)
-                   for pid, params, cfg in pending}
-        try:
-            for f in as_completed(list(futures)):
-                pid, params = futures[f]
-                finished(pid, f.result(), params)
-                bar.update(job.units())
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-    finally:
-        if own:
-            client.close()
+        return Client(scheduler.strip(), timeout=SCHEDULER_TIMEOUT), True
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(f"Cannot reach the Dask scheduler at {scheduler} within {SCHEDULER_TIMEOUT:g} s "
+                          f"({type(exc).__name__}: {str(exc)[:200]}). Start one with `dask scheduler` and workers "
+                          f"with `dask worker {scheduler}`, or check the address.") from None
 
+
+def _sweep_dask(job, pending, client, threads, finished, bar):
+    from dask.distributed import as_completed
+
+    remote = Job(**{**{k: v for k, v in job.__dict__.items() if k != "_ideal"}})
+    if job.model.path is not None and job.model.data is None:  # workers may not share our files
+        m = ModelSource(job.model)
+        m.data, m.path, m._graph = Path(job.model.path).read_bytes(), None, None
+        remote.model = m
+    [job_f] = client.scatter([remote], broadcast=True)
+    futures = {client.submit(_run_dask, job_f, cfg, params, pid, threads, pure=False): (pid, params)
+               for pid, params, cfg in pending}
+    try:
+        for f in as_completed(list(futures)):
+            pid, params = futures[f]
+            finished(pid, f.result(), params)
+            bar.update(job.units())
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
 
 __all__ = ["sweep", "Grid", "load_grid"]

@@ -14,6 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 
+SAMPLE_OFFSET_LIMIT = 2**40
+"""Data sets have fewer samples than this: a sample's rows are numbered from
+``sample_offset × rows per sample``, which must stay within 64-bit row ids."""
+
+
 @dataclass(frozen=True)
 class RunContext:
     """One run's identity: which samples of the data set, which Monte-Carlo repetition."""

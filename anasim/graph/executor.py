@@ -268,6 +268,8 @@ class Graph:
                             f"Input {name!r} has shape {arr.shape}; dimension {axis} must be {d} "
                             f"({info.describe()})."
                         )
+            if (info.shape and arr.ndim and arr.shape[0] == 0 and not isinstance(info.shape[0], int)):
+                raise InputError(f"Input {name!r} has no samples (shape {arr.shape}); give at least one.")
             if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 bad = ~np.isfinite(arr)
                 where = np.unique(np.nonzero(bad.reshape(len(arr), -1) if arr.ndim else bad.reshape(1, 1))[0])

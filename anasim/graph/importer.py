@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelLoadError
+from ..files import read_bytes
 from .executor import Graph
 from .ir import GraphIR, Node, ValueInfo
 from . import passes
@@ -42,11 +43,7 @@ def _read(model, name_hint: str | None) -> tuple[onnx.ModelProto, bytes, str, st
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
         where, base = str(path), str(path.resolve().parent)
-        if not path.exists():
-            raise ModelLoadError(f"Cannot load model {where!r}: no such file.")
-        if path.is_dir():
-            raise ModelLoadError(f"Cannot load model {where!r}: it is a directory, not an ONNX file.")
-        data = path.read_bytes()
+        data = read_bytes(path, "model", ModelLoadError)
     else:
         raise ModelLoadError(
             f"anasim.load expects a path, bytes or onnx.ModelProto; got {type(model).__name__}."

@@ -82,6 +82,19 @@ PURPOSE = {
 _MASK64 = (1 << 64) - 1
 
 
+SEED_LIMIT = 2**64
+"""Seeds are 64-bit (the key space of the generator): 0 <= seed < SEED_LIMIT."""
+
+
+def check_seed(seed, error=ValueError, what: str = "seed") -> int:
+    """``seed`` as an int if it is an integer in [0, 2**64), else ``error`` saying so (a
+    larger seed would wrap around and repeat the numbers of a smaller one)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < SEED_LIMIT:
+        raise error(f"{what} must be an integer in [0, 2**64) (the random generator's key is 64 bits; a larger "
+                    f"seed would repeat the numbers of a smaller one); got {seed!r}.")
+    return int(seed)
+
+
 def _splitmix64(z: int) -> int:
     """SplitMix64 finaliser (Steele, Lea & Flood 2014) on a Python int, 64-bit wrap."""
     z = (z + 0x9E3779B97F4A7C15) & _MASK64
