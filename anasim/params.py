@@ -298,9 +298,6 @@ class ParamRecord:
     aihwkit: str = ""
     variant: str = ""  # for typed sections: the ``type = "..."`` value that selects the class
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def field_records(cls: type, section: str | None = None, variant: str = "") -> list[ParamRecord]:
     """Records (section, name, type, default, unit, valid, meaning) of every field of ``cls``."""

@@ -106,14 +106,11 @@ def set_threads(threads: int | None = None) -> dict:
         os.environ[var] = str(n)
     os.environ[ENV] = str(n)
     info = {"threads": n}
-    try:
-        import numba
+    import numba
 
-        k = max(1, min(n, int(numba.config.NUMBA_NUM_THREADS)))
-        numba.set_num_threads(k)
-        info["numba"] = k
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
+    k = max(1, min(n, int(numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(k)
+    info["numba"] = k
     try:
         from threadpoolctl import threadpool_limits
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from cuda_helpers import gpu_only, run_ptx_script, run_simulator_suite, sim_only
 
-onnx = pytest.importorskip("onnx")
+import onnx
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 

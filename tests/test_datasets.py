@@ -165,11 +165,9 @@ def test_debian_fashion_mnist_idx():
     ds = load_dataset(DEBIAN_FMNIST, "fmnist32")  # directory, split "test" -> t10k-*
     assert ds.format == "idx" and ds.source.endswith("t10k-images-idx3-ubyte.gz")
     assert ds.x.shape == (10000, 1, 32, 32) and ds.split == "test"
-    npz = DATA / "fashion_mnist_test.npz"
-    if npz.exists():
-        ref = load_dataset(npz, "fmnist32")
-        np.testing.assert_array_equal(ds.x, ref.x)
-        np.testing.assert_array_equal(ds.y, ref.y)
+    ref = load_dataset(shared_path("data", "fashion_mnist_test.npz"), "fmnist32")
+    np.testing.assert_array_equal(ds.x, ref.x)
+    np.testing.assert_array_equal(ds.y, ref.y)
     tr = load_dataset(DEBIAN_FMNIST / "train-images-idx3-ubyte.gz", "none", limit=50)
     assert tr.x.shape == (50, 1, 28, 28) and tr.n_total == 60000 and tr.y.max() <= 9
     assert tr.x.max() <= 255 and tr.x.dtype == np.float32

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper  # noqa: E402
 
 import anasim  # noqa: E402

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
+import onnx
 from onnx import numpy_helper  # noqa: E402
 
 import anasim  # noqa: E402

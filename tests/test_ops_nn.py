@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
+import onnx
 ort = pytest.importorskip("onnxruntime")
 from onnx import helper  # noqa: E402
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config.presets import AIHWKIT_FORWARD, AIHWKIT_MAPPING
+from ..errors import ConfigError
 from ..kernels import cpu, stages
 from ..kernels.rng import normals_numpy, stream_key
 
@@ -151,9 +152,9 @@ class Periphery:
         x = lambda name: getattr(fp, name, _UNCONFIGURED[name])  # noqa: E731
         for name in ("v_offset_std", "r_series", "inp_asymmetry", "out_asymmetry", "w_read_asymmetry_dtod"):
             if float(x(name)) != 0.0:
-                raise NotImplementedError(
-                    f"forward parameter {name!r} != 0 is not supported by the tile model"
-                )
+                raise ConfigError(
+                    f"forward parameter {name!r} = {x(name)!r}: the tile model supports only 0 (aihwkit's "
+                    "default); leave it out of the configuration.")
         nm_type = _choice(g("noise_management"), _NM, "noise_management")
         inp_bound = float(g("inp_bound"))
         out_bound = float(g("out_bound"))
@@ -329,10 +330,6 @@ class AnalogMatrix:
     @property
     def n_out_chunks(self) -> int:
         return len(self.out_sizes)
-
-    def tile_weights(self) -> list[np.ndarray]:
-        """The effective weights of every tile (list in tile order)."""
-        return [t.weight for t in self.tiles]
 
     def set_tile_weights(self, weights) -> None:
         """Replace the effective weights of every tile (e.g. after programming / drift).

@@ -209,11 +209,6 @@ class ForwardParameters(Section):
         return None if r is None else r * 2.0 * self.out_bound
 
     @property
-    def input_limit(self) -> float:
-        """The input clipping bound (math.inf when inp_bound = 0 or is_perfect)."""
-        return math.inf if self.is_perfect or self.inp_bound == 0 else self.inp_bound
-
-    @property
     def output_limit(self) -> float:
         """The output clipping bound (math.inf when out_bound = 0 or is_perfect)."""
         return math.inf if self.is_perfect or self.out_bound == 0 else self.out_bound
@@ -287,11 +282,6 @@ class MappingParameters(Section):
     def input_chunks(self):
         """Function ``n -> list of chunk sizes`` along the inputs (see :func:`split_sizes`)."""
         return lambda n: split_sizes(n, self.max_input_size)
-
-    @property
-    def output_chunks(self):
-        """Function ``n -> list of chunk sizes`` along the outputs (see :func:`split_sizes`)."""
-        return lambda n: split_sizes(n, self.max_output_size)
 
 
 def split_sizes(size: int, max_size: int) -> list[int]:

@@ -260,13 +260,15 @@ class Converter(Component):
     @property
     def n_slices(self) -> int:
         """Number of conductance slices (devices) per weight."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define n_slices (a Converter subclass does).")
 
     def to_conductances(self, w: np.ndarray) -> tuple[np.ndarray, dict]:
-        raise NotImplementedError
+        """Weights → (conductances (n_slices, *w.shape) µS, converter params)."""
+        raise NotImplementedError(f"{type(self).__name__} must define to_conductances (a Converter subclass does).")
 
     def to_weights(self, g: np.ndarray, params: dict) -> np.ndarray:
-        raise NotImplementedError
+        """Conductances and converter params → weights (inverse of :meth:`to_conductances`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define to_weights (a Converter subclass does).")
 
     def reconvert(self, w: np.ndarray) -> tuple[np.ndarray, dict]:
         """Conductances re-derived from programmed weights (``drift_source = "weights"``).
@@ -545,10 +547,13 @@ class DriftCompensation(Component):
     enabled: ClassVar[bool] = True
 
     def readout_input(self, in_size: int) -> np.ndarray:
-        raise NotImplementedError
+        """The readout vectors ``(n_vectors, in_size)``."""
+        raise NotImplementedError(f"{type(self).__name__} must define readout_input (a DriftCompensation "
+                                  "subclass does).")
 
     def readout(self, outputs: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """One readout value (or one per column) from the outputs of the readout vectors."""
+        raise NotImplementedError(f"{type(self).__name__} must define readout (a DriftCompensation subclass does).")
 
     def factor(self, reference, current) -> np.ndarray:
         """The compensation factor ``reference / current`` (elementwise)."""

@@ -325,10 +325,6 @@ def _run_dask(job: Job, cfg: AnalogConfig, params: dict, point: str, threads: in
     return job.run(cfg, params, point=point)
 
 
-def _label(params: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "base"
-
-
 # ---------------------------------------------------------------------------------- sweep
 def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | None = None,
           batch_size: int = 256, workers: int = 1, threads: int | None = None, scheduler=None,

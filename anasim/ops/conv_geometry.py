@@ -84,12 +84,6 @@ class ConvGeometry:
         """P = number of output pixels per sample."""
         return math.prod(self.out_shape)
 
-    @property
-    def is_pointwise(self) -> bool:
-        """A 1×1 convolution with unit strides and no padding (a plain matrix product)."""
-        return (all(k == 1 for k in self.kernel) and all(s == 1 for s in self.strides)
-                and not any(self.pads_begin) and not any(self.pads_end))
-
     # 3-D views (1-D and 2-D convolutions run as 3-D ones with unit leading axes)
     def _pad3(self, t: tuple[int, ...], fill: int) -> tuple[int, ...]:
         return (fill,) * (3 - len(t)) + tuple(t)

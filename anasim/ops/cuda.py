@@ -44,7 +44,7 @@ from .conv_geometry import _params3, conv_geometry
 from .pool import _p3, pool_geometry
 from .tensor import _axis, pad_amounts, pad_value
 
-__all__ = ["register_cuda", "resolve_cuda", "on_host", "cuda_ops"]
+__all__ = ["register_cuda", "resolve_cuda", "on_host"]
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,6 @@ def resolve_cuda(domain: str, op_type: str, opset: int, cpu_since: int) -> CudaI
         return None
     impl = usable[-1]
     return impl if impl.all_versions or impl.since >= cpu_since else None
-
-
-def cuda_ops() -> list[str]:
-    """Sorted op types that have a device implementation (for some opset)."""
-    return sorted(op if not d else f"{d}::{op}" for d, op in _CUDA)
 
 
 def on_host(cpu: Callable, *inputs):
