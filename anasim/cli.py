@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from .version import __version__
 from .errors import AnasimError
@@ -248,21 +249,28 @@ def _describe_config(cfg, name: str, overrides) -> str:
 def _check_outputs(paths, overwrite: bool, plot) -> None:
     from pathlib import Path
 
-    from .experiment.storage import ResultsFileError, result_format
+    from .experiment.storage import ResultsFileError, check_writable, result_format
 
+    seen: dict = {}
+    for p in list(paths or []) + ([plot] if plot else []):
+        real = Path(p).resolve()
+        if real in seen:
+            raise ResultsFileError(f"{p} is named twice as an output ({seen[real]} and {p}); give each "
+                                   "--out and --plot its own file.")
+        seen[real] = p
     for p in paths or []:
         result_format(p)
         if Path(p).exists() and not overwrite:
             raise ResultsFileError(f"{p} exists; refusing to overwrite it (pass --overwrite, or choose "
                                    "another --out).")
-        if not Path(p).resolve().parent.is_dir():
-            raise ResultsFileError(f"Cannot write {p}: folder {Path(p).parent} does not exist.")
+        check_writable(p, overwrite=True)
     if plot:
         from .experiment.plot import plot_format
 
         plot_format(plot)  # matplotlib installed, and the extension is an image format it writes
         if Path(plot).exists() and not overwrite:
             raise ResultsFileError(f"{plot} exists; refusing to overwrite it (pass --overwrite).")
+        check_writable(plot, overwrite=True)
 
 
 def _config_and_name(args):
@@ -340,9 +348,7 @@ def _cmd_evaluate(args) -> int:
     print(res.summary())
     say("")
     _explain(res, say, repeats)
-    for path in args.out or []:
-        res.save(path, overwrite=args.overwrite)
-        say(f"wrote {path}")
+    _save_results(res, args.out or [], args.overwrite, say)
     if args.plot:
         res.plot(args.plot, metric=args.metric if args.metric in res.metrics else None,
                  overwrite=args.overwrite)
@@ -353,6 +359,30 @@ def _cmd_evaluate(args) -> int:
             "--set forward.out_noise=0.02 --out results.csv\n"
             "      every hardware/noise parameter — anasim params;  grids of settings — anasim sweep --help")
     return 0
+
+
+def _save_results(res, paths, overwrite: bool, say) -> None:
+    """Write every --out; if one cannot be written after all (checked before the run, but a
+    disk can fill or a folder change), the results go to a file in the temporary folder and
+    the error says where, so an evaluation is never lost."""
+    import tempfile
+    import time as _time
+
+    from .errors import AnasimError
+    from .experiment.storage import ResultsFileError
+
+    for path in paths:
+        try:
+            res.save(path, overwrite=overwrite)
+        except (OSError, AnasimError) as exc:
+            suffix = Path(path).suffix.lower() if Path(path).suffix.lower() in (".csv", ".json", ".jsonl") else ".csv"
+            rescue = Path(tempfile.gettempdir()) / f"anasim-results-{_time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{suffix}"
+            try:
+                res.save(rescue)
+            except (OSError, AnasimError):
+                raise ResultsFileError(f"Cannot write {path} ({exc}), nor a copy in {rescue.parent}.") from None
+            raise ResultsFileError(f"Cannot write {path} ({exc}); the results are safe in {rescue}.") from None
+        say(f"wrote {path}")
 
 
 def _explain(res, say, repeats) -> None:
@@ -595,7 +625,10 @@ def main(argv: list[str] | None = None) -> int:
     except AnasimError as exc:
         if os.environ.get("ANASIM_DEBUG"):
             raise
-        print(f"anasim: error: {exc}", file=sys.stderr)
+        text = " ".join(str(exc).split("\n"))
+        if len(text) > 4000:  # a message quoting some enormous value: keep both ends
+            text = f"{text[:3000]} … [{len(text) - 3500} characters cut] … {text[-500:]}"
+        print(f"anasim: error: {text}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and friends
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -36,6 +36,15 @@ class ConfigError(AnasimError, ValueError, TypeError):
     """A configuration key or value is invalid; the message names the key."""
 
 
+def brief(value, limit: int = 200) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (with how long it was), for
+    messages that quote what the user gave: a 200 000-element array is not a message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
 def closest(name: str, candidates: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest candidate, or ``""`` if none is close."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import ConfigError, closest
+from .errors import ConfigError, brief, closest
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def check_value(section: str, name: str, value: Any, valid: Any) -> Any:
 
     def fail(expect: str, hint: str = ""):
         raise ConfigError(
-            f"The {name!r} parameter of [{section}] must be {expect}. Got {original!r} instead.{hint}"
+            f"The {name!r} parameter of [{section}] must be {expect}. Got {brief(original)} instead.{hint}"
         )
 
     if valid is None:

@@ -187,3 +187,64 @@ def test_snapshot_api_errors(tmp_path):
         with pytest.raises(InputError, match="is a directory"):
             save_snapshot(sim, tmp_path, overwrite=overwrite)
     assert all(isinstance(e, type) and issubclass(e, AnasimError) for e in (InputError, DataError))
+
+
+# ------------------------------------------------------------------ outputs
+def test_unwritable_out_is_refused_before_the_run(files, tmp_path):
+    model, data = files
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    runs = [["evaluate", str(model), "--data", str(data), "--times", "0", "--out", "ro/r.csv"],
+            ["evaluate", str(model), "--data", str(data), "--times", "0", "--plot", "ro/p.png"]]
+    codes, err = _without_read_permission(runs, tmp_path)
+    assert codes == [2, 2], err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 2 and all("Cannot write ro/" in x and "ermission denied" in x for x in lines), err
+    assert list(ro.iterdir()) == []
+
+
+def test_results_are_rescued_when_writing_fails_at_the_end(files, tmp_path, capsys, monkeypatch):
+    from anasim.experiment import Results
+
+    model, data = files
+    out = tmp_path / "r.csv"
+    real_save = Results.save
+
+    def failing_save(self, path, **kw):
+        if Path(path) == out:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_save(self, path, **kw)
+
+    monkeypatch.setattr(Results, "save", failing_save)
+    err = _error(capsys, ["evaluate", str(model), "--data", str(data), "--times", "0", "--repeats", "1",
+                          "--out", str(out), "--quiet"])
+    assert "the results are safe in " in err
+    rescued = Path(err.rsplit("the results are safe in ", 1)[1].rstrip("."))
+    try:
+        rows = Results.load(rescued).rows
+        assert len(rows) == 2 and rows[0]["kind"] == "ideal"
+    finally:
+        rescued.unlink()
+
+
+def test_outputs_named_twice_or_into_a_missing_folder(files, tmp_path, capsys):
+    model, data = files
+    base = ["evaluate", str(model), "--data", str(data), "--times", "0"]
+    a = tmp_path / "a.csv"
+    err = _error(capsys, base + ["--out", str(a), "--out", str(tmp_path / "." / "a.csv")])
+    assert "named twice" in err and not a.exists()
+    pytest.importorskip("matplotlib")  # an optional extra
+    assert "does not exist" in _error(capsys, base + ["--plot", str(tmp_path / "no" / "p.png")])
+    assert "cannot write a plot as '.txt'" in _error(capsys, base + ["--plot", str(tmp_path / "p.txt")])
+
+
+def test_messages_quote_long_values_briefly(files, tmp_path, capsys):
+    model, data = files
+    cfg = tmp_path / "big.toml"
+    cfg.write_text("[forward]\nout_noise = [" + ",".join(["0.1"] * 200000) + "]\n")
+    err = _error(capsys, ["evaluate", str(model), "--data", str(data), "--config", str(cfg)])
+    assert len(err) < 1000 and "out_noise" in err and "characters" in err
+    with pytest.raises(ConfigError) as info:
+        anasim.load_config(cfg)
+    assert len(str(info.value)) < 1000

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from .. import devices
 from ..devices import Converter, DeviceFaults, DriftCompensation, FaultParams, NoiseModel
-from ..errors import ConfigError, closest
+from ..errors import ConfigError, brief, closest
 from ..params import Section, import_class
 
 #: Top-level keys that are not registrable sections.
@@ -193,7 +193,7 @@ class TypedFactory:
 
     def resolve(self, type_name: Any) -> type:
         if not isinstance(type_name, str):
-            raise ConfigError(f"The 'type' of [{self.section}] must be a string; got {type_name!r}.")
+            raise ConfigError(f"The 'type' of [{self.section}] must be a string; got {brief(type_name)}.")
         if type_name in self.types:
             return self.types[type_name]
         if ":" in type_name:

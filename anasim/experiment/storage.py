@@ -169,14 +169,26 @@ def atomic_write(path, data: str | bytes, *, overwrite: bool = False) -> Path:
 
 
 def check_writable(path, overwrite: bool = False) -> Path:
-    """Refuse (ResultsFileError) to write ``path`` when it exists and not ``overwrite``, or
-    when its folder does not exist; returns the folder. For checks before long work."""
+    """Refuse (ResultsFileError) to write ``path`` when it exists and not ``overwrite``, when
+    it is a directory, or when its folder does not exist or is not writable (a file is
+    created and removed there to find out); returns the folder. For checks before long work."""
     path = Path(path)
+    if path.is_dir():
+        raise ResultsFileError(f"Cannot write {path}: it is a directory; give a file name.")
     if not overwrite and path.exists():
         _refuse_overwrite(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ResultsFileError(f"Cannot write {path}: folder {folder} does not exist.")
+    probe = folder / f".{path.name}.{os.getpid()}.probe"
+    try:  # the only test of write permission that also holds for root with fewer capabilities
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ResultsFileError(f"Cannot write {path}: {exc.strerror or exc} in folder {folder} (check its "
+                               "permissions, or choose another folder).") from None
     return folder
 
 
