@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +35,7 @@ from ..graph.executor import check_device
 from ..kernels.rng import check_seed
 from ..graph.executor import Graph
 from ..threads import set_threads
-from .metrics import Metric, default_metrics, get_metric
+from .metrics import Metric, builtin_scores, check_output, default_metrics, get_metric, metric_problem
 from .progress import progress_bar
 from .results import Results
 
@@ -260,7 +261,9 @@ class Job:
 
     def ideal(self, fold: bool, bar=None) -> tuple[dict, np.ndarray | None]:
         """Per-sample metric values of the digital network (and its outputs when a metric
-        needs them), cached per BatchNorm folding."""
+        needs them), cached per BatchNorm folding. Before anything analog runs, its first
+        chunk checks that the metrics can score the output (:func:`check_output`), and a
+        built-in metric refuses NaN or infinite ideal outputs."""
         if fold in self._ideal:
             if bar is not None:
                 bar.update(len(self.data))
@@ -269,13 +272,23 @@ class Job:
         feed, outname = self._feed(graph), self._output(graph)
         n = len(self.data)
         keep = any(m.needs_ideal for m in self.metrics)
+        finite = [m.name for m in self.metrics if builtin_scores(m)]
+        bad_samples, bad_values = [], 0
         outputs = None
         values = {m.name: np.zeros(n) for m in self.metrics}
         step = IDEAL_CHUNK  # fixed, so the ideal outputs do not depend on batch_size
         for off in range(0, n, step):
             xb = self.data.x[off:off + step]
             yb = None if self.data.y is None else self.data.y[off:off + step]
-            out = graph.run({feed: xb}, outputs=[outname])[outname]
+            out = np.asarray(graph.run({feed: xb}, outputs=[outname])[outname])
+            if off == 0:
+                check_output(self.metrics, outname, out.shape, out.dtype, labels=self.data.y, batch=len(xb),
+                             outputs=[o.name for o in graph.outputs])
+            if finite and out.dtype.kind in "fc":
+                ok = np.isfinite(out.reshape(len(out), -1))
+                if not ok.all():
+                    bad_values += int((~ok).sum())
+                    bad_samples.extend((off + np.flatnonzero(~ok.all(axis=1))).tolist())
             if keep:
                 if outputs is None:
                     outputs = np.empty((n,) + out.shape[1:], out.dtype)
@@ -283,6 +296,14 @@ class Job:
             self._score(values, out, yb, out if keep else None, off)
             if bar is not None:
                 bar.update(len(out))
+        if bad_samples:
+            shown = ", ".join(map(str, bad_samples[:10])) + (", ..." if len(bad_samples) > 10 else "")
+            raise InputError(
+                f"The ideal (digital) network's output {outname!r} has {bad_values} NaN or infinite "
+                f"value(s), in {len(bad_samples)} of {n} samples (sample(s) {shown}); the metric(s) "
+                f"{', '.join(finite)} cannot score NaN (an analog-vs-ideal error against NaN is no "
+                "number at all, let alone a perfect one). The model computes NaN/inf for these inputs: "
+                "check the model and the data's preprocessing, or leave those samples out.")
         self._ideal[fold] = (values, outputs)
         return self._ideal[fold]
 
@@ -367,13 +388,27 @@ def make_job(model, data, *, times=(0.0,), repeats=1, seed=0, batch_size=256, me
     outname = job._output(graph)
     job._feed(graph)
     info = next(o for o in graph.outputs if o.name == outname)
+    names = [o.name for o in graph.outputs]
     n_out = None
     if info.shape is not None and len(info.shape) == 2 and isinstance(info.shape[1], int):
         n_out = info.shape[1]
     if primary.needs_labels and data.y is None:
         raise InputError(f"Metric {primary.name!r} needs labels but the data set {data.source} has none; "
                          "use --metric logits_rel_error.")
-    job.metrics = default_metrics(primary, n_out, data.y is not None)
+    # what the model declares about its output can be checked before any work
+    check_output([primary], outname, info.shape, info.dtype, labels=data.y, declared=True, outputs=names)
+    metrics = default_metrics(primary, n_out, data.y is not None)
+    kept, dropped = [primary], {}
+    for m in metrics[1:]:  # the accuracies added by default: only where they mean something
+        problem = metric_problem(m, outname, info.shape, info.dtype, data.y, declared=True, advice=False)
+        if problem is None:
+            kept.append(m)
+        else:
+            dropped[m.name] = problem
+    if dropped:
+        warnings.warn(f"Not recording {' and '.join(dropped)} (added by default besides {primary.name}): "
+                      f"{next(iter(dropped.values()))}", stacklevel=2)
+    job.metrics = kept
     return job
 
 

@@ -309,8 +309,45 @@ def _merge_columns(old_cols: list[str], params: list[str], metrics: list[str], p
 _WORKER_JOB: Job | None = None
 
 
-def _init_worker(job: Job, threads: int | None) -> None:
+PARENT_POLL_S = 0.5
+"""Seconds between a worker's checks that the sweep process that started it is alive."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker process when ``parent`` (the sweep's pid) is gone, so that a killed
+    sweep (even ``kill -9``) leaves no workers computing for nobody. On Linux the kernel
+    sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); everywhere a daemon thread
+    also checks ``os.getppid()`` every :data:`PARENT_POLL_S` seconds. The multiprocessing
+    resource tracker exits by itself once the sweep and its workers are gone (its pipe
+    closes)."""
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="anasim-parent-watch", daemon=True).start()
+
+
+def _init_worker(job: Job, threads: int | None, parent: int | None = None) -> None:
     global _WORKER_JOB
+    if parent is not None:
+        _die_with_parent(parent)
     set_threads(threads)
     _WORKER_JOB = job
 
@@ -459,7 +496,7 @@ def _sweep_processes(job, pending, workers, threads, finished, bar):
     ctx = mp.get_context("spawn")
     with worker_env(per):
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
-                                   initializer=_init_worker, initargs=(job, per))
+                                   initializer=_init_worker, initargs=(job, per, os.getpid()))
         try:
             futures = {pool.submit(_run_in_worker, cfg, params, pid): (pid, params)
                        for pid, params, cfg in pending}
