@@ -464,9 +464,20 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_show(args) -> int:
-    from .experiment import Results
+    import warnings
 
-    res = Results.load(args.results)
+    from .experiment import Results
+    from .experiment.storage import ResultsWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResultsWarning)
+        res = Results.load(args.results, duplicates="first" if args.dedupe else "error",
+                           damaged="drop" if args.drop_damaged else "error")
+    for w in caught:  # rows left out are said first, on stderr
+        if issubclass(w.category, ResultsWarning):
+            print(f"anasim: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(res.summary(args.metric))
     if args.plot:
         _check_outputs([], args.overwrite, args.plot)
@@ -610,6 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", metavar="PNG", help="draw the results (needs matplotlib)")
     s.add_argument("--x", metavar="PARAM", help="parameter on the plot's x axis")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    s.add_argument("--dedupe", action="store_true",
+                   help="keep the first of rows repeated for the same (point, t_inference, repetition) "
+                        "(default: refuse such a file; copies would count as extra repetitions)")
+    s.add_argument("--drop-damaged", action="store_true",
+                   help="leave out rows that cannot be read, with a warning naming them (default: refuse)")
     s.set_defaults(func=_cmd_show)
     return p
 

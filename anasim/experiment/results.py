@@ -22,16 +22,27 @@ metric columns
 ``n_samples``, ``seed``, ``fold_batchnorm``, ``model``, ``model_sha256``, ``data``, ``data_sha256``,
 ``preprocessing`` (JSON), ``limit``, ``config`` (the full configuration, JSON), ``anasim_version``
     everything needed to reproduce the row.
+
+A file holds one row per (point, kind, t_inference, repetition). :meth:`Results.load`
+refuses a file that breaks this (rows appended twice would count as extra repetitions)
+or has rows it cannot read, naming the file and the lines, unless asked to keep the first
+copy (``duplicates="first"``, ``anasim show --dedupe``) or to leave damaged rows out
+(``damaged="drop"``, ``anasim show --drop-damaged``), which it then says with a
+:class:`~anasim.experiment.storage.ResultsWarning`.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from pathlib import Path
 
+from ..errors import ConfigError, brief
 from .metrics import get_metric
 from .times import format_time
 from .stats import describe
-from .storage import ResultsFileError, read_table, table_text, write_table
+from .storage import ResultsFileError, ResultsWarning, load_table, table_text, write_table
 
 HEAD = ["point"]
 KEYS = ["kind", "t_inference", "repetition"]
@@ -119,8 +130,6 @@ class Results:
         try:
             import pandas as pd
         except ImportError:
-            from ..errors import ConfigError
-
             raise ConfigError("Results.to_pandas() needs pandas, which is not installed: "
                               "pip install pandas.") from None
         return pd.DataFrame(self.table(), columns=self.columns)
@@ -241,23 +250,92 @@ class Results:
         return self.save(path, overwrite)
 
     @classmethod
-    def load(cls, path) -> "Results":
-        """Read a results file written by :meth:`save` or by a sweep."""
-        columns, rows, meta, _ = read_table(path, KINDS)
-        params = meta.get("params")
+    def load(cls, path, *, duplicates: str = "error", damaged: str = "error") -> "Results":
+        """Read a results file written by :meth:`save`, by ``anasim evaluate`` or by a sweep.
+
+        Nothing is left out silently:
+
+        * A file that is not a results table (unreadable, not UTF-8, JSON of another shape,
+          no ``point``/``kind``/``t_inference``/``repetition`` column, no metric column) is a
+          :class:`ResultsFileError` naming the file and what is wrong.
+        * ``damaged``: a row that cannot be read (a CSV line with too few cells, a cell of
+          the wrong type, a JSON row that is not an object, an unknown ``kind``, ...).
+          ``"error"`` (default): a ResultsFileError naming the file and each such line;
+          ``"drop"``: the rows are left out, with a :class:`ResultsWarning` saying which.
+        * ``duplicates``: two rows for the same (point, kind, t_inference, repetition),
+          e.g. a file two runs appended to. Pooling them would count copies as extra
+          repetitions (and narrow every confidence interval). ``"error"`` (default): a
+          ResultsFileError naming how many keys are duplicated, with an example;
+          ``"first"``: the first row of each key is kept, with a ResultsWarning.
+        * An incomplete last line (a write cut short: a killed or still running sweep) is
+          always left out, with a ResultsWarning naming the line.
+
+        ``anasim show`` has ``--drop-damaged`` and ``--dedupe`` for the two options."""
+        if damaged not in ("error", "drop"):
+            raise ConfigError(f"damaged must be 'error' or 'drop'; got {damaged!r}.")
+        if duplicates not in ("error", "first"):
+            raise ConfigError(f"duplicates must be 'error' or 'first'; got {duplicates!r}.")
+        t = load_table(path, KINDS)
+        columns, meta = t.columns, t.meta
+        if not columns and not t.rows and not t.damaged:
+            but = " but for an incomplete line" if t.torn else ""
+            raise ResultsFileError(f"{path}: the file is empty{but}; not an anasim results table.")
+        if not columns:  # every line damaged (a .jsonl file's columns come from its rows)
+            raise ResultsFileError(f"{path}: none of its rows can be read ({describe_problems(t.damaged)}); "
+                                   "not an anasim results table.")
+        missing = [c for c in HEAD + KEYS if c not in columns]
+        if missing:
+            shown = ", ".join(columns[:8]) + (", …" if len(columns) > 8 else "")
+            raise ResultsFileError(f"{path}: not an anasim results table: no {', '.join(map(repr, missing))} "
+                                   f"column{'s' * (len(missing) > 1)} (its columns: {shown or 'none'}).")
+        params, metrics = meta.get("params"), meta.get("metrics")
+        for name, v in (("params", params), ("metrics", metrics)):
+            if v is not None and (not isinstance(v, list) or not all(isinstance(c, str) for c in v)):
+                raise ResultsFileError(f"{path}: meta {name!r} must be a list of column names; "
+                                       f"got {brief(v, 80)}.")
         if params is None:
             known = set(HEAD + KEYS + TAIL)
-            start = columns.index("kind") if "kind" in columns else 1
-            params = [c for c in columns[1:start] if c not in known]
-        metrics = meta.get("metrics")
+            params = [c for c in columns[1:columns.index("kind")] if c not in known]
         if metrics is None:
-            lo = columns.index("repetition") + 1 if "repetition" in columns else 0
+            lo = columns.index("repetition") + 1
             hi = columns.index("n_samples") if "n_samples" in columns else len(columns)
-            metrics = columns[lo:hi]
-        for r in rows:  # JSON files keep types; CSV cells were typed by KINDS
-            for k in ("t_inference",):
-                if r.get(k) is not None:
-                    r[k] = float(r[k])
+            metrics = [c for c in columns[lo:hi] if c not in TAIL]
+        if not metrics:
+            raise ResultsFileError(f"{path}: no metric column (top1, top5, logits_rel_error, …) after "
+                                   "'repetition'; not an anasim results table.")
+        absent = [m for m in list(metrics) + list(params) if m not in columns]
+        if absent:
+            raise ResultsFileError(f"{path}: meta names column(s) {', '.join(map(repr, absent))} that the "
+                                   "table does not have.")
+        rows, where, problems = check_rows(t.rows, t.where, metrics)
+        problems = sorted(t.damaged + problems, key=lambda p: _position(p[0]))
+        rows_s = f"row{'s' * (len(problems) > 1)}"
+        if problems and damaged == "error":
+            raise ResultsFileError(
+                f"{path}: {len(problems)} damaged {rows_s} ({describe_problems(problems)}). "
+                "Repair or remove them, or load with damaged=\"drop\" (anasim show --drop-damaged) to read "
+                "the other rows.")
+        if problems:
+            warnings.warn(f"{path}: left out {len(problems)} damaged {rows_s} "
+                          f"({describe_problems(problems)}).", ResultsWarning, stacklevel=2)
+        if t.torn:
+            warnings.warn(f"{path}: left out the incomplete last {t.torn} (a write cut short: a killed or "
+                          "still running sweep; rerunning the sweep completes the file).", ResultsWarning,
+                          stacklevel=2)
+        rows, dup = _find_duplicates(rows, where)
+        if dup and duplicates == "error":
+            raise ResultsFileError(
+                f"{path}: {dup['keys']} (point, t_inference, repetition) key{'s' * (dup['keys'] > 1)} "
+                f"appear{'s' * (dup['keys'] == 1)} more than once ({dup['extra']} extra "
+                f"row{'s' * (dup['extra'] > 1)}), e.g. {dup['example']}{dup['differ']}. Copies would count "
+                "as extra repetitions and narrow the confidence intervals (copies typically come from "
+                "two runs appending to one file). Load with duplicates=\"first\" (anasim show --dedupe) to "
+                "keep the first row of each, or remove the copies from the file.")
+        if dup:
+            warnings.warn(f"{path}: left out {dup['extra']} duplicated row{'s' * (dup['extra'] > 1)} "
+                          f"(kept the first row of each of {dup['keys']} (point, t_inference, repetition) "
+                          f"key{'s' * (dup['keys'] > 1)}, e.g. {dup['example']}){dup['differ']}.",
+                          ResultsWarning, stacklevel=2)
         return cls(rows, params=params, metrics=metrics, meta=meta)
 
     def plot(self, path=None, metric: str | None = None, x: str | None = None, overwrite: bool = False):
@@ -273,6 +351,139 @@ class Results:
         from .plot import plot_results
 
         return plot_results(self, path=path, metric=metric, x=x, overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------- checking rows
+_TYPED = {"n_samples": "int", "seed": "int", "limit": "int", "fold_batchnorm": "bool", "model": "str",
+          "model_sha256": "str", "data": "str", "data_sha256": "str", "anasim_version": "str"}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _show(v) -> str:
+    return "empty" if v is None else brief(v, 40)
+
+
+def _row_problem(r: dict, metrics) -> str | None:
+    """What is wrong with row ``r`` (None if nothing); numbers are normalized in place
+    (t_inference float, repetition int, NaN t_inference/repetition of an ideal row None)."""
+    point = r.get("point")
+    if not isinstance(point, str) or not point:
+        return f"point is {_show(point)}, not a point id"
+    kind = r.get("kind")
+    if kind not in ("ideal", "analog"):
+        return f"kind is {_show(kind)}, not 'ideal' or 'analog'"
+    t, rep = r.get("t_inference"), r.get("repetition")
+    if kind == "analog":
+        if not _is_number(t) or not math.isfinite(t) or t < 0:
+            return f"t_inference is {_show(t)}, not seconds >= 0"
+        if isinstance(rep, float) and rep.is_integer():
+            rep = int(rep)
+        if not _is_int(rep) or rep < 0:
+            return f"repetition is {_show(rep)}, not an integer >= 0"
+        r["t_inference"], r["repetition"] = float(t), rep
+    else:
+        for k, v in (("t_inference", t), ("repetition", rep)):
+            if isinstance(v, float) and math.isnan(v):
+                r[k] = v = None
+            if v is not None:
+                return f"an ideal row with {k} {_show(v)} (ideal rows have none)"
+    for m in metrics:
+        v = r.get(m)
+        if v is not None and not _is_number(v):
+            return f"{m} is {_show(v)}, not a number"
+    for c, kind_ in _TYPED.items():
+        v = r.get(c)
+        if v is None:
+            continue
+        ok = _is_int(v) if kind_ == "int" else isinstance(v, bool) if kind_ == "bool" else isinstance(v, str)
+        if not ok:
+            what = {"int": "an integer", "bool": "true or false", "str": "text"}[kind_]
+            return f"{c} is {_show(v)}, not {what}"
+    return None
+
+
+def check_rows(rows: list[dict], where: list[str], metrics) -> tuple[list[dict], list[str], list[tuple]]:
+    """``(good rows, their places, [(place, what is wrong), ...])`` for rows read from a
+    results file (``where[i]`` is the place of ``rows[i]``, e.g. "line 7")."""
+    good, places, problems = [], [], []
+    for r, w in zip(rows, where):
+        why = _row_problem(r, metrics)
+        if why is None:
+            good.append(r)
+            places.append(w)
+        else:
+            problems.append((w, why))
+    return good, places, problems
+
+
+def row_key(r: dict) -> tuple:
+    """(point, kind, t_inference, repetition) of a checked row: one row per key."""
+    return r.get("point"), r.get("kind"), r.get("t_inference"), r.get("repetition")
+
+
+def _position(where: str) -> int:
+    try:
+        return int(where.rsplit(" ", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def describe_problems(problems, shown: int = 5) -> str:
+    text = "; ".join(f"{w}: {why}" for w, why in problems[:shown])
+    if len(problems) > shown:
+        more = problems[shown:shown + 20]
+        text += f"; and {len(problems) - shown} more, on " + ", ".join(w for w, _ in more)
+        text += ", …" if len(problems) > shown + 20 else ""
+    return text
+
+
+def _describe_key(key) -> str:
+    point, kind, t, rep = key
+    if kind == "ideal":
+        return f"the ideal row of point {point}"
+    return f"point {point}, t_inference {format_time(t)}, repetition {rep}"
+
+
+def _canonical(r: dict) -> str:
+    return json.dumps(r, sort_keys=True, default=str, allow_nan=True)
+
+
+def _find_duplicates(rows, where) -> tuple[list[dict], dict | None]:
+    """``(rows without repeated keys (the first row of each kept), what was found or None)``."""
+    first: dict = {}
+    copies: dict = {}
+    kept = []
+    for i, r in enumerate(rows):
+        k = row_key(r)
+        if k in first:
+            copies.setdefault(k, []).append(i)
+        else:
+            first[k] = i
+            kept.append(r)
+    if not copies:
+        return kept, None
+    differ = [k for k, idx in copies.items()
+              if any(_canonical(rows[j]) != _canonical(rows[first[k]]) for j in idx)]
+    k = next(iter(copies))
+    places = [where[first[k]]] + [where[j] for j in copies[k]]
+    example = f"{_describe_key(k)} on {', '.join(places[:-1])} and {places[-1]}"
+    if differ:
+        d = differ[0]
+        a, b = rows[first[d]], rows[copies[d][0]]
+        cols = [c for c in a if _canonical({c: a.get(c)}) != _canonical({c: b.get(c)})]
+        note = (f"; the copies of {len(differ)} key{'s' * (len(differ) > 1)} differ (e.g. {where[first[d]]} "
+                f"and {where[copies[d][0]]}: {', '.join(cols[:4]) or 'columns'})")
+    else:
+        note = "; the copies are identical"
+    return kept, {"keys": len(copies), "extra": sum(len(v) for v in copies.values()), "example": example,
+                  "differ": note}
 
 
 def _render_groups(first: list[str], groups: list) -> str:
@@ -314,4 +525,5 @@ def _render(headers: list[list[str]], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Results", "format_time", "table_columns"]
+__all__ = ["Results", "ResultsWarning", "check_rows", "describe_problems", "format_time", "row_key",
+           "table_columns"]

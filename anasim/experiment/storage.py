@@ -23,15 +23,29 @@ the folder: a reader or a crash sees the old file or the new one, never a mix.
 :meth:`ResultStore.append` adds the rows of one finished sweep point with a single
 ``write`` on an ``O_APPEND`` descriptor followed by ``fsync``. A process killed at any
 moment leaves at most one torn last line (text after the final newline), which
-:meth:`ResultStore.read` discards; the sweep then re-evaluates that point. The resumed
-sweep first rewrites the file atomically without the torn line, incomplete or duplicated
-points, so later appends always start on a fresh line.
+:func:`load_table` reports (``Table.torn``) and leaves out; the sweep then re-evaluates that
+point. The resumed sweep first rewrites the file atomically without the torn line,
+damaged lines, incomplete or duplicated points, so later appends always start on a fresh
+line. A :class:`ResultStore` writes the real file a symbolic link leads to (rewriting the
+link's own name would replace the link by a separate file).
 
-Locking. :class:`ResultLock` holds ``<file>.lock`` with ``fcntl.flock`` (released by the
-kernel when the process dies, so a killed sweep leaves no stale lock); a second writer is
-refused with a message naming the holder's pid, host and start time. Where ``fcntl`` is
-missing (Windows) an exclusive create of the lock file is used and a lock whose process is
-gone on the same host is taken over.
+Reading. :func:`load_table` keeps account of every line it cannot read: ``Table.damaged``
+lists ``(where, what is wrong)`` (a CSV line with another number of cells than the header,
+a cell of the wrong kind, a JSON line or row that is not an object), ``Table.where`` the
+line of every row read. A file that is no results table at all (not UTF-8, invalid JSON, a
+JSON document of another shape, an unreadable header) is a :class:`ResultsFileError`
+naming the file and what is wrong. What to do with damaged and duplicated rows is the
+reader's decision (:meth:`Results.load <anasim.experiment.results.Results.load>` refuses
+them unless asked; a resuming sweep drops them and says so).
+
+Locking. :class:`ResultLock` holds ``<real file>.lock`` with ``fcntl.flock`` (released by
+the kernel when the process dies, so a killed sweep leaves no stale lock); the lock file
+sits beside the file that every symbolic link, ``.`` and ``..`` of the given path lead to,
+and an existing results file's inode is ``flock``-ed too, so a second writer through a
+link, another spelling of the path or a hard link is refused, with a message naming the
+holder's pid, host and start time. Where ``fcntl`` is missing (Windows) an exclusive
+create of the lock file is used and a lock whose process is gone on the same host is
+taken over.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
@@ -106,6 +121,8 @@ def from_cell(text: str, kind: str = "auto"):
     if kind == "int":
         return int(text)
     if kind == "bool":
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"not a boolean: {text!r}")
         return text.lower() == "true"
     if kind == "json":
         return json.loads(text)
@@ -237,70 +254,174 @@ def write_table(path, columns: list[str], rows: list[dict], meta: dict | None = 
 
 
 # ----------------------------------------------------------------------------- reading
-def read_table(path, kinds: dict | None = None) -> tuple[list[str], list[dict], dict, bool]:
-    """``(columns, rows, meta, torn)`` of a results file; ``torn`` says whether an
-    incomplete last line (a write cut short) or an unreadable line was dropped.
-    ``kinds`` maps CSV column names to cell kinds (see :func:`from_cell`)."""
+class ResultsWarning(UserWarning):
+    """Rows of a results file were left out while reading it (an incomplete last line, or
+    damaged or duplicated rows the caller asked to drop); the message says which."""
+
+
+@dataclass
+class Table:
+    """What :func:`load_table` read from a results file.
+
+    ``where[i]`` locates ``rows[i]`` in the file (``"line 7"``, or ``"row 3"`` of a .json
+    file); ``damaged`` lists ``(where, what is wrong)`` for every complete line or row that
+    could not be read (it is not in ``rows``); ``torn`` locates an incomplete last line (text
+    after the final newline: a write cut short), which is not in ``rows`` either, or is None."""
+
+    columns: list
+    rows: list
+    meta: dict
+    where: list
+    damaged: list = field(default_factory=list)
+    torn: str | None = None
+
+
+_KIND_NAMES = {"float": "a number", "int": "an integer", "bool": "true or false", "json": "JSON"}
+
+
+def json_type(v) -> str:
+    """The JSON name of ``v``'s type, for messages."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def load_table(path, kinds: dict | None = None) -> Table:
+    """Read a results file, keeping account of every line it could not read (see
+    :class:`Table`). A file that is not a results table at all (unreadable, not UTF-8, not
+    JSON, a JSON document of the wrong shape, an unreadable CSV header) is a
+    :class:`ResultsFileError` naming the file and what is wrong. ``kinds`` maps CSV column
+    names to cell kinds (see :func:`from_cell`)."""
+    from ..files import parse_nested, read_text
+
     path = Path(path)
     fmt = result_format(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ResultsFileError(f"No results file {str(path)!r}.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResultsFileError(f"Cannot read results file {path}: {exc}") from exc
+    text = read_text(path, "results file", ResultsFileError)
     kinds = kinds or {}
     if fmt == "json":
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise ResultsFileError(f"{path}: not a valid results JSON file ({exc}).") from exc
-        if not isinstance(doc, dict) or "rows" not in doc:
-            raise ResultsFileError(f"{path}: not an anasim results JSON file (no 'rows').")
-        rows = list(doc["rows"])
-        columns = doc.get("columns") or (list(rows[0]) if rows else [])
-        return columns, rows, doc.get("meta") or {}, False
-    torn = False
-    cut = text.rfind("\n")
-    if cut != len(text) - 1:  # text after the last newline: a torn write
-        torn = bool(text[cut + 1:].strip())
-        text = text[:cut + 1]
-    lines = text.splitlines()
+        return _load_json(path, text)
+    lines = text.split("\n")  # not splitlines(): it also splits at \x0b, \x1c, \u2028, ...
+    last = lines.pop()  # "" after a final newline; else an incomplete line
+    torn = f"line {len(lines) + 1}" if last.strip() else None
     if fmt == "jsonl":
-        rows, columns = [], []
-        for line in lines:
+        rows, where, damaged, columns = [], [], [], []
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except ValueError:
-                torn = True
+                row = parse_nested(json.loads, line, f"{path} line {n}", ResultsFileError)
+            except (ValueError, ResultsFileError) as exc:
+                damaged.append((f"line {n}", f"not valid JSON ({str(exc)[:120]})"))
                 continue
             if not isinstance(row, dict):
-                torn = True
+                damaged.append((f"line {n}", f"{json_type(row)}, not a JSON object"))
                 continue
-            for k in row:
-                if k not in columns:
-                    columns.append(k)
+            columns.extend(k for k in row if k not in columns)
             rows.append(row)
-        return columns, rows, {}, torn
+            where.append(f"line {n}")
+        return Table(columns, rows, {}, where, damaged, torn)
     if not lines:
-        return [], [], {}, torn
-    reader = csv.reader(lines)
+        return Table([], [], {}, [], [], torn)
     try:
-        columns = next(reader)
-    except csv.Error as exc:
-        raise ResultsFileError(f"{path}: unreadable CSV header ({exc}).") from exc
-    rows = []
-    for cells in reader:
-        if len(cells) != len(columns):
-            torn = True
+        columns = next(csv.reader([lines[0].removesuffix("\r")], strict=True))
+    except (csv.Error, StopIteration) as exc:
+        raise ResultsFileError(f"{path}: unreadable CSV header on line 1 ({exc}).") from None
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ResultsFileError(f"{path}: the CSV header names column(s) {', '.join(map(repr, twice))} "
+                               "more than once; not an anasim results table.")
+    rows, where, damaged = [], [], []
+    for n, line in enumerate(lines[1:], 2):
+        line = line.removesuffix("\r")
+        if not line.strip():
             continue
         try:
-            rows.append({c: from_cell(v, kinds.get(c, "auto")) for c, v in zip(columns, cells)})
-        except ValueError:
-            torn = True
-    return columns, rows, {}, torn
+            cells = next(csv.reader([line], strict=True))
+        except csv.Error as exc:
+            damaged.append((f"line {n}", f"unreadable CSV ({exc})"))
+            continue
+        if len(cells) != len(columns):
+            damaged.append((f"line {n}", f"{len(cells)} cells where the header has {len(columns)}"))
+            continue
+        row, bad = {}, None
+        for c, v in zip(columns, cells):
+            kind = kinds.get(c, "auto")
+            try:
+                row[c] = from_cell(v, kind)
+            except (ValueError, RecursionError):
+                bad = f"{c} is {_quote(v)}, not {_KIND_NAMES.get(kind, kind)}"
+                break
+        if bad:
+            damaged.append((f"line {n}", bad))
+            continue
+        rows.append(row)
+        where.append(f"line {n}")
+    return Table(columns, rows, {}, where, damaged, torn)
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
+def _load_json(path: Path, text: str) -> Table:
+    from ..files import parse_nested
+
+    what = ('an anasim results JSON file ({"format": "anasim-results/1", "meta": {...}, "columns": [...], '
+            '"rows": [...]})')
+    try:
+        doc = parse_nested(json.loads, text, str(path), ResultsFileError)
+    except ValueError as exc:
+        if isinstance(exc, ResultsFileError):
+            raise
+        raise ResultsFileError(f"{path}: not valid JSON ({exc}).") from None
+    if not isinstance(doc, dict):
+        raise ResultsFileError(f"{path}: holds {json_type(doc)}, not {what}.")
+    if "format" in doc and doc["format"] != FORMAT_TAG:
+        raise ResultsFileError(f"{path}: format {doc['format']!r} is not {FORMAT_TAG!r}; not {what}.")
+    if "rows" not in doc:
+        raise ResultsFileError(f"{path}: no 'rows'; not {what}.")
+    rows = doc["rows"]
+    if not isinstance(rows, list):
+        raise ResultsFileError(f"{path}: 'rows' is {json_type(rows)}; it must be an array of row objects.")
+    columns = doc.get("columns")
+    if columns is not None and not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
+        raise ResultsFileError(f"{path}: 'columns' must be an array of column names; got "
+                               f"{json_type(columns) if not isinstance(columns, list) else 'other values'}.")
+    meta = doc.get("meta")
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ResultsFileError(f"{path}: 'meta' is {json_type(meta)}; it must be an object.")
+    kept, where, damaged = [], [], []
+    for i, r in enumerate(rows, 1):
+        if isinstance(r, dict):
+            kept.append(r)
+            where.append(f"row {i}")
+        else:
+            damaged.append((f"row {i}", f"{json_type(r)}, not a row object"))
+    if not columns:
+        columns = []
+        for r in kept:
+            columns.extend(k for k in r if k not in columns)
+    return Table(list(columns), kept, meta, where, damaged, None)
+
+
+def read_table(path, kinds: dict | None = None) -> tuple[list[str], list[dict], dict, bool]:
+    """``(columns, rows, meta, lossy)`` of a results file; ``lossy`` says whether an
+    incomplete last line (a write cut short) or a damaged line was left out (see
+    :func:`load_table`, which says which)."""
+    t = load_table(path, kinds)
+    return t.columns, t.rows, t.meta, bool(t.damaged or t.torn)
 
 
 # ----------------------------------------------------------------------------- appending
@@ -308,7 +429,9 @@ class ResultStore:
     """An appendable results file (``.csv`` / ``.jsonl``; ``.json`` is rewritten whole)."""
 
     def __init__(self, path, columns: list[str], meta: dict | None = None):
-        self.path = Path(path)
+        # the real file: writing through a symbolic link updates its target (an atomic
+        # rewrite of the link's own name would replace the link by a separate file)
+        self.path = real_path(path)
         self.format = result_format(self.path)
         self.columns = list(columns)
         self.meta = meta or {}
@@ -347,25 +470,45 @@ class ResultStore:
 
 
 # ------------------------------------------------------------------------------- locking
+def real_path(path) -> Path:
+    """``path`` with every symbolic link, ``.`` and ``..`` resolved (absolute): one name per
+    file, whichever way it was spelled."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
 class ResultLock:
-    """Exclusive writer lock on ``<results file>.lock`` (a context manager)."""
+    """Exclusive writer lock on a results file (a context manager).
+
+    The lock belongs to the file, not to the name it was given: it is ``<real file>.lock``
+    beside the file every symbolic link, ``.`` and ``..`` of the given path lead to, so a
+    second writer through a link or another spelling of the path is refused too; where the
+    file exists its inode is also ``flock``-ed, which refuses a writer through a hard link."""
 
     def __init__(self, path):
-        self.results = Path(path)
-        self.path = self.results.with_name(self.results.name + ".lock")
+        self.results = Path(path)  # as given, for messages
+        self.target = real_path(path)
+        self.path = self.target.with_name(self.target.name + ".lock")
         self._fd = None
+        self._file_fd = None
 
     def _holder(self) -> str:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8") or "{}")
         except (OSError, ValueError):
             return "another process"
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
+        if not isinstance(info, dict):
+            return "another process"
+        since = info.get("since", 0)
+        since = since if isinstance(since, (int, float)) else 0
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
         return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {since}"
 
-    def _refuse(self):
+    def _refuse(self, holder: str | None = None):
+        same = ""
+        if Path(os.path.abspath(self.results)) != self.target:
+            same = f" (the same file as {self.target})"
         raise ResultsFileError(
-            f"{self.results} is being written by another anasim run ({self._holder()}); "
+            f"{self.results}{same} is being written by another anasim run ({holder or self._holder()}); "
             f"wait for it to finish, or use another --out. (Lock file: {self.path}.)")
 
     def acquire(self) -> "ResultLock":
@@ -391,6 +534,17 @@ class ResultLock:
         os.ftruncate(fd, 0)
         os.write(fd, info.encode())
         self._fd = fd
+        try:  # the results file itself, which another name (a hard link) may share
+            file_fd = os.open(str(self.target), os.O_RDONLY)
+        except OSError:  # not there yet (nobody else can have another name for it)
+            return self
+        try:
+            fcntl.flock(file_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(file_fd)
+            self.release()
+            self._refuse("through another name for the same file, a hard link")
+        self._file_fd = file_fd
         return self
 
     def _acquire_exclusive(self, info: str) -> "ResultLock":  # pragma: no cover - Windows
@@ -413,6 +567,9 @@ class ResultLock:
         self._refuse()
 
     def release(self) -> None:
+        if self._file_fd is not None:
+            os.close(self._file_fd)
+            self._file_fd = None
         if self._fd is None:
             return
         try:
@@ -438,6 +595,6 @@ def _pid_alive(pid: int) -> bool:  # pragma: no cover - Windows fallback
     return True
 
 
-__all__ = ["ResultStore", "ResultLock", "ResultsFileError", "atomic_write", "check_writable",
-           "write_table", "table_text",
-           "read_table", "result_format", "to_cell", "from_cell"]
+__all__ = ["ResultStore", "ResultLock", "ResultsFileError", "ResultsWarning", "Table", "atomic_write",
+           "check_writable", "write_table", "table_text", "load_table", "read_table", "real_path",
+           "result_format", "to_cell", "from_cell"]

@@ -44,9 +44,18 @@ Resumability. The results file is written by the driver only, one finished point
 time: ``.csv``/``.jsonl`` get the point's rows in one ``write`` + ``fsync`` on an append
 descriptor (``.json`` is rewritten atomically). A process killed at any moment loses only
 the points that were still running; a torn last line is dropped on the next run, which
-first rewrites the file atomically (temp file + ``os.replace``) without torn lines,
-incomplete or duplicated points. ``<results>.lock`` (``flock``) refuses a second writer
-with a clear message; the kernel releases it when a process dies.
+first rewrites the file atomically (temp file + ``os.replace``) without torn or damaged
+lines, incomplete or duplicated points, and says what it dropped (damaged lines by number;
+through ``log``, or as a :class:`~anasim.experiment.storage.ResultsWarning` without one).
+``<real file>.lock`` (``flock``) refuses a second writer, also one through a symbolic link,
+another spelling of the path or a hard link, with a clear message; the kernel releases it
+when a process dies. Writing through a symbolic link updates the file it leads to.
+
+A results file holds one experiment: a sweep resuming into a file whose rows come from
+another model or data set (SHA-256, preprocessing, limit, number of samples), seed, times,
+repeats or metric is refused before any evaluation, with a message naming every field
+that differs, the file's and this run's values (growing the grid with new points is what
+resuming is for).
 
 Parallelism. ``workers > 1``: a ``ProcessPoolExecutor`` with the ``spawn`` start method;
 each worker gets ``threads // workers`` Numba/BLAS threads (at least 1) and receives the
@@ -62,6 +71,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,8 +84,10 @@ from ..kernels.rng import check_seed
 from ..threads import resolve_threads, set_threads, worker_env
 from .evaluate import Job, ModelSource, as_data, check_times, make_job, run_meta
 from .progress import progress_bar
-from .results import HEAD, KINDS, TAIL, Results, table_columns
-from .storage import ResultLock, ResultStore, ResultsFileError, read_table
+from .results import HEAD, KINDS, TAIL, Results, check_rows, describe_problems, table_columns
+from .storage import (ResultLock, ResultStore, ResultsFileError, ResultsWarning, _json_default, dumps,
+                      load_table)
+from .times import format_time
 
 GRID_KEYS = ("base", "set", "times", "repeats", "seed", "metric", "grid", "points", "description")
 
@@ -265,14 +277,14 @@ def _row_key(r: dict):
     return (r.get("kind"), None if t is None else float(t), None if rep is None else int(rep))
 
 
-def _clean(rows: list[dict], wanted: dict[str, set]) -> tuple[list[dict], set, bool]:
+def _clean(rows: list[dict], wanted: dict[str, set]) -> tuple[list[dict], set, int, int]:
     """Drop duplicated rows and incomplete points of this sweep; return (rows kept, ids of
-    complete points of this sweep, whether anything was dropped)."""
-    seen, kept, dropped = set(), [], False
+    complete points of this sweep, duplicated rows dropped, incomplete points dropped)."""
+    seen, kept, dups = set(), [], 0
     for r in rows:
         k = (r.get("point"),) + _row_key(r)
         if k in seen:
-            dropped = True
+            dups += 1
             continue
         seen.add(k)
         kept.append(r)
@@ -286,9 +298,82 @@ def _clean(rows: list[dict], wanted: dict[str, set]) -> tuple[list[dict], set, b
                 done.add(pid)
     bad = {pid for pid in by_point if pid in wanted and pid not in done}
     if bad:
-        dropped = True
         kept = [r for r in kept if r.get("point") not in bad]
-    return kept, done, dropped
+    return kept, done, dups, len(bad)
+
+
+def _canonical(v) -> str:
+    return json.dumps(v, sort_keys=True, default=_json_default, allow_nan=True)
+
+
+def _check_same_run(path, rows: list[dict], file_metric, job: Job, wanted: dict, torn) -> None:
+    """Refuse (ResultsFileError, before any evaluation) to resume into a results file whose
+    rows come from another model, data set (file, preprocessing, limit), seed, times,
+    repeats or metric: resuming would put two experiments' rows side by side as one. The
+    message names every field that differs, with the file's and this run's values.
+
+    Times and repeats are read from the points of other grids in the file (the points of
+    this grid match by their hash); a point cut short by a torn write is not used."""
+    if not rows:
+        return
+    fmt = {"model_sha256": lambda v: f"{v[:12]}…" if isinstance(v, str) and len(v) > 12 else str(v),
+           "data_sha256": lambda v: f"{v[:12]}…" if isinstance(v, str) and len(v) > 12 else str(v),
+           "preprocessing": lambda v: dumps(v) if len(dumps(v)) <= 80 else dumps(v)[:80] + "…"}
+    mine = {"model_sha256": job.model.sha256, "data_sha256": job.data.sha256,
+            "preprocessing": job.data.preprocessing, "limit": job.data.limit, "n_samples": len(job.data),
+            "seed": job.seed}
+    sources = {"model_sha256": ("model", job.model.source), "data_sha256": ("data", job.data.source)}
+    diffs = []
+    for col, value in mine.items():
+        if not any(col in r for r in rows):
+            continue
+        found: dict = {}
+        for r in rows:
+            v = r.get(col)
+            found.setdefault(_canonical(v), (v, r))
+        if list(found) == [_canonical(value)]:
+            continue
+        show = fmt.get(col, lambda v: "none" if v is None else str(v))
+        text = " / ".join(show(v) for v, _ in found.values())
+        this = show(value)
+        if col in sources:
+            name, src = sources[col]
+            text += f" ({' / '.join(str(r.get(name)) for _, r in found.values())})"
+            this += f" ({src})"
+        diffs.append(f"{col}: file {text}, this run {this}")
+    by_point: dict = {}
+    for r in rows:
+        by_point.setdefault(r.get("point"), []).append(r)
+    pids = list(by_point)[:-1] if torn else list(by_point)  # the last point may be cut short
+    shapes: list = []
+    for pid in pids:
+        analog = [r for r in by_point[pid] if r.get("kind") == "analog"]
+        if pid in wanted or not analog:
+            continue
+        times = tuple(dict.fromkeys(r["t_inference"] for r in analog))
+        reps = sorted({r["repetition"] for r in analog})
+        pairs = {(r["t_inference"], r["repetition"]) for r in analog}
+        if reps == list(range(len(reps))) and len(pairs) == len(analog) == len(times) * len(reps):
+            if (times, len(reps)) not in shapes:
+                shapes.append((times, len(reps)))
+    file_times = list(dict.fromkeys(t for t, _ in shapes))
+    if file_times and file_times != [tuple(job.times)]:
+        def show_times(ts):
+            return "[" + ", ".join(format_time(t) for t in ts) + "]"
+
+        diffs.append(f"times: file {' / '.join(map(show_times, file_times))}, "
+                     f"this run {show_times(job.times)}")
+    file_reps = list(dict.fromkeys(n for _, n in shapes))
+    if file_reps and file_reps != [job.repeats]:
+        diffs.append(f"repeats: file {' / '.join(map(str, file_reps))}, this run {job.repeats}")
+    metric = job.metrics[0].name
+    if file_metric is not None and file_metric != metric:
+        diffs.append(f"metric: file {file_metric}, this run {metric}")
+    if diffs:
+        raise ResultsFileError(
+            f"{path} holds the results of another run, and resuming into it would mix the two. What differs: "
+            + "; ".join(diffs) + f". Use another --out for this run, or move {path} away to start over "
+            "(or rerun with the file's settings to resume it).")
 
 
 def _merge_columns(old_cols: list[str], params: list[str], metrics: list[str], path) -> tuple[list, list]:
@@ -425,22 +510,43 @@ def sweep(model, dataset, grid, *, out=None, preprocessing=None, limit: int | No
         params_cols, metric_cols = list(g.params), list(metrics)
         store = None
         if out is not None:
-            path = Path(out)
-            old_cols, torn = [], False
-            if path.exists() and path.stat().st_size > 0:
-                old_cols, existing, _, torn = read_table(path, KINDS)
+            path, real = Path(out), lock.target  # read and write the real file (through any link)
+            table = load_table(real, KINDS) if real.exists() and real.stat().st_size > 0 else None
+            old_cols = table.columns if table is not None else []
             params_cols, metric_cols = _merge_columns(old_cols, g.params, metrics, path)
-            existing, done_ids, dropped = _clean(existing, wanted)
+            damaged: list = []
+            if table is not None:
+                existing, _, damaged = check_rows(table.rows, table.where, metric_cols)
+                damaged = sorted(table.damaged + damaged, key=lambda p: int(p[0].rsplit(" ", 1)[1]))
+            existing, done_ids, n_dups, n_cut = _clean(existing, wanted)
+            file_metric = next((c for c in metric_cols if c in old_cols), None) if existing else None
+            _check_same_run(path, existing, file_metric, job, wanted, table is not None and table.torn)
             for r in existing:  # new swept columns for old rows: from their configuration
                 for p in params_cols:
                     if p not in r and isinstance(r.get("config"), dict):
                         r[p] = _lookup(r["config"], p)
-            store = ResultStore(path, table_columns(params_cols, metric_cols), meta)
-            if torn or dropped or (old_cols and old_cols != store.columns):
-                why = [w for w, c in (("dropping a torn last line", torn),
-                                      ("dropping incomplete or duplicated points", dropped),
-                                      ("adding columns", bool(old_cols) and old_cols != store.columns)) if c]
-                say(f"{path}: rewriting it ({'; '.join(why)}).")
+            store = ResultStore(real, table_columns(params_cols, metric_cols), meta)
+            new_cols = bool(old_cols) and old_cols != store.columns
+            if table is not None and (table.torn or damaged or n_dups or n_cut or new_cols):
+                why = []
+                if table.torn:
+                    why.append(f"dropping the incomplete last {table.torn} (a write cut short)")
+                if damaged:
+                    why.append(f"dropping {len(damaged)} damaged line{'s' * (len(damaged) > 1)}: "
+                               f"{describe_problems(damaged)}")
+                if n_dups:
+                    why.append(f"dropping {n_dups} duplicated row{'s' * (n_dups > 1)} "
+                               "(the first of each kept)")
+                if n_cut:
+                    why.append(f"dropping {n_cut} incomplete point{'s' * (n_cut > 1)} of this grid, "
+                               "evaluated again")
+                if new_cols:
+                    why.append("adding columns")
+                text = f"{path}: rewriting it ({'; '.join(why)})."
+                if log is None and (damaged or n_dups):  # unexpected: never silent
+                    warnings.warn(text, ResultsWarning, stacklevel=2)
+                else:
+                    say(text)
                 store.rewrite(existing)
         else:
             done_ids = set()
