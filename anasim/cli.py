@@ -636,8 +636,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # a warning is a message to the user: one line, no source line of anasim's
+        print(f"anasim: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return int(args.func(args) or 0)
     except AnasimError as exc:
         if os.environ.get("ANASIM_DEBUG"):
             raise

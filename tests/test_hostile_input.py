@@ -248,3 +248,27 @@ def test_messages_quote_long_values_briefly(files, tmp_path, capsys):
     with pytest.raises(ConfigError) as info:
         anasim.load_config(cfg)
     assert len(str(info.value)) < 1000
+
+
+def test_cli_warnings_are_one_line(files, capsys):
+    """A warning during a CLI run is printed as `anasim: warning: ...`, without Python's source line."""
+    model, data = files
+    import warnings
+
+    from anasim import cli
+
+    def warn_then_ok(args):
+        warnings.warn("labels 10..14 are not among the classes 0..9\n(second line)", UserWarning)
+        return 0
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["evaluate", str(model), "--data", str(data)])
+    args.func = warn_then_ok
+    original = cli.build_parser
+    try:
+        cli.build_parser = lambda: type("P", (), {"parse_args": lambda self, argv: args})()
+        assert cli.main([]) == 0
+    finally:
+        cli.build_parser = original
+    err = capsys.readouterr().err.strip()
+    assert err == "anasim: warning: labels 10..14 are not among the classes 0..9 (second line)", err

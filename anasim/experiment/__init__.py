@@ -14,9 +14,10 @@ from ..threads import set_threads
 from .evaluate import DataSource, ModelSource, as_data, evaluate
 from .metrics import Metric, get_metric, register_metric
 from .results import Results, format_time
-from .storage import ResultLock, ResultsFileError
+from .storage import ResultLock, ResultsFileError, ResultsWarning
 from .sweep import Grid, load_grid, sweep
 
 __all__ = ["evaluate", "sweep", "Grid", "load_grid", "Results", "Metric", "get_metric",
            "register_metric", "set_threads", "format_time", "ResultLock", "ResultsFileError",
+           "ResultsWarning",
            "ModelSource", "DataSource", "as_data"]
