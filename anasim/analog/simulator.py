@@ -101,6 +101,7 @@ class AnalogSimulator:
         self._executor = graph.with_overrides(overrides).to(device)
         self.repetition = 0
         self.t_inference = 0.0
+        self._references: dict = {}  # drift-compensation reference readouts, per programming
         if self.has_device_model:
             self.program(0)
 
@@ -136,6 +137,7 @@ class AnalogSimulator:
                 m.set_post_scales([1.0] * len(m.tiles))
         self.repetition = repetition
         self.t_inference = 0.0
+        self._references = {}
         return self
 
     def drift(self, t_inference: float) -> "AnalogSimulator":
@@ -169,8 +171,10 @@ class AnalogSimulator:
                     w_t = drifted_weights(state, t, converter, model, rngs)
                     weights.append(w_t)
                     if comp is not None and t > 0:
-                        ref = comp.readout_weights(state.weights(converter))
-                        scales.append(np.asarray(comp.factor(ref, comp.readout_weights(w_t)), np.float32))
+                        ref = self._readout_reference(layer, g, m, tile, comp, state.weights(converter))
+                        cur = (comp.readout(m.readout(tile, comp.readout_input(tile.n_in), w_t, self.repetition, t))
+                               if comp.forward_readout else comp.readout_weights(w_t))
+                        scales.append(np.asarray(comp.factor(ref, cur), np.float32))
                     else:
                         scales.append(np.float32(1.0))
                 m.set_tile_weights(weights)
@@ -284,6 +288,7 @@ class AnalogSimulator:
                              f"{unknown[:3]}; it is of another model or configuration.")
         for layer in self.layers:
             layer.states.clear()
+        self._references = {}
         for layer, g, m, weights, mapping, post, devices in plan:
             m.set_mapping_scales(mapping)
             m.set_tile_weights(weights)
@@ -293,6 +298,19 @@ class AnalogSimulator:
         self.repetition = repetition
         self.t_inference = t
         return self
+
+    def _readout_reference(self, layer, g, m, tile, comp, programmed):
+        """The compensation's reference readout of one tile: its programmed weights read at
+        t_inference = 0 (through the forward pass, or ideally, as the compensation says);
+        computed once per programming and kept."""
+        key = (layer.index, g, tile.index, self.repetition, comp.forward_readout)
+        ref = self._references.get(key)
+        if ref is None:
+            x = comp.readout_input(tile.n_in)
+            ref = (comp.readout(m.readout(tile, x, programmed, self.repetition, 0.0)) if comp.forward_readout
+                   else comp.readout_weights(programmed))
+            self._references[key] = ref
+        return ref
 
     @property
     def has_device_model(self) -> bool:

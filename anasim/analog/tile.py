@@ -34,14 +34,17 @@ converted back to weights); device models replace them with :meth:`set_tile_weig
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..config.presets import AIHWKIT_FORWARD, AIHWKIT_MAPPING
 from ..errors import ConfigError
 from ..kernels import cpu, stages
-from ..kernels.rng import normals_numpy, stream_key
+from ..kernels.rng import PURPOSE, READOUT, normals_numpy, stream_key
+
+_STREAMS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
+"""The forward pass's random streams of one tile (keys from :func:`stream_key`)."""
 
 __all__ = ["AnalogMatrix", "PhysicalTile", "split_sizes", "Periphery", "SERIAL"]
 
@@ -400,10 +403,7 @@ class AnalogMatrix:
         """Philox keys of one tile's random streams for one repetition (cached)."""
         k = (tile, repetition)
         if k not in self._keys:
-            self._keys[k] = {
-                name: stream_key(self.seed, self.layer, tile, name, repetition)
-                for name in ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
-            }
+            self._keys[k] = {name: stream_key(self.seed, self.layer, tile, name, repetition) for name in _STREAMS}
         return self._keys[k]
 
     # ------------------------------------------------------------------ forward
@@ -509,10 +509,35 @@ class AnalogMatrix:
         )
         return y, fail
 
-    def _forward_tile(self, t, x, row_ids, repetition, acc, cache, kern=None) -> None:
+    def readout(self, t: PhysicalTile, x: np.ndarray, weight: np.ndarray, repetition: int,
+                t_inference: float) -> np.ndarray:
+        """Tile ``t``'s own forward pass on the readout vectors ``x`` ((n, t.n_in)), with
+        ``weight`` in place of its current one: every periphery stage including bound
+        management, without the digital mapping and post scales -- what aihwkit's
+        ``InferenceTile`` reads for drift compensation (``tile.forward(readout_tensor,
+        is_test=True)``). Its random streams are its own: purposes ``READOUT + ...``, keyed by
+        (seed, layer, tile, repetition, t_inference), rows 0..n-1; deterministic, and
+        independent of the data's noise. Returns (n, t.n_out) float32."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        weight = np.ascontiguousarray(weight, dtype=np.float32)
+        p = self.periphery
+        if p.perfect:
+            y = x @ weight.T
+            return y * p.out_scale if p.out_scale != 1 else y
+        ones = np.ones(t.n_out, np.float32)
+        view = replace(t, in_start=0, in_stop=t.n_in, out_start=0, out_stop=t.n_out, weight=weight,
+                       mapping_scale=ones, post_scale=ones, _abs=None)
+        tbits = int(np.float64(t_inference).view(np.uint64))
+        keys = {name: stream_key(self.seed, self.layer, t.index, READOUT + PURPOSE[name], repetition, tbits)
+                for name in _STREAMS}
+        acc = np.zeros((x.shape[0], t.n_out), np.float32)
+        self._forward_tile(view, x, np.arange(x.shape[0], dtype=np.int64), repetition, acc, {}, _PARALLEL, keys)
+        return acc
+
+    def _forward_tile(self, t, x, row_ids, repetition, acc, cache, kern=None, keys=None) -> None:
         kern = kern or _PARALLEL
         p = self.periphery
-        keys = self.stream_keys(t.index, repetition)
+        keys = self.stream_keys(t.index, repetition) if keys is None else keys
         deterministic_input = p.inp_noise <= 0 and not p.inp_sto_round
         prep = cache.get("prep") if deterministic_input else None
         if prep is None:

@@ -546,6 +546,13 @@ class DriftCompensation(Component):
     #: compensation (``AnalogConfig.drift_compensation is None``).
     enabled: ClassVar[bool] = True
 
+    @property
+    def forward_readout(self) -> bool:
+        """True: the simulator reads the tile through its own forward pass (periphery and
+        all, as aihwkit does); False: through :meth:`readout_weights` (ideal). A subclass
+        with a ``readout`` parameter chooses by it; the base class reads ideally."""
+        return False
+
     def readout_input(self, in_size: int) -> np.ndarray:
         """The readout vectors ``(n_vectors, in_size)``."""
         raise NotImplementedError(f"{type(self).__name__} must define readout_input (a DriftCompensation "

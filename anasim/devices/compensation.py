@@ -15,8 +15,10 @@ the reference; at each t it repeats the readout and multiplies its digital outpu
 * ``global``: one factor per tile (mean / max over all readout vectors and outputs);
   ``per_column``: one factor per output column (over the readout vectors only).
 
-With the defaults and an ideal periphery the global readout is ``mean |W_ij|`` and the
-per-column one ``mean_j |W_ij|`` for each output i.
+With an ideal periphery the global readout is ``mean |W_ij|`` and the per-column one
+``mean_j |W_ij|`` for each output i. ``readout = "forward"`` (the default, aihwkit's) reads
+through the tile's own forward pass instead (:meth:`anasim.analog.tile.AnalogMatrix.readout`),
+``"ideal"`` through the ideal product (:meth:`readout_weights`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
 
 
 @aihwkit_names("", {
+    "readout": "= InferenceTileWithPeriphery: self.tile.forward(readout_tensor, ..., is_test=True)",
     "readout_input": "= Global/PerColumnDriftCompensation.get_readout_tensor: eye(in_size)",
     "readout_stat": "= readout: clamp(abs(y).mean(), min=0.0001) (per column: mean(dim=0))",
     "readout_floor": "= readout: clamp(..., min=0.0001)",
@@ -48,6 +51,17 @@ class CompensationParams(Section):
     """[drift_compensation] type = "global" or "per_column"."""
 
     section: ClassVar[str] = "drift_compensation"
+    readout: str = param(
+        "forward",
+        "How the tile is read for the factor: 'forward' runs the readout vectors through the "
+        "tile's own forward pass, every periphery non-ideality included (noise management, "
+        "DAC, input/weight/output noise, IR drop, ADC, bound management), with random streams "
+        "of its own keyed by repetition and t, as aihwkit does; output noise and the ADC step "
+        "then add a floor to the readout that does not drift, so the factor under-compensates "
+        "more as conductances decay. 'ideal' reads the weights themselves (x @ W.T, no "
+        "periphery): a compensation that knows the drifted conductances exactly.",
+        unit="choice", valid=("forward", "ideal"),
+    )
     readout_input: str = param(
         "eye",
         "Input vectors of the readout: 'eye' (the in_size one-hot vectors, aihwkit 1.x) "
@@ -87,6 +101,11 @@ class NoDriftCompensation(DriftCompensation):
 class _Readout(DriftCompensation):
     Params = CompensationParams
     axis: ClassVar[int | None] = None
+
+    @property
+    def forward_readout(self) -> bool:
+        """Whether the readout runs through the tile's forward pass (``readout = "forward"``)."""
+        return self.params.readout == "forward"
 
     def readout_input(self, in_size: int) -> np.ndarray:
         if self.params.readout_input == "eye":

@@ -78,6 +78,9 @@ PURPOSE = {
     "drift": 17,
     "read_noise": 18,
 }
+READOUT = 32
+"""Purpose offset of the drift-compensation readout's forward streams: the readout's input
+noise is purpose ``READOUT + PURPOSE["inp_noise"]``, and so on (keyed by t as well)."""
 
 _MASK64 = (1 << 64) - 1
 
@@ -103,11 +106,13 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def stream_key(seed: int, layer: int, tile: int, purpose: int | str, repetition: int = 0) -> tuple[int, int]:
+def stream_key(seed: int, layer: int, tile: int, purpose: int | str, repetition: int = 0,
+               *extra: int) -> tuple[int, int]:
     """The Philox key (k0, k1) of one random stream.
 
     Mixing: ``h = splitmix64(seed)``, then for each of ``layer, tile, purpose, repetition``
-    in this order ``h = splitmix64(h ^ (value & 2**64-1))``; ``k0`` is the low and
+    (and any ``extra`` values, e.g. the bits of a time) in this order
+    ``h = splitmix64(h ^ (value & 2**64-1))``; ``k0`` is the low and
     ``k1`` the high 32-bit word of the final ``h``. Each field changes every bit of
     the key with probability ~1/2 (SplitMix64 is a bijective avalanche mixer), so
     nearby seeds, layers or tiles give unrelated streams. Pure Python integers: the
@@ -122,7 +127,7 @@ def stream_key(seed: int, layer: int, tile: int, purpose: int | str, repetition:
     if isinstance(purpose, str):
         purpose = PURPOSE[purpose]
     h = _splitmix64(int(seed) & _MASK64)
-    for v in (layer, tile, purpose, repetition):
+    for v in (layer, tile, purpose, repetition) + extra:
         h = _splitmix64(h ^ (int(v) & _MASK64))
     return h & 0xFFFFFFFF, h >> 32
 
