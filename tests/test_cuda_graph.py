@@ -399,6 +399,11 @@ def test_sim_analog_network_on_cuda_equals_cpu():
     assert np.abs(want - ideal).max() > 1e-3  # the noise is there (and equal on both)
     cpu.drift(86400.0)
     dev.drift(86400.0)
+    # the compensation reads each tile through its forward pass (readout = "forward"): the
+    # same readout, hence the same factors, on both devices
+    post = lambda sim: np.concatenate([t.post_scale for la in sim.layers for m in la.matrices for t in m.tiles])
+    assert not np.all(post(cpu) == 1)
+    np.testing.assert_array_equal(post(dev), post(cpu))
     np.testing.assert_allclose(dev(x), cpu(x), rtol=1e-4, atol=1e-4)
 
 
