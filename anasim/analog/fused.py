@@ -34,9 +34,11 @@ _KEYS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
 
 def fused_available(matrices) -> bool:
     """Whether the fused kernel serves these matrices: CPU tiles with a periphery, the same
-    periphery for all, and NumPy's BLAS reachable from kernels."""
+    periphery for all, and NumPy's BLAS reachable from kernels. The circuit IR-drop model
+    (``ir_drop_model = 'circuit'``) is not fused: its layers run the blocked path."""
     return (cpu_conv.available() and Blas.available()
-            and all(type(m) is AnalogMatrix and not m.periphery.perfect for m in matrices)
+            and all(type(m) is AnalogMatrix and not m.periphery.perfect
+                    and not m.periphery.ir_circuit for m in matrices)
             and all(m.periphery == matrices[0].periphery for m in matrices))
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from ..config.presets import AIHWKIT_FORWARD, AIHWKIT_MAPPING
 from ..errors import ConfigError
 from ..kernels import cpu, stages
+from . import ir_circuit
 from ..kernels.rng import PURPOSE, READOUT, normals_numpy, stream_key
 
 _STREAMS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
@@ -74,6 +75,7 @@ _UNCONFIGURED = {"v_offset_std": 0.0, "r_series": 0.0, "inp_asymmetry": 0.0, "ou
 _NM = {"none": cpu.NM_NONE, "abs_max": cpu.NM_ABS_MAX, "max": cpu.NM_MAX, "constant": cpu.NM_CONSTANT}
 _WN = {"none": cpu.WN_NONE, "additive_constant": cpu.WN_ADDITIVE, "pcm_read": cpu.WN_PCM_READ}
 _BM = {"none": False, "iterative": True}
+_IR_MODELS = {"simple": False, "circuit": True}
 
 
 def _choice(value, table, name):
@@ -143,6 +145,12 @@ class Periphery:
     max_bm_factor: int
     max_bm_res: np.float32
     out_scale: np.float32
+    # circuit IR-drop model (anasim.analog.ir_circuit): on/off, Ω, S, stop rule
+    ir_circuit: bool = False
+    wire_resistance: float = 0.0
+    g_max_siemens: float = 5e-6
+    ir_drop_tol: float = 1e-6
+    ir_drop_max_iter: int = 200
 
     @classmethod
     def from_params(cls, fp) -> "Periphery":
@@ -159,6 +167,11 @@ class Periphery:
                     f"forward parameter {name!r} = {x(name)!r}: the tile model supports only 0 (aihwkit's "
                     "default); leave it out of the configuration.")
         nm_type = _choice(g("noise_management"), _NM, "noise_management")
+        circuit = _choice(g("ir_drop_model"), _IR_MODELS, "ir_drop_model")
+        if circuit and float(g("ir_drop")) > 0:
+            raise ConfigError(
+                f"forward parameter 'ir_drop' = {g('ir_drop')!r} with ir_drop_model = 'circuit': the circuit "
+                "model replaces the simple IR-drop estimate (the wires would count twice); set ir_drop = 0.")
         inp_bound = float(g("inp_bound"))
         out_bound = float(g("out_bound"))
         return cls(
@@ -187,6 +200,11 @@ class Periphery:
             max_bm_factor=int(g("max_bm_factor")),
             max_bm_res=np.float32(g("max_bm_res")),
             out_scale=np.float32(x("out_scale")),
+            ir_circuit=circuit,
+            wire_resistance=float(g("wire_resistance")),
+            g_max_siemens=float(g("g_max_siemens")),
+            ir_drop_tol=float(g("ir_drop_tol")),
+            ir_drop_max_iter=int(g("ir_drop_max_iter")),
         )
 
     def kernel_params(self) -> stages.Periphery:
@@ -484,10 +502,22 @@ class AnalogMatrix:
             want_ir=p.ir_drop > 0,
         )
 
+    def _mvm(self, t, xt, kern=None) -> np.ndarray:
+        """Step 3, the tile's product of prepared inputs: ``x̃ Wᵀ`` (BLAS), or with
+        ``ir_drop_model = 'circuit'`` the resistive-network solve of
+        :mod:`anasim.analog.ir_circuit` (serial on worker threads)."""
+        p = self.periphery
+        if not p.ir_circuit:
+            return xt @ t.weight.T
+        return ir_circuit.crossbar_mvm(
+            xt, t.weight, p.wire_resistance, p.g_max_siemens, tol=p.ir_drop_tol,
+            max_iter=p.ir_drop_max_iter, serial=kern is SERIAL,
+            where=f"tile {t.index} of analog matrix {self.layer} (seed {self.seed})")
+
     def _analog(self, t, prep, row_ids, keys, rnd, acc=None, scale=None, kern=None):
         """MVM + output processing of prepared inputs; returns (y, fail)."""
         p = self.periphery
-        y = prep["xt"] @ t.weight.T
+        y = self._mvm(t, prep["xt"], kern)
         extra = {}
         if p.ir_drop > 0:
             extra.update(

@@ -24,12 +24,17 @@ scales back. Only the flags and the index lists cross the bus.
 Use: ``cm = to_cuda(am)``; ``cm.forward(x, row_ids, repetition)`` with a NumPy ``x`` returns
 a NumPy array (a drop-in replacement for ``am`` in an ``AnalogLayer``), with a device
 ``x`` (numba device array or CuPy array) a numba device array.
+
+The circuit IR-drop model (``forward.ir_drop_model = "circuit"``,
+:mod:`anasim.analog.ir_circuit`) has no device kernel: wrapping a matrix that uses it
+is a ConfigError (rather than a silent host solve or another model).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..kernels import cpu
 from ..kernels import cuda as K
 from ..kernels import cuda_digital as D
@@ -56,6 +61,11 @@ class CudaAnalogMatrix:
     def __init__(self, matrix: AnalogMatrix):
         if not isinstance(matrix, AnalogMatrix):
             raise TypeError(f"CudaAnalogMatrix wraps an AnalogMatrix; got {type(matrix).__name__}")
+        if matrix.periphery.ir_circuit and not matrix.periphery.perfect:
+            raise ConfigError(
+                "forward.ir_drop_model = 'circuit' (the resistive-network IR-drop solve) is not "
+                "available on the GPU path yet; run this configuration with device='cpu', or use "
+                "ir_drop_model = 'simple' on the GPU.")
         if not K.available():
             raise RuntimeError("no CUDA GPU available (numba.cuda.is_available() is False)")
         self.matrix = matrix

@@ -57,6 +57,13 @@ AIHWKIT_FORWARD = types.MappingProxyType({
     "max_bm_factor": 1000,               # io.py: max_bm_factor: int = 1000
     "max_bm_res": 0.25,                  # io.py: max_bm_res: float = 0.25
     "bm_test_negative_bound": True,      # io.py: bm_test_negative_bound: bool = True
+    # (anasim only) aihwkit has only the simple IR-drop model; the circuit model's fields
+    # at values that leave it off (also the tile model's fallback for aihwkit objects)
+    "ir_drop_model": "simple",
+    "wire_resistance": 0.0,
+    "g_max_siemens": 5e-6,               # the 5 µS that ir_drop_g_ratio assumes
+    "ir_drop_tol": 1e-6,
+    "ir_drop_max_iter": 200,
 })
 
 # aihwkit MappingParameter() defaults — src/aihwkit/simulator/parameters/mapping.py

@@ -32,6 +32,11 @@ IR_DROP_G_RATIO = 1.0 / 0.35 / 5e-6
 NOISE_MANAGEMENT = ("none", "abs_max", "max", "constant")
 BOUND_MANAGEMENT = ("none", "iterative")
 W_NOISE_TYPES = ("none", "additive_constant", "pcm_read")
+IR_DROP_MODELS = ("simple", "circuit")
+
+#: [forward] fields of anasim's own (no aihwkit IOParameters equivalent).
+ANASIM_ONLY_FORWARD = ("ir_drop_model", "wire_resistance", "g_max_siemens", "ir_drop_tol",
+                       "ir_drop_max_iter")
 
 
 def resolution(res: float) -> float | None:
@@ -125,6 +130,44 @@ class ForwardParameters(Section):
         "conductance, for the IR-drop model. The default is aihwkit's 1/0.35/5e-6 "
         "(0.35 Ω wire segments, 5e-6 S maximal device conductance).",
         unit="1", valid=POS, aihwkit="IOParameters.ir_drop_g_ratio = 1/0.35/5e-6")
+    ir_drop_model: str = param(
+        "simple",
+        "IR-drop model: 'simple' is aihwkit's steady-state estimate (ir_drop, "
+        "ir_drop_g_ratio); 'circuit' solves each tile as a resistive network (two crossbars "
+        "of a differential pair, G± = max(±w, 0)·g_max_siemens, wire_resistance per cell "
+        "segment along rows and columns, DAC voltages at the row starts, virtual-ground "
+        "column ends) iteratively to ir_drop_tol, at about 70× the cost of the plain "
+        "product; see anasim.analog.ir_circuit. 'circuit' needs ir_drop = 0.",
+        unit="choice", valid=IR_DROP_MODELS,
+        aihwkit="(none; aihwkit has only the simple model)")
+    wire_resistance: float = param(
+        0.0,
+        "Circuit IR-drop model: resistance of one wire segment between neighbouring cells "
+        "(and from the row driver to the first cell, from the last cell to the column's "
+        "virtual ground), the same along rows and columns. aihwkit's simple model assumes "
+        "0.35 Ω. 0 means ideal wires (the result is the ideal product). Only the product "
+        "wire_resistance·g_max_siemens matters. Needs ir_drop_model = 'circuit'.",
+        unit="Ω", valid=NONNEG, aihwkit="(none; aihwkit has only the simple model)")
+    g_max_siemens: float = param(
+        5e-6,
+        "Circuit IR-drop model: the device conductance of a weight of magnitude 1 (a "
+        "normalized weight w is a conductance |w|·g_max_siemens on the + or − device of "
+        "its pair). The default 5 µS is the one aihwkit's ir_drop_g_ratio assumes. Used "
+        "only by ir_drop_model = 'circuit'.",
+        unit="S", valid=POS, aihwkit="(none; aihwkit has only the simple model)")
+    ir_drop_tol: float = param(
+        1e-6,
+        "Circuit IR-drop model: the iteration stops when no node voltage changes by more "
+        "than ir_drop_tol × (the input vector's largest |DAC voltage|) in one sweep.",
+        unit="1", valid=Interval(1e-14, 0.1),
+        aihwkit="(none; aihwkit has only the simple model)")
+    ir_drop_max_iter: int = param(
+        200,
+        "Circuit IR-drop model: the most sweeps per input vector; a vector that has not "
+        "met ir_drop_tol by then is an ExecutionError naming the tile, the sweeps and the "
+        "residual.",
+        unit="sweeps", valid=Interval(1, 100000, kind="int"),
+        aihwkit="(none; aihwkit has only the simple model)")
     out_nonlinearity: float = param(
         0.0,
         "Strength of the S-shaped output non-linearity y/(1 + n·|y|) with "
@@ -181,6 +224,16 @@ class ForwardParameters(Section):
         if self.w_noise > 0 and self.w_noise_type == "none":
             self.fail(f"w_noise = {self.w_noise!r} has no effect while w_noise_type = 'none'; "
                       "set w_noise_type to 'additive_constant' or 'pcm_read'.")
+        if self.ir_drop_model == "circuit" and self.ir_drop > 0:
+            self.fail(f"ir_drop_model = 'circuit' replaces aihwkit's simple IR-drop estimate, "
+                      f"which would count the wires twice; set ir_drop = 0 (got "
+                      f"{self.ir_drop!r}) and give the wires as wire_resistance (Ω per cell "
+                      "segment) and g_max_siemens.")
+        if self.ir_drop_model == "simple" and self.wire_resistance > 0:
+            self.fail(f"wire_resistance = {self.wire_resistance!r} has no effect with "
+                      "ir_drop_model = 'simple' (aihwkit's estimate, set by ir_drop and "
+                      "ir_drop_g_ratio); set ir_drop_model = 'circuit' to solve the wires as a "
+                      "resistive network.")
         if self.out_nonlinearity > 0 and self.out_bound == 0:
             self.fail(f"out_nonlinearity = {self.out_nonlinearity!r} needs out_bound > 0 "
                       "(its strength is out_nonlinearity/out_bound).")
@@ -216,7 +269,8 @@ class ForwardParameters(Section):
     @property
     def is_ideal(self) -> bool:
         """True when the forward pass equals W·x up to float rounding: is_perfect, or no
-        quantization, noise, IR drop, non-linearity or clipping can happen."""
+        quantization, noise, IR drop (simple, or circuit with resistive wires),
+        non-linearity or clipping can happen."""
         if self.is_perfect:
             return True
         inputs_fit = self.inp_bound == 0 or (self.noise_management == "abs_max" and self.nm_thres == 0)
@@ -224,6 +278,7 @@ class ForwardParameters(Section):
                 and self.inp_noise == 0 and self.out_noise == 0
                 and (self.w_noise == 0 or self.w_noise_type == "none")
                 and self.ir_drop == 0 and self.out_nonlinearity == 0
+                and (self.ir_drop_model != "circuit" or self.wire_resistance == 0)
                 and self.out_bound == 0 and inputs_fit)
 
 
