@@ -463,6 +463,59 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_sensitivity(args) -> int:
+    import time
+
+    from .errors import InputError
+    from .experiment import format_time, sensitivity
+    from .experiment.storage import ResultsFileError, check_writable, result_format
+
+    t_start = time.perf_counter()
+    say = (lambda *a: None) if args.quiet else print
+    if args.data is None:
+        raise InputError("sensitivity needs --data FILE (an .npz with x and y, CIFAR batches, IDX files, ...).")
+    _check_inputs(args)
+    if args.out:  # resumable: an existing file is resumed, not overwritten
+        result_format(args.out)
+        if args.plot and Path(args.out).resolve() == Path(args.plot).resolve():
+            raise ResultsFileError(f"{args.plot} is named twice as an output (--out and --plot); give each "
+                                   "its own file.")
+        check_writable(args.out, overwrite=True)
+    _check_outputs([], args.overwrite, args.plot)
+    repeats = args.repeats if args.repeats is not None else 3
+    times = parse_times(DEFAULT_TIMES if args.times is None else args.times)
+    cfg, cfg_name = _config_and_name(args)
+    pre, pre_note = _preprocessing(args, args.model)
+    from .datasets import load_dataset
+
+    data = load_dataset(args.data, preprocessing=pre, limit=args.limit, format=args.data_format)
+    modes = {"both": ("only", "all-but"), "only": ("only",), "all-but": ("all-but",)}[args.mode]
+    say(f"chip    {_describe_config(cfg, cfg_name, args.set)}")
+    say(f"runs    per analog layer: {' and '.join(modes)} ({len(data)} samples; {repeats} "
+        f"repetition{'s' * (repeats != 1)} × {len(times)} time{'s' * (len(times) != 1)} "
+        f"({', '.join(format_time(t) for t in times)}); seed {args.seed})")
+    if not args.out:
+        say("(no --out: results are kept in memory only, and an interrupted run cannot resume)")
+    log = (lambda s: print(s, file=sys.stderr)) if not args.quiet else None
+    sens = sensitivity(args.model, data, cfg, times=times, repeats=repeats, seed=args.seed,
+                       batch_size=args.batch_size, metric=args.metric, output=args.output,
+                       layers=args.layer, modes=modes, out=args.out, workers=args.workers,
+                       threads=args.threads, scheduler=args.scheduler,
+                       progress=False if args.quiet else None, log=log, device=args.device)
+    by = args.rank_by if args.rank_by in modes else modes[0]
+    print(sens.table(by=by))
+    meta = sens.results.meta
+    if args.out:
+        say(f"\n{meta['points']} point(s): {meta['evaluated']} evaluated now, {meta['skipped']} already in "
+            f"{args.out}; results in {args.out} (one row per point × time × repetition, plus the ideal row "
+            "of each point; columns layer, mode, tile_grid, n_params)")
+    if args.plot:
+        sens.plot(args.plot, by=by, overwrite=args.overwrite)  # checked before the run
+        say(f"wrote {args.plot}")
+    say(f"({time.perf_counter() - t_start:.1f} s)")
+    return 0
+
+
 def _cmd_show(args) -> int:
     import warnings
 
@@ -561,6 +614,19 @@ the points that were running). See python -c "import anasim.experiment.sweep as 
 """
 
 
+SENSITIVITY_EPILOG = """\
+examples:
+  anasim sensitivity model.onnx --data cifar10_test1000.npz --preprocess cifar10 \\
+      --preset aihwkit --times 0,1d --repeats 3 --out sens.csv --plot sens.png
+
+For every analog layer: the model with only that layer analog (the others digital) and
+with every analog layer but that one, plus the configuration as given (all analog), with
+the same seed, times and repetitions. The table ranks the layers by the drop below the
+ideal score with only the layer analog (and shows the gain over all-analog with all but
+it). --out is resumable like a sweep's; --workers and --scheduler as for a sweep.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anasim",
@@ -614,6 +680,29 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (needs dask[distributed])")
     o.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     s.set_defaults(func=_cmd_sweep)
+
+    s = sub.add_parser("sensitivity",
+                       help="per analog layer: accuracy with only it analog, and with all but it analog",
+                       epilog=SENSITIVITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("model", help="ONNX model")
+    c = s.add_argument_group("chip")
+    c.add_argument("--config", metavar="CFG", help="configuration file (.toml/.json)")
+    c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    c.add_argument("--layer", action="append", metavar="NAME",
+                   help="study only this analog layer (node name or glob; repeatable; default all)")
+    c.add_argument("--mode", choices=("both", "only", "all-but"), default="both",
+                   help="points per layer: only it analog, all but it analog, or both (default)")
+    c.add_argument("--rank-by", choices=("only", "all-but"), default="only",
+                   help="rank by the drop with only the layer analog (default) or the gain with all but it")
+    _add_data_options(s)
+    _add_run_options(s)
+    o = s.add_argument_group("output and parallelism")
+    o.add_argument("--out", metavar="FILE",
+                   help="results file (.csv, .jsonl, .json); finished points are skipped on rerun")
+    o.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes (default 1)")
+    o.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (needs dask[distributed])")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    s.set_defaults(func=_cmd_sensitivity)
 
     s = sub.add_parser("show", help="summarize (and plot) a results file")
     s.add_argument("results", help="results file (.csv, .json, .jsonl)")
