@@ -153,7 +153,8 @@ def test_ranking_order_and_numbers_on_a_constructed_case():
     assert b["score"] == pytest.approx((0.11 + 0.21) / 2)
     assert b["times"][0]["drop"]["mean"] == pytest.approx(0.11)
     assert b["times"][0]["drop"]["std"] == pytest.approx(np.std([0.10, 0.12], ddof=1))
-    assert b["times"][1]["gain"]["mean"] == pytest.approx(0.20) and b["times"][1]["gain"]["std"] == pytest.approx(0)
+    assert b["times"][1]["gain"]["mean"] == pytest.approx(0.20)
+    assert b["times"][1]["gain"]["std"] == pytest.approx(0)
     assert b["times"][0]["all"]["mean"] == pytest.approx(0.71)
     assert [x["layer"] for x in s.ranking(by="all-but")] == ["b", "c", "a"]
     # by the gain, a layer that costs little alone but much among the others ranks first
@@ -252,3 +253,9 @@ def test_cli_end_to_end(files, tmp_path, capsys):
     assert capsys.readouterr().out == text
     assert main(["sensitivity", str(model), "--data", str(data), "--layer", "nope", "-q"]) == 2
     assert "matches no analog layer" in capsys.readouterr().err
+
+
+def test_worker_processes_give_the_same_table(files, noisy):
+    model, data = files
+    par = sensitivity(model, data, NOISY, workers=2, threads=2, **KW)
+    assert par.results == noisy.results and par.table() == noisy.table()

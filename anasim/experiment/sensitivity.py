@@ -38,11 +38,13 @@ that this still holds). Layers are ranked by their drop averaged over the times
 (``by="all-but"``: by their gain).
 
 Random streams. Each layer's noise streams are keyed by the layer's index among the
-layers the simulator maps to tiles. Keeping other layers digital therefore renumbers the
-layers after them, so the noise a layer draws in an ``only`` or ``all-but`` point is an
-independent draw, not the draw it has in the ``all`` point (statistically equivalent, but
-not common random numbers) unless the simulator keys layers by their index among all
-analog candidates.
+layers the simulator maps to tiles (``AnalogLayer.index``). Keeping other layers digital
+renumbers the layers after them, so the noise a layer draws in an ``only`` or ``all-but``
+point is an independent draw, not the one it has in the ``all`` point: statistically
+equivalent, but not common random numbers, so the per-repetition gain (all-but − all)
+carries the noise of every other layer too. Keying layers by their index among all analog
+candidates would make the draws shared (the ``all`` point, and any configuration without
+digital layers, would not change).
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def layer_points(cfg: AnalogConfig, layers: list[dict], studied: list[dict] | No
     (``all-but``) digital, and is checked to leave exactly the intended layers analog."""
     names = [x["layer"] for x in layers]
     studied = layers if studied is None else studied
-    total = {"layer": "*", "layer_index": None, "mode": ALL, "tile_grid": f"{sum(x['n_tiles'] for x in layers)} tiles",
+    total = {"layer": "*", "layer_index": None, "mode": ALL,
+             "tile_grid": f"{sum(x['n_tiles'] for x in layers)} tiles",
              "n_params": sum(x["n_params"] for x in layers)}
     out = [(total, cfg)]
     for x in studied:
@@ -143,9 +146,9 @@ def layer_points(cfg: AnalogConfig, layers: list[dict], studied: list[dict] | No
             point_cfg = cfg.replace(layers=tuple(cfg.layers) + (entry,))
             got = {n for n in names if not point_cfg.for_layer(n).digital}
             if got != analog:  # a node name with glob characters selecting other layers too
-                raise ConfigError(f"Cannot make the {mode!r} point of layer {name!r}: its [[layers]] entry "
-                                  f"leaves {sorted(got)} analog instead of {sorted(analog)} (a node name with "
-                                  "glob characters that also matches other layers).")
+                raise ConfigError(f"Cannot make the {mode!r} point of layer {name!r}: its [[layers]] "
+                                  f"entry leaves {sorted(got)} analog instead of {sorted(analog)} (a node "
+                                  "name with glob characters that also matches other layers).")
             out.append(({"layer": name, "layer_index": x["layer_index"], "mode": mode,
                          "tile_grid": x["tile_grid"],
                          "n_params": x["n_params"]}, point_cfg))
@@ -250,8 +253,9 @@ class Sensitivity:
         seen: dict = {}
         for r in self.results.rows:
             if r.get("mode") in MODES and str(r.get("layer")) not in seen:
-                seen[str(r.get("layer"))] = {"layer": str(r.get("layer")), "layer_index": r.get("layer_index"),
-                                             "tile_grid": r.get("tile_grid"), "n_params": r.get("n_params")}
+                name = str(r.get("layer"))
+                seen[name] = {"layer": name, "layer_index": r.get("layer_index"),
+                              "tile_grid": r.get("tile_grid"), "n_params": r.get("n_params")}
         order = list(seen)
         return sorted(seen.values(), key=lambda x: (not isinstance(x["layer_index"], int),
                                                     x["layer_index"] if isinstance(x["layer_index"], int)
@@ -297,8 +301,10 @@ class Sensitivity:
                 def at(d):
                     return {rep: v for (tt, rep), v in d.items() if tt == t}
                 o, a, b = at(only), at(allbut), at(base)
-                drop = [_signed(m, ideal - v) for v in o.values() if v is not None] if ideal is not None else []
-                gain = [_signed(m, v - b[rep]) for rep, v in a.items() if v is not None and b.get(rep) is not None]
+                drop = ([_signed(m, ideal - v) for v in o.values() if v is not None]
+                        if ideal is not None else [])
+                gain = [_signed(m, v - b[rep]) for rep, v in a.items()
+                        if v is not None and b.get(rep) is not None]
                 per_t.append({"t_inference": t, "only": describe(o.values()), "all_but": describe(a.values()),
                               "all": describe(b.values()), "drop": describe(drop), "gain": describe(gain)})
             key = "drop" if by == "only" else "gain"
@@ -324,8 +330,9 @@ class Sensitivity:
         unit = "in percentage points" if m.percent else ""
         better = "" if m.higher_is_better else ", lower is better"
         base = rank[0]["times"]
-        lines = [f"Layer sensitivity, {m.label}{better}: ideal (digital) {_fmt(m, ideal)}{m.unit}; all analog "
-                 + ", ".join(f"{format_time(x['t_inference'])} {_pm(m, x['all'])}" for x in base)]
+        lines = [f"Layer sensitivity, {m.label}{better}: ideal (digital) {_fmt(m, ideal)}{m.unit}; "
+                 "all analog " + ", ".join(f"{format_time(x['t_inference'])} {_pm(m, x['all'])}"
+                                           for x in base)]
         modes = [k for k, mode in (("drop", "only"), ("gain", "all-but")) if any(
             x["times"][i][k]["n"] for x in rank for i in range(len(times)))]
         what = {"drop": "drop: only this layer analog", "gain": "gain: all but this layer analog"}
@@ -339,8 +346,8 @@ class Sensitivity:
             body.append(cells)
         lines.append(_render(groups, head, body, n_text=3))
         n = max((x["times"][i]["drop"]["n"] for x in rank for i in range(len(times))), default=0)
-        lines.append(f"ranked by the {'drop' if by == 'only' else 'gain'} averaged over the times; {unit.strip()}"
-                     f"{'; ' if unit else ''}positive = the layer costs; ± = std over "
+        lines.append(f"ranked by the {'drop' if by == 'only' else 'gain'} averaged over the times; "
+                     f"{unit}{'; ' if unit else ''}positive = the layer costs; ± = std over "
                      + (f"{n} repetitions" if n > 1 else "1 repetition (n/a)"))
         return "\n".join(lines)
 
@@ -371,9 +378,9 @@ class Sensitivity:
         ys = list(range(len(rank)))
         h = 0.38
         for i, (ax, t) in enumerate(zip(axes, times)):
-            for k, (key, label, dy) in enumerate((("drop", "only this layer analog: drop below ideal", -h / 2),
-                                                  ("gain", "all but this layer analog: gain over all analog",
-                                                   h / 2))):
+            bars = (("drop", "only this layer analog: drop below ideal", -h / 2),
+                    ("gain", "all but this layer analog: gain over all analog", h / 2))
+            for k, (key, label, dy) in enumerate(bars):
                 st = [x["times"][i][key] for x in rank]
                 if not any(s["n"] for s in st):
                     continue
