@@ -157,3 +157,15 @@ def test_batchnorm_folding_is_a_pass_over_the_imported_model(tmp_path):
     np.testing.assert_allclose(sim(x), kept(x), rtol=1e-5, atol=1e-5)
     sim = anasim.analog(kept, "ideal")  # folds by default
     assert sim.graph.ir is folded.ir
+
+
+def test_a_layer_draws_the_same_noise_whether_or_not_others_are_digital():
+    """Random streams are keyed by a layer's position among all Conv/Gemm/MatMul layers, so
+    keeping another layer digital does not change its noise (common random numbers)."""
+    g = _small_cnn(np.random.default_rng(0))
+    full = anasim.analog(g, NOISY, seed=4)
+    part = anasim.analog(g, {**NOISY, "layers": [{"match": "conv", "digital": True}]}, seed=4)
+    assert part.digital_layers == ["conv"] and full.layer("fc").index == part.layer("fc").index == 1
+    h = np.random.default_rng(2).standard_normal((5, 8 * 36)).astype(np.float32)
+    ctx = RunContext(sample_offset=3, repetition=0)
+    np.testing.assert_array_equal(full.layer("fc")(h, context=ctx), part.layer("fc")(h, context=ctx))

@@ -225,7 +225,7 @@ def test_layers_kept_digital_by_the_config_stay_digital(files):
     model, data = files
     cfg = dict(NOISY, layers=[{"match": "conv", "digital": True}])
     s = sensitivity(model, data, cfg, times=[0], repeats=1, seed=0, progress=False)
-    assert [(x["layer"], x["layer_index"]) for x in s.layers()] == [("fc1", 0), ("fc2", 1)]
+    assert [(x["layer"], x["layer_index"]) for x in s.layers()] == [("fc1", 1), ("fc2", 2)]  # index among all Conv/Gemm/MatMul layers
     cfgs = {(r["layer"], r["mode"]): r["config"]["layers"] for r in s.results.rows if r["mode"] != "all"}
     assert cfgs[("fc1", "only")] == [{"match": "conv", "digital": True}, {"match": ["fc2"], "digital": True}]
 

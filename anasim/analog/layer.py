@@ -61,7 +61,8 @@ class AnalogLayer:
     name: str
     op_type: str
     index: int
-    """Position among the model's analog layers (part of the random-stream key)."""
+    """Position among the model's Conv/Gemm/MatMul layers with constant weights (the analog
+    candidates, digital ones included): part of the random-stream key."""
     weight_shape: tuple
     matrices: list[AnalogMatrix]
     attrs: dict

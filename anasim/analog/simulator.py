@@ -7,6 +7,8 @@
 >>> logits = sim(x)
 
 Reproducibility: every random number is keyed by (seed, layer, tile, purpose, repetition)
+(the layer by its position among the model's Conv/Gemm/MatMul layers with constant
+weights, whether or not the configuration keeps some of them digital)
 and indexed by (global row id, element); the global row id comes from the sample's index
 in the data set (``sample_offset`` + position in the batch). The same seed, repetition,
 time and sample indices give bit-identical outputs whatever the batch size, thread count
@@ -81,7 +83,10 @@ class AnalogSimulator:
                 self.digital_layers.append(name)
                 continue
             node = nodes[name]
-            index = len(self.layers)
+            # the random-stream key: the position among all the model's Conv/Gemm/MatMul layers
+            # with constant weights, digital ones included, so that keeping one layer digital
+            # leaves every other layer's noise as it was (layer sensitivity compares them)
+            index = candidates.index(name)
             mats, biases, extra = layer_matrix(node, graph.ir)
             matrices = [
                 AnalogMatrix(w, b, lc.forward, lc.mapping, key=(self.seed, index * _GROUP_STRIDE + g))

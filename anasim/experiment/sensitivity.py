@@ -22,8 +22,8 @@ the same seed, times and repetitions.
 
 The results file is a sweep's tidy table (one row per point × t_inference × repetition
 plus each point's ideal row) with five point columns: ``layer`` (the ONNX node name;
-``*`` for the ``all`` point), ``layer_index`` (its position among the configuration's
-analog layers, in model order; empty for ``all``), ``mode`` (``only``, ``all-but``,
+``*`` for the ``all`` point), ``layer_index`` (its position among the model's
+Conv/Gemm/MatMul layers with constant weights, in model order; empty for ``all``), ``mode`` (``only``, ``all-but``,
 ``all``), ``tile_grid``
 (input chunks × output chunks of the layer's tiles, ``x G groups`` for grouped
 convolutions; the total tile count for ``all``) and ``n_params`` (the weights the layer
@@ -37,14 +37,11 @@ hurts (for a lower-is-better metric such as ``logits_rel_error`` the signs are t
 that this still holds). Layers are ranked by their drop averaged over the times
 (``by="all-but"``: by their gain).
 
-Random streams. Each layer's noise streams are keyed by the layer's index among the
-layers the simulator maps to tiles (``AnalogLayer.index``). Keeping other layers digital
-renumbers the layers after them, so the noise a layer draws in an ``only`` or ``all-but``
-point is an independent draw, not the one it has in the ``all`` point: statistically
-equivalent, but not common random numbers, so the per-repetition gain (all-but − all)
-carries the noise of every other layer too. Keying layers by their index among all analog
-candidates would make the draws shared (the ``all`` point, and any configuration without
-digital layers, would not change).
+Random streams. Each layer's noise streams are keyed by the layer's position among all
+the model's Conv/Gemm/MatMul layers with constant weights (``AnalogLayer.index``), digital
+ones included, so a layer draws in an ``only`` or ``all-but`` point exactly the noise it
+has in the ``all`` point (common random numbers): the per-repetition gain (all-but − all)
+is that layer's own effect, not a fresh draw of every other layer's noise.
 """
 
 from __future__ import annotations
