@@ -8,3 +8,4 @@ registry.
 """
 
 from . import elementwise, nn, reduce, resize, tensor  # noqa: F401  (register their ops)
+from . import recurrent  # noqa: F401  (LSTM, GRU, RNN)
