@@ -8,4 +8,5 @@ registry.
 """
 
 from . import elementwise, nn, reduce, resize, tensor  # noqa: F401  (register their ops)
+from . import quant  # noqa: F401  (quantization ops)
 from . import recurrent  # noqa: F401  (LSTM, GRU, RNN)
