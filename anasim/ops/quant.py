@@ -71,7 +71,7 @@ def _quant_dtype(op: str, dtype: np.dtype, what: str, allow_int32: bool = False)
 
 
 def _float_dtype(op: str, a: np.ndarray, what: str) -> None:
-    if a.dtype.kind != "f" or a.dtype.itemsize < 2 or a.dtype.name not in ("float16", "float32", "float64"):
+    if a.dtype.name not in ("float16", "float32", "float64"):
         raise _unsupported(op, f"{what} of type {a.dtype}")
 
 
@@ -129,13 +129,10 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, saturate=1, block_
         v = x / scale
     work = np.float64 if v.dtype == np.float64 else np.float32
     v = np.rint(v).astype(work, copy=False)
-    if y_zero_point is not None:
-        v = v + _param(y_zero_point, x.shape, axis, block_size, "y_zero_point").astype(work)
-        nan_as = _param(y_zero_point, x.shape, axis, block_size, "y_zero_point")
-    else:
-        nan_as = 0
+    zp = 0 if y_zero_point is None else _param(y_zero_point, x.shape, axis, block_size, "y_zero_point").astype(work)
+    v = v + zp
     if np.isnan(v).any():
-        v = np.where(np.isnan(v), nan_as, v)
+        v = np.where(np.isnan(v), zp, v)
     return _saturate(v, dtype)
 
 
@@ -207,15 +204,9 @@ def _int_conv(op, x, w, x_zero_point, w_zero_point, auto_pad, dilations, group, 
     return _float_conv(np.ascontiguousarray(xf), np.ascontiguousarray(wf), None, geom)
 
 
-def _row_zp(zp, a):
-    """Per-row zero point / scale of ``a`` (..., M, K): an M-vector becomes (M, 1)."""
-    if zp is None or np.size(zp) == 1 or np.ndim(zp) != 1:
-        return None
-    return (-1, 1)
-
-
 def _int_matmul(op, a, b, a_zero_point, b_zero_point):
-    af = _centered(op, a, a_zero_point, "A", _row_zp(a_zero_point, a))
+    # a zero-point vector of A is per row (M values -> (M, 1)); of B per column (broadcasts)
+    af = _centered(op, a, a_zero_point, "A", (-1, 1))
     bf = _centered(op, b, b_zero_point, "B")
     return np.matmul(af, bf)
 
