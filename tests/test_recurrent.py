@@ -346,8 +346,8 @@ def test_seam_callables():
     lens = op_feeds["sequence_lens"].astype(np.int64)
     calls = []
 
-    def rproj(v, rows):  # what a tile would compute: R's selected rows times v, row by row
-        calls.append(rows)
+    def rproj(v, rows, t):  # what a tile would compute: R's selected rows times v, row by row
+        calls.append((rows, t))
         return np.stack([R[rows] @ row for row in v])
 
     xw = np.einsum("tbi,gi->tbg", X, W)
@@ -359,6 +359,7 @@ def test_seam_callables():
         assert_close(y, ref["Y"][:, 0], "Y")
         assert_close(yh, ref["Y_h"][0], "Y_h")
         assert len(calls) == 5 * (2 if lbr == 0 else 1)
+        assert [t for _, t in calls][::2 if lbr == 0 else 1] == list(range(5))  # each step says which
     xw_ideal, _ = RC._ideal_projections(X, W, R)
     assert_close(xw, xw_ideal, "xw")
 
@@ -413,23 +414,25 @@ def test_crnn_vs_ort(batch):
     assert_close(got, ref, "logits")
 
 
-def test_crnn_analog_ideal_keeps_lstm_digital():
-    """analog(graph, "ideal") == the digital graph; the LSTM is no analog candidate (it stays digital)."""
+def test_crnn_analog_ideal_equals_digital_with_the_lstm_on_tiles():
+    """analog(graph, "ideal") == the digital graph; the LSTM is an analog layer: per direction
+    its W and R on tiles (aihwkit's AnalogLSTM), biases digital."""
     model = crnn_model(seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         graph = anasim.load(model)
-    assert "lstm" not in graph.analog_candidates
-    assert set(graph.analog_candidates) <= {"conv", "classifier"}
+    assert "lstm" in graph.analog_candidates
+    assert set(graph.analog_candidates) == {"conv", "lstm", "classifier"}
     x = np.random.default_rng(5).standard_normal((3, 1, 6, 10)).astype(np.float32)
     digital = graph.run({"x": x})["logits"]
     sim = anasim.analog(graph, "ideal")
-    assert "lstm" not in getattr(sim, "layers", {})
+    lstm = sim.layer("lstm")
+    assert lstm.op_type == "LSTM" and len(lstm.matrices) == 4  # bidirectional: W, R per direction
     analog = sim.run({"x": x})["logits"]
     assert_close(analog, digital, "analog ideal vs digital", rtol=1e-5)
 
 
-def test_crnn_inspect_does_not_list_lstm(tmp_path, capsys):
+def test_crnn_inspect_lists_the_lstm_as_analog(tmp_path, capsys):
     from anasim import cli
 
     path = tmp_path / "crnn.onnx"
@@ -441,6 +444,6 @@ def test_crnn_inspect_does_not_list_lstm(tmp_path, capsys):
     assert rc == 0
     rows = {ln.split()[1]: ln.split() for ln in out.splitlines()
             if ln.strip()[:1].isdigit() and len(ln.split()) > 4}
-    assert rows["lstm"][2] == "LSTM" and "yes" not in rows["lstm"]  # listed as a layer, not an analog one
+    assert rows["lstm"][2] == "LSTM" and "yes" in rows["lstm"]
     assert "yes" in rows["conv"] and "yes" in rows["classifier"]
-    assert "2 analog layers" in out
+    assert "3 analog layers" in out

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import ExecutionError, InputError, UnsupportedOpError
 from ..graph.context import RunContext
-from ..graph.ir import GraphIR, Node
+from ..graph.ir import RECURRENT_OPS, GraphIR, Node
 from ..ops.conv_geometry import conv_geometry
 from ..ops.im2col import cols_to_output, im2col, im2col_rows, padded_input, rows_to_nchw
 from ..threads import num_threads, run_blocks
@@ -155,6 +155,8 @@ class AnalogLayer:
     def __call__(self, *inputs, context: RunContext):
         """The node's output for its inputs (the executor calls it in place of the node);
         ``context`` says which samples these are (row ids) and which repetition."""
+        if self.op_type in RECURRENT_OPS:
+            return self._recurrent(context, inputs)
         if not isinstance(inputs[0], np.ndarray) and _on_device(inputs[0]):
             return self._call_device(context, inputs[0])
         bad = None  # number of NaN/infinite outputs, when the path counted them
@@ -276,6 +278,48 @@ class AnalogLayer:
         run_blocks(n_blocks, make_state, do_block)
         return out.reshape((n, oc) + geom.out_shape)
 
+    # ------------------------------------------------------------------ recurrent layers
+    def _recurrent(self, ctx: RunContext, inputs):
+        """An LSTM / GRU / RNN node: per direction d, its input weights W_d on
+        ``matrices[2d]`` and its recurrent weights R_d on ``matrices[2d + 1]`` (as aihwkit's
+        ``AnalogLSTM``); every step runs one MVM per sample through each, everything else
+        (biases, peepholes, activations, the cell update, ``sequence_lens``) is digital
+        (:func:`anasim.ops.recurrent.run`). Row ids: step t of sample s is row ``s·T + t``
+        on W's tiles and ``2·(s·T + t) + k`` on R's (k = 1 for a GRU's second recurrent
+        product of the step), so the noise is that sample's whatever the batch."""
+        from ..kernels.cuda import as_device, is_device_array, to_host
+        from ..ops import recurrent
+
+        on_device = any(a is not None and not isinstance(a, np.ndarray) and is_device_array(a) for a in inputs)
+        if on_device:  # the recurrence runs on the host; its tiles take host arrays
+            inputs = tuple(None if a is None else np.asarray(to_host(a)) for a in inputs)
+        x = inputs[0]
+        layout = int(self.attrs.get("layout", 0))
+        steps, batch = (x.shape[1], x.shape[0]) if layout else (x.shape[0], x.shape[1])
+        first = (ctx.sample_offset + np.arange(batch, dtype=np.int64)) * steps
+
+        def projections(X, _w, _r, d):
+            mw, mr = self.matrices[2 * d], self.matrices[2 * d + 1]
+            rows = (first[None, :] + np.arange(steps, dtype=np.int64)[:, None]).reshape(-1)
+            flat = np.ascontiguousarray(X.reshape(steps * batch, X.shape[2]), dtype=np.float32)
+            xw = mw.forward(flat, rows, ctx.repetition).reshape(steps, batch, -1).astype(X.dtype, copy=False)
+
+            def recurrent_proj(v, sel, t):
+                k = 1 if (sel.start or 0) > 0 else 0
+                y = mr.forward(np.ascontiguousarray(v, dtype=np.float32), 2 * (first + t) + k, ctx.repetition)
+                return y[:, sel].astype(v.dtype, copy=False)
+
+            return xw, recurrent_proj
+
+        outs = recurrent.run(self.op_type, *inputs, projections=projections, **self.attrs)
+        for y in outs:
+            bad = int((~np.isfinite(y)).sum())
+            if bad:
+                raise ExecutionError(
+                    f"Analog layer {self.name!r} ({self.op_type}) produced {bad} NaN/infinite output(s). "
+                    "Check the data and the configuration (e.g. a zero bound or an extreme noise scale).")
+        return tuple(as_device(y) for y in outs) if on_device else outs
+
     # ------------------------------------------------------------------ on the GPU
     def _call_device(self, ctx: RunContext, x):
         """The layer on a device array (graph placed on "cuda"): im2col, tiles, layout and
@@ -383,6 +427,10 @@ def layer_matrix(node: Node, ir: GraphIR) -> tuple[list[np.ndarray], list[np.nda
             f"Node {node.name!r} ({node.op_type}): its bias {b_name!r} is computed at run time; an analog "
             "layer needs a constant bias. Keep this layer digital with [[layers]] match = "
             f"{node.name!r}, digital = true.")
+    if node.op_type in RECURRENT_OPS:  # W (dirs, G·H, I) and R (dirs, G·H, H): one matrix each
+        r = np.asarray(ir.constants[node.inputs[2]], dtype=np.float32)
+        mats = [np.ascontiguousarray(m[d]) for d in range(w.shape[0]) for m in (w, r)]
+        return mats, [None] * len(mats), None  # biases stay digital (in the recurrence)
     b = None if b_name is None else np.asarray(ir.constants[b_name], dtype=np.float32)
     if node.op_type == "Conv":
         group = int(node.attrs.get("group", 1))

@@ -80,14 +80,23 @@ class GraphIR:
 
 ANALOG_OPS = ("Conv", "Gemm", "MatMul")
 """The ops whose constant weight an analog simulation maps onto tiles."""
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+"""Recurrent ops whose constant input weights W and recurrent weights R go onto tiles."""
 
 
 def analog_candidates(ir: GraphIR) -> list[str]:
-    """Names of Conv/Gemm/MatMul nodes whose weight (input 1) is a constant, in graph order."""
+    """Names of the nodes an analog simulation can map onto tiles, in graph order: Conv /
+    Gemm / MatMul whose weight (input 1) is a constant, and LSTM / GRU / RNN whose W and R
+    (inputs 1 and 2) are constants."""
     out = []
     for n in ir.nodes:
-        if n.domain in ("", "ai.onnx") and n.op_type in ANALOG_OPS and len(n.inputs) > 1:
+        if n.domain not in ("", "ai.onnx") or len(n.inputs) < 2:
+            continue
+        if n.op_type in ANALOG_OPS:
             w = ir.constants.get(n.inputs[1])
             if w is not None and (n.op_type != "MatMul" or w.ndim == 2):
                 out.append(n.name)
+        elif n.op_type in RECURRENT_OPS and len(n.inputs) > 2 and all(
+                ir.constants.get(n.inputs[k]) is not None for k in (1, 2)):
+            out.append(n.name)
     return out

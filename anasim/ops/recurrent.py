@@ -23,9 +23,9 @@ never see W or R. Per direction they take:
     the input projection of all steps at once, ``X @ W.T`` of shape
     ``(seq_length, batch, gates * hidden)`` (no bias), i.e. one (T·B, I) x (I, G·H)
     matrix product: on analog hardware, one MVM per time step and sample on W's tiles.
-``recurrent_proj(v, rows)``
-    ``v @ R[rows].T`` for ``v`` of shape ``(batch, hidden)`` and ``rows`` a ``slice`` of
-    R's rows (``slice(None)`` = every gate); called once per step (GRU with
+``recurrent_proj(v, rows, t)``
+    ``v @ R[rows].T`` for ``v`` of shape ``(batch, hidden)``, ``rows`` a ``slice`` of R's
+    rows (``slice(None)`` = every gate) and ``t`` the time step; called once per step (GRU with
     ``linear_before_reset=0`` calls it twice: rows ``[0, 2H)`` with ``h`` and rows
     ``[2H, 3H)`` with ``r ⊙ h``). On analog hardware, the per-step MVM on R's tiles.
 
@@ -150,7 +150,7 @@ def lstm_direction(xw, recurrent_proj, bias, h0, c0, p, acts, *, lens=None, reve
     y = np.zeros((T, B, H), xw.dtype)
     every = slice(None)
     for t in _time_order(T, reverse):
-        gates = xw[t] + recurrent_proj(h, every) + bias
+        gates = xw[t] + recurrent_proj(h, every, t) + bias
         gi, go, gf, gc = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
         if pi is not None:
             gi = gi + pi * c
@@ -191,14 +191,14 @@ def gru_direction(xw, recurrent_proj, wb, rb, h0, acts, *, lens=None, reverse=Fa
     for t in _time_order(T, reverse):
         x = xw[t]
         if linear_before_reset:
-            hr = recurrent_proj(h, all_rows)
+            hr = recurrent_proj(h, all_rows, t)
             zr = x[:, :2 * H] + hr[:, :2 * H] + zr_bias
             z, r = f(cl(zr[:, :H])), f(cl(zr[:, H:]))
             ht = g(cl(x[:, 2 * H:] + r * (hr[:, 2 * H:] + rb[2 * H:]) + wb[2 * H:]))
         else:
-            zr = x[:, :2 * H] + recurrent_proj(h, zr_rows) + zr_bias
+            zr = x[:, :2 * H] + recurrent_proj(h, zr_rows, t) + zr_bias
             z, r = f(cl(zr[:, :H])), f(cl(zr[:, H:]))
-            ht = g(cl(x[:, 2 * H:] + recurrent_proj(r * h, h_rows) + rb[2 * H:] + wb[2 * H:]))
+            ht = g(cl(x[:, 2 * H:] + recurrent_proj(r * h, h_rows, t) + rb[2 * H:] + wb[2 * H:]))
         h_new = (1 - z) * ht + z * h
         m = _step_mask(t, lens)
         if m is None:
@@ -220,7 +220,7 @@ def rnn_direction(xw, recurrent_proj, bias, h0, acts, *, lens=None, reverse=Fals
     y = np.zeros((T, B, H), xw.dtype)
     every = slice(None)
     for t in _time_order(T, reverse):
-        h_new = f(cl(xw[t] + recurrent_proj(h, every) + bias))
+        h_new = f(cl(xw[t] + recurrent_proj(h, every, t) + bias))
         m = _step_mask(t, lens)
         if m is None:
             h = h_new
@@ -236,13 +236,14 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _DEFAULT_ACTS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
 
 
-def _ideal_projections(X, W, R):
-    """The plain-matmul seam: ``xw`` = X @ W.T for all steps, ``recurrent_proj`` = v @ R[rows].T."""
+def _ideal_projections(X, W, R, direction=0):
+    """The plain-matmul seam: ``xw`` = X @ W.T for all steps, ``recurrent_proj`` = v @ R[rows].T.
+    ``direction`` (0, or 1 for a bidirectional layer's reverse half) is for analog callers."""
     T, B, I = X.shape
     xw = (X.reshape(T * B, I) @ W.T).reshape(T, B, W.shape[0])
     Rt = np.ascontiguousarray(R.T)  # (H, G·H): columns are R's rows
 
-    def recurrent_proj(v, rows):
+    def recurrent_proj(v, rows, t):
         return v @ Rt[:, rows]
 
     return xw, recurrent_proj
@@ -287,7 +288,7 @@ def _run(op, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None
     Y_c = np.zeros((nd, Bt, H), dtype)
     for d in range(nd):
         reverse = direction == "reverse" or d == 1
-        xw, rproj = projections(X, W[d], R[d])
+        xw, rproj = projections(X, W[d], R[d], d)
         wb, rb = B[d, :G * H], B[d, G * H:]
         common = dict(lens=lens, reverse=reverse, clip=clip)
         if op == "LSTM":
@@ -308,6 +309,17 @@ def _run(op, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None
     if layout:
         Y, Y_h, Y_c = Y.transpose(2, 0, 1, 3), Y_h.transpose(1, 0, 2), Y_c.transpose(1, 0, 2)
     return Y, Y_h, Y_c
+
+
+def run(op: str, *inputs, projections, **attrs):
+    """An LSTM / GRU / RNN node of any opset with the given ``projections`` factory
+    ``(X (T, B, I), W_d, R_d, d) -> (xw, recurrent_proj)`` (the seam above): what an analog
+    layer calls with its tiles. Returns the node's outputs (Y, Y_h[, Y_c])."""
+    attrs = {k: v for k, v in attrs.items() if k != "output_sequence"}
+    if attrs.get("direction") in ("foward", b"foward"):  # GRU-1's default, as its spec spells it
+        attrs["direction"] = "forward"
+    out = _run(op, *inputs, projections=projections, **attrs)
+    return out if op == "LSTM" else out[:2]
 
 
 # --------------------------------------------------------------------------- LSTM
