@@ -144,13 +144,42 @@ def _np_dtype(elem_type: int):
         return None
 
 
+def _loose_outputs(graph) -> set[str]:
+    """Graph outputs declared without a tensor type or without a shape: the ONNX checker
+    refuses them, onnxruntime runs them (a common sight after adding outputs for debugging)."""
+    out = set()
+    for vi in graph.output:
+        t = vi.type
+        if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape") or not t.tensor_type.elem_type:
+            out.add(vi.name)
+    return out
+
+
+def _strict_copy(model: onnx.ModelProto, loose: set[str]) -> onnx.ModelProto:
+    """``model`` as the checker wants it: the loose outputs (see :func:`_loose_outputs`) and
+    value_info entries without a type left out; everything else is checked as it is."""
+    if not loose and all(vi.type.HasField("tensor_type") for vi in model.graph.value_info):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    keep = [vi for vi in copy.graph.output if vi.name not in loose]
+    hints = [vi for vi in copy.graph.value_info if vi.type.HasField("tensor_type")]
+    copy.graph.ClearField("output")
+    copy.graph.output.extend(keep)
+    copy.graph.ClearField("value_info")
+    copy.graph.value_info.extend(hints)
+    return copy
+
+
 def _value_info(vi: onnx.ValueInfoProto) -> ValueInfo:
     t = vi.type.tensor_type
     shape = None
     if t.HasField("shape"):
         dims = []
         for d in t.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value < 0:  # PaddlePaddle's -1: dynamic, as onnxruntime
+                dims.append(d.dim_param or None)
+            elif d.HasField("dim_value"):
                 dims.append(int(d.dim_value))
             elif d.HasField("dim_param"):
                 dims.append(d.dim_param)
@@ -229,9 +258,10 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
     proto, data, where, base = _read(model, name)
     _load_external_data(proto, base, where)
     light = _without_large_initializers(proto)
+    loose = _loose_outputs(proto.graph)
     if check:
         try:
-            onnx.checker.check_model(light)
+            onnx.checker.check_model(_strict_copy(light, loose))
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             raise ModelLoadError(
@@ -250,6 +280,11 @@ def load(model, *, check: bool = True, fold_batchnorm: bool = True, name: str | 
         raise ModelLoadError(f"Model {where!r}: ONNX shape inference failed: {exc}") from None
     proto.graph.ClearField("value_info")
     proto.graph.value_info.extend(inferred.graph.value_info)
+    if loose:  # outputs declared without a type or shape: take what shape inference found
+        known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        for out in proto.graph.output:
+            if out.name in loose and out.name in known and known[out.name].type.HasField("tensor_type"):
+                out.type.CopyFrom(known[out.name].type)
     ir = to_ir(proto, where, hashlib.sha256(data).hexdigest())
     _check_finite_constants(ir)
     return Graph(passes.run_all(ir)).folded(fold_batchnorm)
