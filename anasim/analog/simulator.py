@@ -29,6 +29,7 @@ from ..errors import ConfigError, InputError
 from ..graph.context import SAMPLE_OFFSET_LIMIT, RunContext
 from ..kernels.rng import check_seed
 from ..graph.executor import Graph, check_device
+from ..graph.passes import quantized_as_float
 from .layer import AnalogLayer, layer_matrix
 from .state import META, STATE, TILE_ARRAYS, tile_prefix
 from .tile import AnalogMatrix
@@ -64,6 +65,9 @@ class AnalogSimulator:
         self.device = device
         self.config: AnalogConfig = load_config(config) if config is not None else AnalogConfig()
         graph = graph.folded(bool(self.config.mapping.fold_batchnorm))
+        float_ir = quantized_as_float(graph.ir)  # integer-weight ops: their weights onto tiles
+        if float_ir is not graph.ir:
+            graph = Graph(float_ir, device=graph.device)
         self.graph = graph
         self.seed = int(seed)
         candidates = graph.analog_candidates

@@ -264,3 +264,112 @@ def remove_dead_nodes(ir: GraphIR) -> GraphIR:
     ir.nodes = keep[::-1]
     ir.constants = {k: v for k, v in ir.constants.items() if k in needed}
     return ir
+
+
+# --------------------------------------------------------------------------- integer-weight ops
+INTEGER_WEIGHT_OPS = {"QLinearConv": 3, "QLinearMatMul": 3, "ConvInteger": 1, "MatMulInteger": 1}
+"""Quantized ops with an integer weight, and the input that holds it."""
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+_FLOAT, _INT32 = 1, 6  # TensorProto codes for Cast's ``to``
+
+
+def _const(ir: GraphIR, node: Node, k: int):
+    name = node.inputs[k] if len(node.inputs) > k else ""
+    return None if not name else ir.constants.get(name)
+
+
+def _per_output(v: np.ndarray, n_out: int, axis: int, ndim: int) -> np.ndarray:
+    """A scale or zero point (scalar, or one per output channel) shaped to broadcast against a
+    weight whose output axis is ``axis``."""
+    v = np.asarray(v, np.float64).reshape(-1)
+    if v.size not in (1, n_out):
+        raise ValueError(f"{v.size} values for {n_out} outputs")
+    shape = [1] * ndim
+    shape[axis] = v.size
+    return v.reshape(shape)
+
+
+def quantized_as_float(ir: GraphIR) -> GraphIR:
+    """A new IR in which every ConvInteger / MatMulInteger / QLinearConv / QLinearMatMul with a
+    constant integer weight (and constant weight scale and zero point) is a float Conv or
+    MatMul of the dequantized weight between digital steps, so that an analog simulation
+    maps that weight onto tiles; ``ir`` is not changed.
+
+    * QLinearConv / QLinearMatMul: DequantizeLinear(x) → Conv / MatMul (weight (w − w_zp)·w_scale,
+      bias B·x_scale·w_scale) → QuantizeLinear(y_scale, y_zp).
+    * ConvInteger / MatMulInteger: Cast(x) − x_zp → Conv / MatMul (weight w − w_zp) → Round →
+      Cast to int32 (the tiles' sum rounded to the integer the op returns).
+
+    The float node keeps the original node's name ([[layers]] patterns still match it).
+    Only for the analog simulator: in float32 the product is no longer the op's exact integer
+    arithmetic (the digital graph keeps the integer ops). Nodes whose weight, scale or zero
+    point are computed at run time, or ConvInteger/MatMulInteger before opset 11 (no Round),
+    stay as they are.
+    """
+    if not any(n.op_type in INTEGER_WEIGHT_OPS and n.domain in ("", "ai.onnx") for n in ir.nodes):
+        return ir
+    constants = dict(ir.constants)
+    nodes: list[Node] = []
+    for n in ir.nodes:
+        new = _float_version(ir, n, constants) if n.domain in ("", "ai.onnx") else None
+        nodes.extend(new or [n])
+    return dataclasses.replace(ir, nodes=nodes, constants=constants)
+
+
+def _float_version(ir: GraphIR, n: Node, constants: dict) -> list[Node] | None:
+    k = INTEGER_WEIGHT_OPS.get(n.op_type)
+    if k is None:
+        return None
+    w = _const(ir, n, k)
+    if w is None or w.dtype.kind not in "iu":
+        return None
+    conv = n.op_type in ("QLinearConv", "ConvInteger")
+    if not conv and w.ndim != 2:
+        return None
+    axis, n_out = (0, w.shape[0]) if conv else (1, w.shape[1])
+    tag = n.name or n.outputs[0]
+    attrs = {a: v for a, v in n.attrs.items() if a in _CONV_ATTRS} if conv else {}
+    op = "Conv" if conv else "MatMul"
+    wf_name, yf_name = f"{tag}::weight_float", f"{tag}::output_float"
+    try:
+        if n.op_type in ("QLinearConv", "QLinearMatMul"):
+            w_scale, w_zp, x_scale = _const(ir, n, 4), _const(ir, n, 5), _const(ir, n, 1)
+            if w_scale is None or x_scale is None or (len(n.inputs) > 5 and n.inputs[5] and w_zp is None):
+                return None
+            zp = 0.0 if w_zp is None else _per_output(w_zp, n_out, axis, w.ndim)
+            s = _per_output(w_scale, n_out, axis, w.ndim)
+            constants[wf_name] = ((w.astype(np.float64) - zp) * s).astype(np.float32)
+            inputs = [f"{tag}::input_float", wf_name]
+            if conv and len(n.inputs) > 8 and n.inputs[8]:
+                b = _const(ir, n, 8)
+                if b is None:
+                    return None
+                scale = np.float64(np.asarray(x_scale).reshape(())) * np.asarray(w_scale, np.float64).reshape(-1)
+                constants[f"{tag}::bias_float"] = (b.astype(np.float64) * scale).astype(np.float32)
+                inputs.append(f"{tag}::bias_float")
+            return [Node(f"{tag}::dequantize_input", "DequantizeLinear", "", list(n.inputs[0:3]), [inputs[0]]),
+                    Node(n.name, op, "", inputs, [yf_name], attrs, dict(n.meta, from_op=n.op_type)),
+                    Node(f"{tag}::quantize_output", "QuantizeLinear", "", [yf_name, n.inputs[6], n.inputs[7]],
+                         list(n.outputs))]
+        if ir.opset("") < 11:
+            return None
+        zp_name = n.inputs[3] if len(n.inputs) > 3 else ""
+        w_zp = _const(ir, n, 3)
+        if zp_name and w_zp is None:
+            return None
+        zp = 0.0 if w_zp is None else _per_output(w_zp, n_out, axis, w.ndim)
+        constants[wf_name] = (w.astype(np.float64) - zp).astype(np.float32)
+        x_name = f"{tag}::input_float"
+        out = [Node(f"{tag}::cast_input", "Cast", "", [n.inputs[0]], [x_name if len(n.inputs) < 3 or not n.inputs[2]
+                                                                      else f"{tag}::input_cast"], {"to": _FLOAT})]
+        if len(n.inputs) > 2 and n.inputs[2]:
+            out += [Node(f"{tag}::cast_zero_point", "Cast", "", [n.inputs[2]], [f"{tag}::zero_point_float"],
+                         {"to": _FLOAT}),
+                    Node(f"{tag}::center_input", "Sub", "", [f"{tag}::input_cast", f"{tag}::zero_point_float"],
+                         [x_name])]
+        return out + [Node(n.name, op, "", [x_name, wf_name], [yf_name], attrs, dict(n.meta, from_op=n.op_type)),
+                      Node(f"{tag}::round", "Round", "", [yf_name], [f"{tag}::output_rounded"]),
+                      Node(f"{tag}::cast_output", "Cast", "", [f"{tag}::output_rounded"], list(n.outputs),
+                           {"to": _INT32})]
+    except ValueError:  # a scale / zero point that is neither scalar nor per output: leave it digital
+        return None
