@@ -488,3 +488,19 @@ def test_gpu_analog_model_equals_cpu(name, n):
     assert np.mean(np.abs(got - want) <= 1e-3 * np.abs(want).max()) > 0.99
     assert np.mean(got.argmax(1) == want.argmax(1)) > 0.97
     np.testing.assert_array_equal(dev(x), got)  # deterministic on the device
+
+
+@sim_only
+def test_sim_recurrent_layer_on_cuda_equals_cpu():
+    """An analog GRU on device="cuda": the recurrence runs on the host with the tiles' device
+    copies, drawing the CPU's numbers."""
+    import anasim
+    from test_analog_recurrent import NOISY as RNOISY, recurrent_model
+
+    g = recurrent_model("GRU", "bidirectional", T=3, linear_before_reset=0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 7)).astype(np.float32)
+    cpu = anasim.analog(g, RNOISY, seed=1).run({"x": x})
+    dev = anasim.analog(g, RNOISY, seed=1, device="cuda").run({"x": x})
+    for k in cpu:
+        np.testing.assert_allclose(dev[k], cpu[k], rtol=1e-5, atol=1e-6)
+    assert np.abs(cpu["y"] - g.run({"x": x})["y"]).max() > 1e-3
