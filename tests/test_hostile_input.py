@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +119,8 @@ def test_scheduler_address_checked_before_the_work(files, tmp_path, capsys):
     out = tmp_path / "r.csv"
     argv = ["sweep", str(model), "--data", str(data), "--grid", str(grid), "--out", str(out)]
     assert "not a Dask scheduler address" in _error(capsys, argv + ["--scheduler", "not an address"])
-    t0 = time.perf_counter()
     err = _error(capsys, argv + ["--scheduler", "tcp://127.0.0.1:1"])
-    assert "Cannot reach the Dask scheduler" in err and time.perf_counter() - t0 < 25
+    assert "Cannot reach the Dask scheduler" in err and "within 10 s" in err  # anasim's timeout, not Dask's 30 s
     assert not out.exists()  # nothing written
 
 

@@ -322,117 +322,24 @@ def run(op: str, *inputs, projections, **attrs):
     return out if op == "LSTM" else out[:2]
 
 
-# --------------------------------------------------------------------------- LSTM
-@register("LSTM", since=1)
-def lstm_1(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
-           activation_alpha=None, activation_beta=None, activations=None, clip=None,
-           direction="forward", hidden_size=None, input_forget=0, output_sequence=0):
-    """Opset 1: ``output_sequence`` only says whether Y is wanted (it is always computed)."""
-    return _run("LSTM", X, W, R, B, sequence_lens, initial_h, initial_c, P, hidden_size=hidden_size,
-                direction=direction, clip=clip, activations=activations, activation_alpha=activation_alpha,
-                activation_beta=activation_beta, input_forget=input_forget)
+# --------------------------------------------------------------------------- registration
+VERSIONS = {"LSTM": (1, 7, 14, 22), "GRU": (1, 3, 7, 14, 22), "RNN": (1, 7, 14, 22)}
+"""The opsets at which each op's schema changed. The versions differ only in the attributes
+they admit (``output_sequence`` up to 7, GRU's ``linear_before_reset`` from 3, ``layout``
+from 14, wider types at 22), which :func:`run` reads alike, so one implementation serves
+every version; an attribute that is absent takes the spec's default in :func:`_run`."""
 
 
-@register("LSTM", since=7)
-def lstm_7(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
-           activation_alpha=None, activation_beta=None, activations=None, clip=None,
-           direction="forward", hidden_size=None, input_forget=0):
-    return _run("LSTM", X, W, R, B, sequence_lens, initial_h, initial_c, P, hidden_size=hidden_size,
-                direction=direction, clip=clip, activations=activations, activation_alpha=activation_alpha,
-                activation_beta=activation_beta, input_forget=input_forget)
+def _ideal(op: str):
+    def impl(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, **attrs):
+        return run(op, X, W, R, B, sequence_lens, initial_h, initial_c, P, projections=_ideal_projections, **attrs)
+
+    impl.__name__ = impl.__qualname__ = op.lower()
+    impl.__doc__ = f"ONNX {op}, ideal arithmetic (plain matrix products): :func:`run` with :func:`_ideal_projections`."
+    return impl
 
 
-@register("LSTM", since=14)
-def lstm_14(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
-            activation_alpha=None, activation_beta=None, activations=None, clip=None,
-            direction="forward", hidden_size=None, input_forget=0, layout=0):
-    """Opset 14 adds ``layout`` (1: batch-major X, Y, states); 22 only widens the types."""
-    return _run("LSTM", X, W, R, B, sequence_lens, initial_h, initial_c, P, hidden_size=hidden_size,
-                direction=direction, layout=layout, clip=clip, activations=activations,
-                activation_alpha=activation_alpha, activation_beta=activation_beta,
-                input_forget=input_forget)
-
-
-register("LSTM", since=22)(lstm_14)
-
-
-# --------------------------------------------------------------------------- GRU
-def _gru2(X, W, R, B, sequence_lens, initial_h, **kw):
-    Y, Y_h, _ = _run("GRU", X, W, R, B, sequence_lens, initial_h, **kw)
-    return Y, Y_h
-
-
-@register("GRU", since=1)
-def gru_1(X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
-          activation_beta=None, activations=None, clip=None, direction="foward", hidden_size=None,
-          output_sequence=0):
-    """Opset 1 (no ``linear_before_reset``: 0). Its default direction is spelled "foward" in the spec."""
-    direction = "forward" if direction in ("foward", b"foward") else direction
-    return _gru2(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
-                 clip=clip, activations=activations, activation_alpha=activation_alpha,
-                 activation_beta=activation_beta)
-
-
-@register("GRU", since=3)
-def gru_3(X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
-          activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
-          linear_before_reset=0, output_sequence=0):
-    return _gru2(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
-                 clip=clip, activations=activations, activation_alpha=activation_alpha,
-                 activation_beta=activation_beta, linear_before_reset=linear_before_reset)
-
-
-@register("GRU", since=7)
-def gru_7(X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
-          activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
-          linear_before_reset=0):
-    return _gru2(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
-                 clip=clip, activations=activations, activation_alpha=activation_alpha,
-                 activation_beta=activation_beta, linear_before_reset=linear_before_reset)
-
-
-@register("GRU", since=14)
-def gru_14(X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
-           activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
-           layout=0, linear_before_reset=0):
-    return _gru2(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
-                 layout=layout, clip=clip, activations=activations, activation_alpha=activation_alpha,
-                 activation_beta=activation_beta, linear_before_reset=linear_before_reset)
-
-
-register("GRU", since=22)(gru_14)
-
-
-# --------------------------------------------------------------------------- RNN
-def _rnn2(X, W, R, B, sequence_lens, initial_h, **kw):
-    Y, Y_h, _ = _run("RNN", X, W, R, B, sequence_lens, initial_h, **kw)
-    return Y, Y_h
-
-
-@register("RNN", since=1)
-def rnn_1(X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
-          activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
-          output_sequence=0):
-    return _rnn2(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
-                 clip=clip, activations=activations, activation_alpha=activation_alpha,
-                 activation_beta=activation_beta)
-
-
-@register("RNN", since=7)
-def rnn_7(X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
-          activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None):
-    return _rnn2(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
-                 clip=clip, activations=activations, activation_alpha=activation_alpha,
-                 activation_beta=activation_beta)
-
-
-@register("RNN", since=14)
-def rnn_14(X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
-           activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
-           layout=0):
-    return _rnn2(X, W, R, B, sequence_lens, initial_h, hidden_size=hidden_size, direction=direction,
-                 layout=layout, clip=clip, activations=activations, activation_alpha=activation_alpha,
-                 activation_beta=activation_beta)
-
-
-register("RNN", since=22)(rnn_14)
+for _op, _versions in VERSIONS.items():
+    _impl = _ideal(_op)
+    for _v in _versions:
+        register(_op, since=_v)(_impl)
