@@ -559,6 +559,13 @@ def _add_data_options(s) -> None:
                    "the file (npz, cifar10-binary, idx, ...; see anasim.datasets.FORMATS)")
 
 
+def _add_parallel_options(o) -> None:
+    """--workers, --scheduler, --overwrite: the options of the commands that run a sweep."""
+    o.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes (default 1)")
+    o.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (needs dask[distributed])")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+
+
 def _add_run_options(s, sweep: bool = False) -> None:
     g = s.add_argument_group("run")
     g.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -676,9 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results file (.csv, .jsonl, .json); finished points are skipped on rerun")
     o.add_argument("--x", metavar="PARAM",
                    help="parameter on the plot's x axis (default the first swept one)")
-    o.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes (default 1)")
-    o.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (needs dask[distributed])")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    _add_parallel_options(o)
     s.set_defaults(func=_cmd_sweep)
 
     s = sub.add_parser("sensitivity",
@@ -699,9 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     o = s.add_argument_group("output and parallelism")
     o.add_argument("--out", metavar="FILE",
                    help="results file (.csv, .jsonl, .json); finished points are skipped on rerun")
-    o.add_argument("--workers", type=int, default=1, metavar="N", help="local worker processes (default 1)")
-    o.add_argument("--scheduler", metavar="ADDRESS", help="run on a Dask cluster (needs dask[distributed])")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    _add_parallel_options(o)
     s.set_defaults(func=_cmd_sensitivity)
 
     s = sub.add_parser("show", help="summarize (and plot) a results file")

@@ -97,6 +97,14 @@ class ModelSource:
                                name=None if self.path is not None else "<memory>")
         return self._graph.folded(bool(fold_batchnorm))
 
+    def with_bytes(self) -> "ModelSource":
+        """The same model carried as its bytes (for workers that do not share our files)."""
+        if self.data is not None or self.path is None:
+            return self
+        copy = ModelSource(self)
+        copy.data, copy.path, copy._graph = Path(self.path).read_bytes(), None, None
+        return copy
+
     @property
     def portable(self) -> bool:
         """Whether worker processes can load it (it has a path or bytes)."""

@@ -649,10 +649,7 @@ def _sweep_dask(job, pending, client, threads, finished, bar):
     from dask.distributed import as_completed
 
     remote = Job(**{**{k: v for k, v in job.__dict__.items() if k != "_ideal"}})
-    if job.model.path is not None and job.model.data is None:  # workers may not share our files
-        m = ModelSource(job.model)
-        m.data, m.path, m._graph = Path(job.model.path).read_bytes(), None, None
-        remote.model = m
+    remote.model = job.model.with_bytes()  # Dask workers may not share our files
     [job_f] = client.scatter([remote], broadcast=True)
     futures = {client.submit(_run_dask, job_f, cfg, params, pid, threads, pure=False): (pid, params)
                for pid, params, cfg in pending}
