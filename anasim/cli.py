@@ -112,7 +112,6 @@ def _check_inputs(args, *, grid: bool = False) -> None:
 
 def _repo_data():
     """The folder of the bundled default model and data (None if absent)."""
-    from pathlib import Path
 
     for folder in (Path(__file__).resolve().parents[1] / "data", Path.cwd() / "data"):
         if (folder / "fmnist_cnn.onnx").is_file() and (folder / "fmnist_test.npz").is_file():
@@ -123,7 +122,6 @@ def _repo_data():
 def _short_path(path):
     """``path`` relative to the working directory when it lies below it."""
     import os
-    from pathlib import Path
 
     rel = os.path.relpath(path)
     return Path(rel) if not rel.startswith("..") else Path(path)
@@ -132,7 +130,6 @@ def _short_path(path):
 def _sidecar_preprocessing(model_path) -> "tuple[dict, str] | None":
     """The ``preprocessing`` table of ``MODEL.json`` beside the model (the bundled model's metadata)."""
     import json
-    from pathlib import Path
 
     from .datasets import Preprocessing
 
@@ -247,7 +244,6 @@ def _describe_config(cfg, name: str, overrides) -> str:
 
 
 def _check_outputs(paths, overwrite: bool, plot) -> None:
-    from pathlib import Path
 
     from .experiment.storage import ResultsFileError, check_writable, result_format
 
