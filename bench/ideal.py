@@ -99,7 +99,7 @@ def profile(graph, x: np.ndarray) -> None:
     nodes = graph.nodes
 
     def timed(fn, op):
-        def run(*args):
+        def run(*args, context=None):  # overrides are called with the run context; ideal ops take none
             t = time.perf_counter()
             out = fn(*args)
             totals[op] += time.perf_counter() - t
