@@ -373,3 +373,99 @@ def _float_version(ir: GraphIR, n: Node, constants: dict) -> list[Node] | None:
                            {"to": _INT32})]
     except ValueError:  # a scale / zero point that is neither scalar nor per output: leave it digital
         return None
+
+
+# --------------------------------------------------------------------------- epilogue fusion
+_ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu")
+
+
+def _activation_params(ir: GraphIR, n: Node) -> tuple[float, float] | None:
+    """(a, b) of :class:`anasim.ops.epilogue.Epilogue` for activation node ``n``, or None
+    when it cannot be fused (Clip bounds that are not constants)."""
+    if n.op_type == "Relu":
+        return 0.0, 0.0
+    if n.op_type == "LeakyRelu":
+        return float(n.attrs.get("alpha", 0.01)), 0.0
+    if ir.opset("") < 11:  # Clip-1/6: attribute bounds
+        return float(n.attrs.get("min", -3.4028234663852886e38)), float(n.attrs.get("max", 3.4028234663852886e38))
+    bounds = []
+    for k, default in ((1, -np.inf), (2, np.inf)):
+        name = n.inputs[k] if len(n.inputs) > k else ""
+        if not name:
+            bounds.append(default)
+        elif name in ir.constants and np.asarray(ir.constants[name]).size == 1:
+            bounds.append(float(np.asarray(ir.constants[name]).reshape(())))
+        else:
+            return None
+    return bounds[0], bounds[1]
+
+
+def fuse_conv_epilogues(ir: GraphIR, keep=()) -> GraphIR:
+    """A new IR (``ir`` unchanged) in which ``Conv → [Add] → [Relu | Clip | LeakyRelu]``
+    chains are single ``anasim::ConvEpilogue`` nodes (:func:`anasim.ops.nn.conv_epilogue`),
+    and ``Add → activation`` pairs whose Add follows no fusable Conv single
+    ``anasim::AddActivation`` nodes: the element-wise ops run on each block of the
+    convolution's output while it is in cache, without arrays of their own.
+
+    A node joins a chain only if the value between it and the previous one has no other
+    consumer and is not a graph output, and none of the chain's nodes is in ``keep``
+    (nodes that run injected callables, e.g. analog layers). The fused node takes the
+    last node's name and output and sits at its place in the order.
+    """
+    if not any(n.op_type == "Conv" or n.op_type == "Add" for n in ir.nodes) or ir.opset("") < 7:
+        return ir
+    keep = set(keep)
+    outputs = {o.name for o in ir.outputs}
+    consumers = ir.consumers()
+
+    def sole_consumer(n: Node) -> Node | None:
+        out = n.outputs[0] if len(n.outputs) == 1 else ""
+        users = consumers.get(out, []) if out else []
+        if not out or out in outputs or len(users) != 1 or users[0].name in keep or users[0].name in absorbed:
+            return None
+        user = users[0]
+        return user if user.domain in ("", "ai.onnx") and user.inputs.count(out) == 1 else None
+
+    replaced: dict[str, Node] = {}  # name of a chain's last node -> the fused node
+    absorbed: set[str] = set()
+    for n in ir.nodes:
+        if n.name in absorbed or n.name in keep or n.domain not in ("", "ai.onnx"):
+            continue
+        is_conv = n.op_type == "Conv" and len(n.outputs) == 1
+        if not is_conv and n.op_type != "Add":
+            continue
+        chain, residual, act, params = [n], "", None, (0.0, 0.0)
+        nxt = sole_consumer(n)
+        if is_conv and nxt is not None and nxt.op_type == "Add" and len(nxt.inputs) == 2 and not nxt.attrs:
+            residual = nxt.inputs[1] if nxt.inputs[0] == n.outputs[0] else nxt.inputs[0]
+            chain.append(nxt)
+            nxt = sole_consumer(nxt)
+        if nxt is not None and nxt.op_type in _ACTIVATION_OPS:
+            params = _activation_params(ir, nxt)
+            if params is not None:
+                act = nxt
+                chain.append(nxt)
+        if n.op_type == "Add" and (act is None or n.attrs or len(n.inputs) != 2):
+            continue
+        if len(chain) == 1:
+            continue
+        last = chain[-1]
+        attrs = {"activation": "" if act is None else act.op_type, "act_a": params[0], "act_b": params[1]}
+        if is_conv:
+            attrs.update(n.attrs)
+            inputs = list(n.inputs) + [""] * (3 - len(n.inputs)) + [residual]
+            op = "ConvEpilogue"
+        else:
+            inputs = list(n.inputs)
+            op = "AddActivation"
+        fused = Node(last.name, op, "anasim", inputs, list(last.outputs), attrs,
+                     {"fused": tuple(c.name for c in chain)})
+        replaced[last.name] = fused
+        absorbed.update(c.name for c in chain)
+    if not replaced:
+        return ir
+    nodes = [replaced[n.name] if n.name in replaced else n for n in ir.nodes
+             if n.name in replaced or n.name not in absorbed]
+    opsets = dict(ir.opsets)
+    opsets.setdefault("anasim", 1)
+    return dataclasses.replace(ir, nodes=nodes, opsets=opsets)

@@ -2,8 +2,10 @@
 
 :func:`conv` is the ideal (float) ``Conv``; it does not go through
 :func:`~anasim.ops.im2col.im2col`: depthwise 1-D/2-D convolutions use a direct kernel
-(:mod:`anasim.ops.depthwise`), 3×3 stride-1 ones Winograd F(2×2, 3×3)
-(:mod:`anasim.ops.winograd`), other 1-D/2-D ones a cache-blocked transposed im2col (rows
+(:mod:`anasim.ops.depthwise`), float32 ones with enough output pixels per sample sums of
+shifted products (:mod:`anasim.ops.shifted`, no im2col matrix), 3×3 stride-1 ones with
+many channels Winograd F(2×2, 3×3) (:mod:`anasim.ops.winograd`), other 1-D/2-D ones a
+cache-blocked transposed im2col (rows
 (c, kh, kw), columns = pixels) so that ``[W | b] @ cols`` lands directly in NCHW order
 (:func:`_conv2d_gemm`), 3-D ones a plain im2col + stacked product.
 :func:`conv_transpose` is the ideal ``ConvTranspose``; :func:`warmup` compiles the kernels.
@@ -25,6 +27,8 @@ from ..threads import run_chunks
 from .conv_geometry import (ConvGeometry, _as5d, _bias_or_zeros, _check_input, _chunk_bytes, _params3,
                             conv_geometry)
 from .depthwise import _conv2d_depthwise
+from .epilogue import Epilogue
+from .shifted import conv2d_shifted, shifted_applies
 from .im2col import (_add_bias_inplace, _col2im_kernel, _im2col_t, cols_to_output, im2col, im2col_rows,
                      padded_input, rows_to_nchw)
 from .winograd import _conv2d_winograd, _winograd_applies
@@ -33,12 +37,18 @@ __all__ = ["conv", "conv_transpose", "warmup"]
 
 
 # --------------------------------------------------------------------------- Conv
-def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry) -> np.ndarray:
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
+         epilogue: Epilogue | None = None) -> np.ndarray:
     """Ideal (float) convolution of ``x`` (N, C, *in_shape) with ``w`` (OC, C/g, *kernel).
 
+    ``epilogue`` (:class:`~anasim.ops.epilogue.Epilogue`, which must :meth:`fit
+    <anasim.ops.epilogue.Epilogue.fits>` the output) is applied to each block of samples
+    as soon as it is computed.
+
     Depthwise 1-D/2-D convolutions use a direct kernel
-    (:func:`~anasim.ops.depthwise._conv2d_depthwise`), 3×3 stride-1 ones with at least
-    ``_WINO_MIN_CHANNELS`` input channels Winograd
+    (:func:`~anasim.ops.depthwise._conv2d_depthwise`), those
+    :func:`~anasim.ops.shifted.shifted_applies` takes shifted products, 3×3 stride-1 ones
+    with at least ``_WINO_MIN_CHANNELS`` input channels Winograd
     (:func:`~anasim.ops.winograd._conv2d_winograd`), other 1-D/2-D ones :func:`_conv2d_gemm`; 3-D
     convolutions a plain im2col + stacked product.
     """
@@ -50,11 +60,13 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry)
     if b is not None:
         b = _bias_or_zeros(b, geom.out_channels, dtype)
     if g > 1 and g == geom.in_channels and geom.n_spatial <= 2:  # depthwise: direct kernel
-        return _conv2d_depthwise(np.ascontiguousarray(x), w, b, geom).reshape(out_shape)
+        return _conv2d_depthwise(np.ascontiguousarray(x), w, b, geom, epilogue).reshape(out_shape)
+    if shifted_applies(geom, dtype):
+        return conv2d_shifted(x, w, b, geom, epilogue).reshape(out_shape)
     if _winograd_applies(geom):
-        return _conv2d_winograd(np.ascontiguousarray(x), w, b, geom)
+        return _conv2d_winograd(np.ascontiguousarray(x), w, b, geom, epilogue)
     if geom.n_spatial <= 2:
-        return _conv2d_gemm(np.ascontiguousarray(x), w, b, geom).reshape(out_shape)
+        return _conv2d_gemm(np.ascontiguousarray(x), w, b, geom, epilogue).reshape(out_shape)
     x5 = _as5d(x, geom)
     cols = _im2col_t(x5, geom)
     p = geom.n_pixels
@@ -65,10 +77,13 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry)
         y = np.matmul(wg, cols.reshape(n, g, geom.k_per_group, p)).reshape(n, geom.out_channels, p)
     if b is not None:
         _add_bias_inplace(y, b)
+    if epilogue is not None:
+        epilogue.apply(y.reshape(-1), 0, y.size)
     return y.reshape(out_shape)
 
 
-def _conv2d_gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry) -> np.ndarray:
+def _conv2d_gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
+                 epilogue: Epilogue | None = None) -> np.ndarray:
     """1-D/2-D convolution as blocked im2col + BLAS, parallel over blocks of the batch.
 
     A block is a few whole samples (small feature maps) or a band of output rows of one
@@ -155,6 +170,8 @@ def _conv2d_gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvG
                 np.copyto(out[s0:s1].transpose(1, 0, 2), y.reshape(oc, m, p))
         if not ones and b is not None:
             out[s0:s1] += b[:, None]
+        if epilogue is not None:
+            epilogue.apply(out.reshape(-1), s0 * oc * p, s1 * oc * p)
 
     run_chunks(n_chunks, make_state, do_chunk)
     return out
@@ -187,6 +204,10 @@ def conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: Con
 
 def warmup(dtype=np.float32) -> None:
     """Compile (or load from Numba's cache) the convolution kernels on tiny inputs."""
+    from . import epilogue, shifted
+
+    epilogue.warmup()
+    shifted.warmup()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16, 6, 6)).astype(dtype)
     for w_shape, kw in [((4, 16, 3, 3), dict(pads=[1, 1, 1, 1])),            # Winograd

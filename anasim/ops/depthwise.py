@@ -11,6 +11,7 @@ from numba import njit
 
 from ..threads import run_chunks
 from .conv_geometry import ConvGeometry, _bias_or_zeros
+from .epilogue import Epilogue
 
 
 @njit(nogil=True, cache=True)
@@ -58,7 +59,8 @@ def _depthwise_kernel(xp, w, b, acc, out, s, c_, mult, oh, ow, owp, hp, wp, kh, 
                     dst[k] = src[k]
 
 
-def _conv2d_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry) -> np.ndarray:
+def _conv2d_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
+                      epilogue: Epilogue | None = None) -> np.ndarray:
     """Depthwise (group == C) 1-D/2-D convolution: direct multiply-adds, one sample per chunk."""
     n, c = x.shape[:2]
     if geom.n_spatial == 1:
@@ -89,6 +91,8 @@ def _conv2d_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: 
         xp, acc = state
         xp[:c * hp * wp].reshape(c, hp, wp)[:, ph:ph + h, pw:pw + wd] = x[i]
         _depthwise_kernel(xp, wf, bias, acc, of, i, c, mult, oh, ow, owp, hp, wp, kh, kw, sh, sw, dh, dw)
+        if epilogue is not None:
+            epilogue.apply(of, i * oc * oh * ow, (i + 1) * oc * oh * ow)
 
     run_chunks(n, make_state, do_chunk)
     return out

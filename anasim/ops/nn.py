@@ -20,6 +20,8 @@ from ..threads import run_chunks
 from .conv import conv as _conv
 from .conv import conv_transpose as _conv_transpose
 from .conv_geometry import conv_geometry, conv_transpose_geometry
+from .elementwise import add as _add
+from .epilogue import Epilogue
 from .pool import average_pool as _average_pool
 from .pool import max_pool as _max_pool
 from .pool import pool_geometry
@@ -140,6 +142,54 @@ def conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         b32 = None if B is None else B.astype(np.float32)
         return _conv(X.astype(np.float32), W.astype(np.float32), b32, geom).astype(np.float16)
     return _conv(X, W, B, geom)
+
+
+@register("ConvEpilogue", since=1, domain="anasim")
+def conv_epilogue(X, W, B=None, R=None, *, activation="", act_a=0.0, act_b=0.0, auto_pad="NOTSET",
+                  dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+    """``act(Conv(X, W, B) + R)`` in one pass over the output (the node
+    :func:`anasim.graph.passes.fuse_conv_epilogues` makes of a Conv, the residual ``Add``
+    consuming it and/or the activation after them; ``R`` absent: no Add). The numbers
+    equal the unfused ops'; they run unfused when the epilogue cannot run in place (a
+    broadcasting ``R``, a dtype other than float32)."""
+    geom = conv_geometry(X.shape, W.shape, auto_pad, dilations, group, kernel_shape, pads, strides)
+    epi = Epilogue(R, activation, act_a, act_b)
+    if X.dtype == np.float32 and epi.fits((X.shape[0], geom.out_channels) + geom.out_shape, X.dtype):
+        return _conv(X, W, B, geom, epi)
+    y = conv(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+             strides=strides)
+    return _activation(y if R is None else _add(y, R), activation, act_a, act_b)
+
+
+@register("AddActivation", since=1, domain="anasim")
+def add_activation(A, B, *, activation="Relu", act_a=0.0, act_b=0.0):
+    """``act(A + B)`` in one pass and one output array (the node
+    :func:`anasim.graph.passes.fuse_conv_epilogues` makes of an ``Add`` and the activation
+    consuming it when the Add's producer takes no epilogue, e.g. an analog convolution)."""
+    if not (A.dtype == B.dtype == np.float32 and A.shape == B.shape):
+        return _activation(_add(A, B), activation, act_a, act_b)
+    out = np.empty_like(A, order="C")
+    af, bf, of = np.ascontiguousarray(A).reshape(-1), np.ascontiguousarray(B).reshape(-1), out.reshape(-1)
+    epi = Epilogue(None, activation, act_a, act_b)
+
+    def block(_state, i):
+        lo, hi = i * _BLOCK, min(of.shape[0], (i + 1) * _BLOCK)
+        np.add(af[lo:hi], bf[lo:hi], out=of[lo:hi])
+        epi.apply(of, lo, hi)
+
+    run_chunks(max(1, -(-of.shape[0] // _BLOCK)), lambda: None, block)
+    return out
+
+
+def _activation(y, activation, a, b):
+    """The unfused activation ops of the fused nodes."""
+    if activation == "Relu":
+        return relu(y)
+    if activation == "Clip":
+        return _clip(y, a, b)
+    if activation == "LeakyRelu":
+        return leaky_relu(y, alpha=a)
+    return y
 
 
 @register("ConvTranspose", since=1)

@@ -15,6 +15,7 @@ from numba import njit
 
 from ..threads import run_chunks
 from .conv_geometry import ConvGeometry, _bias_or_zeros, _chunk_bytes
+from .epilogue import Epilogue
 
 
 _WINO_MIN_CHANNELS = 16
@@ -223,7 +224,8 @@ def _winograd_applies(geom: ConvGeometry) -> bool:
             and geom.in_channels >= _WINO_MIN_CHANNELS)
 
 
-def _conv2d_winograd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry) -> np.ndarray:
+def _conv2d_winograd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
+                     epilogue: Epilogue | None = None) -> np.ndarray:
     """3×3 stride-1 convolution by Winograd F(2×2, 3×3): 16 products (OC, C) @ (C, tiles).
 
     2.25× fewer multiplications than the direct product; the transforms only add and
@@ -268,6 +270,8 @@ def _conv2d_winograd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: C
         _wino_in_kernel(xf, s0, m, c, h, wd, ph, pw, th_, tw_, dummy, xeo, z, v)
         np.matmul(u, v.reshape(16, c, t), out=mm.reshape(16, oc, t))
         _wino_out_kernel(bias, of, s0, m, oc, oh, ow, th_, tw_, tws, ys, mm)
+        if epilogue is not None:  # on the block just written, while it is in cache
+            epilogue.apply(of, s0 * oc * oh * ow, (s0 + m) * oc * oh * ow)
 
     run_chunks(n_chunks, make_state, do_chunk)
     return out

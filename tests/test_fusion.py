@@ -1,0 +1,218 @@
+"""Element-wise epilogues fused into convolutions, and convolutions as shifted products.
+
+* :func:`anasim.graph.passes.fuse_conv_epilogues` rewrites ``Conv → [Add] → [activation]``
+  chains (and ``Add → activation`` pairs) only where the intermediate values have no
+  other use, and the fused graph gives the unfused graph's numbers bit for bit;
+* :func:`anasim.ops.shifted.conv2d_shifted` equals the im2col convolution (to float32
+  rounding) for every geometry: strides, dilations, asymmetric padding, groups, 1-D, with
+  every epilogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import anasim
+from anasim.graph import passes
+from anasim.ops import shifted
+from anasim.ops.conv import _conv2d_gemm
+from anasim.ops.conv_geometry import conv_geometry
+from anasim.ops.epilogue import Epilogue
+
+RNG = np.random.default_rng(7)
+
+
+def _model(nodes, inits, outputs=("y",), opset=13) -> bytes:
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 10, 10])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def _conv_inits(c=8, oc=8):
+    return {"w": RNG.standard_normal((oc, c, 3, 3)) * 0.2, "b": RNG.standard_normal(oc) * 0.1,
+            "w2": RNG.standard_normal((oc, c, 3, 3)) * 0.2}
+
+
+def _conv(name, x, y, w="w", b="b"):
+    return helper.make_node("Conv", [x, w, b], [y], name=name, pads=[1, 1, 1, 1])
+
+
+def _fused_ops(graph):
+    ir = passes.fuse_conv_epilogues(graph.ir)
+    return [n.op_type for n in ir.nodes if n.domain == "anasim"], len(ir.nodes)
+
+
+def _same_as_unfused(graph, x, inner):
+    """The fused run equals the run that must stay unfused because it asks for ``inner``."""
+    fused = graph.run({"x": x})
+    out = graph.outputs[0].name
+    unfused = graph.run({"x": x}, outputs=[out, inner])
+    np.testing.assert_array_equal(fused[out], unfused[out])
+    return fused[out]
+
+
+X = RNG.standard_normal((3, 8, 10, 10)).astype(np.float32)
+
+
+@pytest.mark.parametrize("act", ["Relu", "LeakyRelu", "Clip"])
+def test_conv_add_activation_fuses_and_matches(act):
+    inits = _conv_inits()
+    nodes = [_conv("c1", "x", "a"), _conv("c2", "a", "c", "w2")]
+    nodes.append(helper.make_node("Add", ["c", "x"], ["s"], name="add"))
+    if act == "Clip":
+        inits.update(lo=np.float32(-0.3), hi=np.float32(0.4))
+        nodes.append(helper.make_node("Clip", ["s", "lo", "hi"], ["y"], name="act"))
+    else:
+        nodes.append(helper.make_node(act, ["s"], ["y"], name="act", **({"alpha": 0.2} if act == "LeakyRelu" else {})))
+    g = anasim.load(_model(nodes, inits))
+    ops, n_nodes = _fused_ops(g)
+    assert ops == ["ConvEpilogue"] and n_nodes == 2  # c1 alone, c2 + Add + act fused
+    y = _same_as_unfused(g, X, "c")
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(_model(nodes, inits), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_no_fusion_where_the_intermediate_is_used_elsewhere():
+    inits = _conv_inits()
+    # the conv output is also a graph output; the Add output feeds two nodes
+    nodes = [_conv("c1", "x", "a"), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Add", ["r", "x"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["t"], name="relu2"),
+             helper.make_node("Add", ["s", "t"], ["y"], name="add2")]
+    g = anasim.load(_model(nodes, inits, outputs=("y", "a")))
+    ops, n_nodes = _fused_ops(g)
+    assert ops == [] and n_nodes == 5
+    res = g.run({"x": X})
+    a = np.asarray(res["a"])
+    s = np.maximum(a, 0) + X
+    np.testing.assert_allclose(res["y"], s + np.maximum(s, 0), rtol=1e-6, atol=1e-6)
+
+
+def test_clip_with_computed_bounds_is_not_fused():
+    inits = _conv_inits()
+    inits.update(hi=np.float32(0.5))
+    nodes = [_conv("c1", "x", "a"), helper.make_node("ReduceMax", ["x"], ["m"], name="m", keepdims=0),
+             helper.make_node("Clip", ["a", "m", "hi"], ["y"], name="clip")]
+    g = anasim.load(_model(nodes, inits))
+    assert _fused_ops(g)[0] == []  # the lower bound is computed from the input
+    nodes[1] = helper.make_node("Neg", ["hi"], ["m"], name="m")  # constant-folded: fusable
+    nodes[2] = helper.make_node("Clip", ["a", "m", "hi"], ["y"], name="clip")
+    g = anasim.load(_model(nodes, inits))
+    assert _fused_ops(g)[0] == ["ConvEpilogue"]
+    y = _same_as_unfused(g, X, "a")
+    assert y.min() >= -0.5 and y.max() <= 0.5
+
+
+def test_broadcasting_residual_falls_back_to_the_unfused_ops():
+    inits = _conv_inits()
+    inits["r"] = RNG.standard_normal((1, 8, 1, 1))
+    nodes = [_conv("c1", "x", "a"), helper.make_node("Add", ["r", "a"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    g = anasim.load(_model(nodes, inits))
+    assert _fused_ops(g)[0] == ["ConvEpilogue"]
+    y = _same_as_unfused(g, X, "a")
+    a = g.run({"x": X}, outputs=["a"])["a"]
+    np.testing.assert_array_equal(y, np.maximum(a + inits["r"].astype(np.float32), 0))
+
+
+def test_add_activation_after_a_node_that_takes_no_epilogue():
+    inits = _conv_inits()
+    nodes = [_conv("c1", "x", "a"), helper.make_node("Add", ["a", "x"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    g = anasim.load(_model(nodes, inits))
+    ir = passes.fuse_conv_epilogues(g.ir, keep={"c1"})  # c1 runs an injected callable
+    assert [n.op_type for n in ir.nodes] == ["Conv", "AddActivation"]
+    calls = []
+
+    def analog(xx, w, b, context=None):
+        calls.append(context)
+        return anasim.ops.nn.conv(xx, w, b, pads=[1, 1, 1, 1]) * np.float32(1.5)
+
+    g2 = g.with_overrides({"c1": analog})
+    y = g2.run({"x": X})["y"]
+    a = g.run({"x": X}, outputs=["a"])["a"] * np.float32(1.5)
+    np.testing.assert_array_equal(y, np.maximum(a + X, 0))
+    assert calls
+
+
+def _reference(x, w, b, geom, epi):
+    y = _conv2d_gemm(x, w, b, geom).reshape((x.shape[0], geom.out_channels) + tuple(geom.out_shape))
+    if epi.residual is not None:
+        y = y + epi.residual
+    if epi.activation == "Relu":
+        y = np.maximum(y, 0)
+    elif epi.activation == "Clip":
+        y = np.clip(y, np.float32(epi.a), np.float32(epi.b))
+    elif epi.activation == "LeakyRelu":
+        y = np.where(y < 0, y * np.float32(epi.a), y)
+    return y
+
+
+@pytest.mark.skipif(not shifted.available(), reason="NumPy's BLAS exports no ILP64 CBLAS sgemm")
+def test_shifted_products_equal_im2col_for_every_geometry():
+    rng = np.random.default_rng(11)
+    cases = 0
+    while cases < 120:
+        nsp = int(rng.integers(1, 3))
+        g = int(rng.choice([1, 1, 2, 3]))
+        cg, ocg = int(rng.integers(4, 9)), int(rng.integers(1, 6))
+        k = [int(rng.integers(1, 6)) for _ in range(nsp)]
+        st = [int(rng.integers(1, 4)) for _ in range(nsp)]
+        dl = [int(rng.integers(1, 3)) for _ in range(nsp)]
+        pads = [int(rng.integers(0, 3)) for _ in range(2 * nsp)]
+        ins = [int(rng.integers(1, 15)) for _ in range(nsp)]
+        x = rng.standard_normal((int(rng.integers(1, 4)), cg * g, *ins)).astype(np.float32)
+        w = rng.standard_normal((ocg * g, cg, *k)).astype(np.float32)
+        b = rng.standard_normal(ocg * g).astype(np.float32) if rng.random() < 0.7 else None
+        try:
+            geom = conv_geometry(x.shape, w.shape, group=g, pads=pads, strides=st, dilations=dl)
+        except (ValueError, anasim.errors.AnasimError):  # an empty output: not a convolution
+            continue
+        if min(geom.out_shape) < 1:
+            continue
+        out_shape = (x.shape[0], geom.out_channels) + tuple(geom.out_shape)
+        act = str(rng.choice(["", "Relu", "Clip", "LeakyRelu"]))
+        r = rng.standard_normal(out_shape).astype(np.float32) if rng.random() < 0.5 else None
+        epi = Epilogue(r, act, -0.5 if act == "Clip" else 0.1, 0.7)
+        y = shifted.conv2d_shifted(x, w, b, geom, epi)
+        ref = _reference(x, w, b, geom, epi)
+        assert y.shape == ref.shape
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(ref).max())))
+        cases += 1
+
+
+@pytest.mark.skipif(not shifted.available(), reason="NumPy's BLAS exports no ILP64 CBLAS sgemm")
+def test_shifted_products_do_not_depend_on_threads_or_bands(monkeypatch):
+    x = RNG.standard_normal((2, 8, 40, 40)).astype(np.float32)
+    w = RNG.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    geom = conv_geometry(x.shape, w.shape, pads=[1, 1, 1, 1])
+    ref = shifted.conv2d_shifted(x, w, None, geom)
+    from anasim.ops import conv_geometry as cg
+
+    monkeypatch.setattr(cg, "_CHUNK_MAX_BYTES", 4096)  # bands of a few rows each
+    monkeypatch.setattr(cg, "_CHUNK_MIN_BYTES", 4096)
+    banded = shifted.conv2d_shifted(x, w, None, geom)
+    np.testing.assert_array_equal(banded, ref)
+    from anasim import threads
+
+    monkeypatch.setattr(threads, "num_threads", lambda: 1)  # every band in the calling thread
+    np.testing.assert_array_equal(shifted.conv2d_shifted(x, w, None, geom), ref)
+
+
+def test_onnx_model_roundtrip_unchanged():
+    """The fusion is an executor detail: the IR the graph reports keeps the model's nodes."""
+    inits = _conv_inits()
+    nodes = [_conv("c1", "x", "a"), helper.make_node("Relu", ["a"], ["y"], name="relu")]
+    g = anasim.load(_model(nodes, inits))
+    assert [n.op_type for n in g.ir.nodes] == ["Conv", "Relu"]
+    assert g.analog_candidates == ["c1"]
+    assert onnx.load_from_string(_model(nodes, inits)).graph.node[0].op_type == "Conv"
