@@ -310,7 +310,7 @@ def _cmd_evaluate(args) -> int:
     elif args.data is None:
         raise InputError("evaluate needs --data FILE (an .npz with x and y, CIFAR batches, IDX files, ...).")
     _check_inputs(args)
-    repeats = args.repeats if args.repeats is not None else 3
+    repeats = args.repeats if args.repeats is not None else (1 if args.snapshot else 3)
     times = parse_times(DEFAULT_TIMES if times_text is None else times_text)
     _check_outputs(args.out, args.overwrite, args.plot)
     threads = set_threads(args.threads)
@@ -340,7 +340,13 @@ def _cmd_evaluate(args) -> int:
     say("")
     res = evaluate(args.model, data, cfg, times=times, repeats=repeats, seed=args.seed,
                    batch_size=args.batch_size, metric=args.metric, output=args.output,
-                   progress=False if args.quiet else None, threads=args.threads, device=args.device)
+                   progress=False if args.quiet else None, threads=args.threads, device=args.device,
+                   calibrate=args.calibrate or 0, snapshot=args.snapshot)
+    if args.calibrate or args.snapshot:
+        row = next((r for r in res.rows if r["kind"] == "analog"), {})
+        if row.get("calibration_samples"):
+            say(f"calibration: {row.get('calibration', 'as saved in the snapshot')} on samples "
+                f"{row['calibration_samples']} (held out: not scored); scored {row['n_samples']} samples")
     print(res.summary())
     say("")
     _explain(res, say, repeats)
@@ -354,6 +360,41 @@ def _cmd_evaluate(args) -> int:
         say("\nNext: your own model — anasim evaluate MODEL.onnx --data test.npz --preprocess cifar10 "
             "--set forward.out_noise=0.02 --out results.csv\n"
             "      every hardware/noise parameter — anasim params;  grids of settings — anasim sweep --help")
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from .analog.simulator import analog
+    from .datasets import load_dataset
+    from .errors import ConfigError
+    from .experiment import calibrate, format_time
+    from .graph.importer import load
+    from .snapshot import save_snapshot
+    from .threads import set_threads
+
+    _check_inputs(args)
+    if args.n < 1:
+        raise ConfigError(f"-n must be a positive number of calibration samples; got {args.n}.")
+    if os.path.exists(args.snapshot) and not args.overwrite:
+        raise ConfigError(f"{args.snapshot} exists; pass --overwrite to replace it.")
+    set_threads(args.threads)
+    cfg, cfg_name = _config_and_name(args)
+    pre, _ = _preprocessing(args, args.model)
+    data = load_dataset(args.data, preprocessing=pre, limit=args.n, format=args.data_format)
+    t = parse_times(args.time)
+    if len(t) != 1:
+        raise ConfigError(f"--time takes one time; got {args.time!r}.")
+    sim = analog(load(args.model), cfg, seed=args.seed)
+    sim.program(args.repetition)
+    if t[0] > 0:
+        sim.drift(t[0])
+    cal = calibrate(sim, data.x[:args.n])
+    print(f"chip    {_describe_config(cfg, cfg_name, args.set)}; seed {args.seed}, repetition "
+          f"{args.repetition}, t = {format_time(t[0])}")
+    print(cal.summary())
+    save_snapshot(sim, args.snapshot, overwrite=args.overwrite)
+    print(f"wrote {args.snapshot}: evaluate it with anasim evaluate {args.model} --data {args.data} "
+          f"--snapshot {args.snapshot} (same --config/--preset/--set and --seed)")
     return 0
 
 
@@ -601,6 +642,18 @@ ideal row, with the model's and data's SHA-256, the preprocessing, the full conf
 the seed and the anasim version. Existing files are kept unless --overwrite.
 """
 
+CALIBRATE_EPILOG = """\
+examples:
+  anasim calibrate model.onnx --data test.npz --preset aihwkit --set calibration.affine=true \\
+      --set calibration.adc_range=true -n 200 --snapshot chip.h5
+  anasim evaluate model.onnx --data test.npz --preset aihwkit --set calibration.affine=true \\
+      --set calibration.adc_range=true --snapshot chip.h5 --times 0,1h,1d
+
+The methods (weight clipping, input and ADC ranges, per-output affine correction) are the
+[calibration] section's (anasim params calibration). The snapshot holds the programmed
+chip and its calibration; evaluating it scores only the samples after the first N.
+"""
+
 SWEEP_EPILOG = """\
 grid file (TOML):
   base = "aihwkit"              # preset or configuration file
@@ -660,6 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = s.add_argument_group("chip")
     c.add_argument("--config", metavar="CFG", help="configuration file (.toml/.json)")
     c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    c.add_argument("--calibrate", type=int, metavar="N",
+                   help="calibrate every chip on the data's first N samples (the [calibration] methods; "
+                        "anasim params calibration) and score only the others")
+    c.add_argument("--snapshot", metavar="CHIP.h5",
+                   help="evaluate this saved chip (e.g. from anasim calibrate) instead of programming "
+                        "fresh ones; its calibration samples are not scored (default --repeats 1)")
     _add_data_options(s)
     _add_run_options(s)
     o = s.add_argument_group("output")
@@ -667,6 +726,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write results: .csv, .json or .jsonl (repeatable)")
     o.add_argument("--overwrite", action="store_true", help="replace existing --out/--plot files")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("calibrate", help="program a chip, calibrate it on the data's first N samples, save it",
+                       epilog=CALIBRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("model", help="ONNX model")
+    c = s.add_argument_group("chip")
+    c.add_argument("--config", metavar="CFG", help="configuration file (.toml/.json) with a [calibration] table")
+    c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a parameter, e.g. --set calibration.affine=true (repeatable)")
+    c.add_argument("--seed", type=int, default=0, metavar="S", help="master seed (default 0)")
+    c.add_argument("--repetition", type=int, default=0, metavar="R",
+                   help="which Monte-Carlo chip to program (default 0)")
+    c.add_argument("--time", default="0", metavar="T",
+                   help="calibrate the chip T after programming (default 0: right after programming)")
+    c.add_argument("-n", type=int, default=200, metavar="N",
+                   help="calibration samples: the data's first N (default 200; labels are not used)")
+    c.add_argument("--threads", type=int, metavar="N", help="Numba and BLAS threads")
+    _add_data_options(s)
+    o = s.add_argument_group("output")
+    o.add_argument("--snapshot", required=True, metavar="CHIP.h5", help="where to save the calibrated chip")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing snapshot")
+    s.set_defaults(func=_cmd_calibrate)
 
     s = sub.add_parser("sweep", help="evaluate a grid of configurations (resumable; local processes or Dask)",
                        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

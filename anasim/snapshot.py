@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from .analog.state import STATE, TILE_ARRAYS, escape_name, tile_prefix, unescape_name
+from .analog.state import CALIBRATION_SAMPLES, calibration_prefix
 from .errors import AnasimError, ConfigError, InputError
 from .version import __version__
 
@@ -181,6 +182,8 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
         a["seed"] = np.int64(state["seed"])
         a["repetition"] = np.int64(state["repetition"])
         a["t_inference"] = np.float64(state["t_inference"])
+        if CALIBRATION_SAMPLES in state:
+            a[CALIBRATION_SAMPLES] = np.asarray(state[CALIBRATION_SAMPLES], np.int64)
         _text(a, "include", include)
         _text(a, "created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         a["n_layers"] = np.int64(len(sim.layers))
@@ -192,6 +195,12 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
             lg.attrs["index"] = np.int64(layer.index)
             lg.attrs["weight_shape"] = np.asarray(layer.weight_shape, np.int64)
             lg.attrs["n_groups"] = np.int64(len(layer.matrices))
+            cp = calibration_prefix(layer.name)
+            cal = {k[len(cp):]: v for k, v in state.items() if k.startswith(cp)}
+            if cal:  # the layer's calibration (anasim.analog.calibration), names escaped
+                cgrp = lg.create_group("calibration")
+                for name, arr in cal.items():
+                    _put(cgrp, escape_name(name), arr)
             for g, m in enumerate(layer.matrices):
                 gg = lg.create_group(f"group{g}")
                 gg.attrs["n_tiles"] = np.int64(len(m.tiles))
@@ -254,6 +263,7 @@ class _Layer:
     name: str
     attrs: dict
     groups: list = field(default_factory=list)  # list of list of _Tile
+    calibration: dict = field(default_factory=dict)  # name -> array (anasim.analog.calibration)
 
 
 def _plain(value):
@@ -362,6 +372,8 @@ def _read_layers(f, path: Path) -> list[_Layer]:
                             state[sk] = _read_array(obj, path)
                 tiles.append(_Tile({k2: _plain(v) for k2, v in tg.attrs.items()}, arrays, state))
             layer.groups.append(tiles)
+        if "calibration" in lg:
+            layer.calibration = {unescape_name(k): _read_array(ds, path) for k, ds in lg["calibration"].items()}
         layers.append(layer)
     return layers
 
@@ -466,6 +478,8 @@ def _check_compatible(sim, meta: dict, layers: list[_Layer], path: Path) -> None
             f"(snapshot of {meta.get('model_name', '?')!r}), got {got} (simulator's model "
             f"{sim.graph.ir.name!r}).")
     diffs = config_differences(meta["config"], json.loads(sim.config.to_json()))
+    # how to calibrate is no part of the chip (what a calibration found is, as data in the file)
+    diffs = [d for d in diffs if not d.startswith("calibration.")]
     if diffs:
         more = f" (and {len(diffs) - 10} more)" if len(diffs) > 10 else ""
         raise SnapshotError(f"{path}: the configuration differs from the simulator's: "
@@ -553,6 +567,11 @@ def _restore(sim, meta: dict, layers: list[_Layer], path: Path) -> None:
                     state[key + name] = arr
                 for name, arr in (st.state or {}).items():
                     state[key + STATE + name] = arr
+    for layer in sim.layers:
+        for name, arr in saved[layer.name].calibration.items():
+            state[calibration_prefix(layer.name) + name] = arr
+    if CALIBRATION_SAMPLES in meta:
+        state[CALIBRATION_SAMPLES] = np.asarray(meta[CALIBRATION_SAMPLES], np.int64).reshape(-1)
     try:
         sim.load_state_dict(state)
     except InputError as exc:  # checked above already; a mismatch left over is still the file's

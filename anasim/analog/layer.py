@@ -43,8 +43,9 @@ from ..graph.ir import RECURRENT_OPS, GraphIR, Node
 from ..ops.conv_geometry import conv_geometry
 from ..ops.im2col import cols_to_output, im2col, im2col_rows, padded_input, rows_to_nchw
 from ..threads import num_threads, run_blocks
+from .calibration import LayerCalibration, apply_affine
 from .fused import FusedConv, fused_available
-from .tile import SERIAL, AnalogMatrix
+from .tile import SERIAL, AnalogMatrix, Periphery
 
 _BLOCK_BYTES = 4 << 20
 """Working set of one block of convolution rows (im2col rows, prepared inputs, outputs).
@@ -78,10 +79,39 @@ class AnalogLayer:
     """(lo, hi): the layer's outputs are clipped to [lo, hi] -- the Relu or Clip that
     followed it in the graph, folded into the layer by the simulator (see
     ``simulator.fold_activations``); None: the layer's own output."""
+    calibration: LayerCalibration = field(default_factory=LayerCalibration, repr=False)
+    """What calibration set for this layer (:mod:`.calibration`); set it with
+    :meth:`set_calibration`."""
 
     def __post_init__(self):
+        self._base_forward = [m.forward_params for m in self.matrices]  # as configured
+        self._fuse()
+
+    def _fuse(self):
         self._fused = (FusedConv(self.matrices) if self.fused and self.op_type == "Conv"
                        and fused_available(self.matrices) else None)
+
+    def set_calibration(self, cal: LayerCalibration) -> None:
+        """Use ``cal``: its input range (``nm_thres``, constant noise management) and ADC
+        bound (``out_bound``) replace the configured ones on every tile, its affine
+        correction is applied to the outputs; None fields restore the configuration's.
+        (The weight clip takes effect at the next programming.)"""
+        for m, fp in zip(self.matrices, self._base_forward):
+            changes = {}
+            if cal.nm_thres is not None:
+                changes.update(noise_management="constant", nm_thres=float(cal.nm_thres))
+            if cal.out_bound is not None:
+                changes["out_bound"] = float(cal.out_bound)
+            new = replace(fp, **changes) if changes else fp
+            if new is not m.forward_params:
+                m.forward_params, m.periphery = new, Periphery.from_params(new)
+        self.calibration = cal
+        self._fuse()
+
+    @property
+    def channel_axis(self) -> int:
+        """Axis of the output channels in the layer's output (1 for Conv, last otherwise)."""
+        return 1 if self.op_type == "Conv" else -1
 
     # ------------------------------------------------------------------ info
     @property
@@ -152,23 +182,27 @@ class AnalogLayer:
             acc += m.bias
         return acc
 
-    def __call__(self, *inputs, context: RunContext):
+    def __call__(self, *inputs, context: RunContext, raw: bool = False):
         """The node's output for its inputs (the executor calls it in place of the node);
-        ``context`` says which samples these are (row ids) and which repetition."""
+        ``context`` says which samples these are (row ids) and which repetition.
+        ``raw``: the tiles' output before the calibration's affine correction and the
+        folded activation (what calibration fits)."""
         if self.op_type in RECURRENT_OPS:
             return self._recurrent(context, inputs)
         if not isinstance(inputs[0], np.ndarray) and _on_device(inputs[0]):
             return self._call_device(context, inputs[0])
+        affine = None if raw else self.calibration.affine
+        epilogue = None if raw else self.epilogue
         bad = None  # number of NaN/infinite outputs, when the path counted them
         if self.op_type == "Conv":
-            y = self._conv(context, inputs[0])
+            y = self._conv(context, inputs[0], epilogue if affine is None else None)
             if isinstance(y, tuple):
                 y, bad = y
         elif self.op_type == "Gemm":
             y = self._gemm(context, inputs[0])
         else:
             y = self._matmul(context, inputs[0])
-        clipped = bad is not None  # the fused kernel applied the epilogue
+        clipped = bad is not None and affine is None  # the fused kernel applied the epilogue
         if bad is None:
             bad = 0 if np.isfinite(y).all() else int((~np.isfinite(y)).sum())
         if bad:
@@ -177,11 +211,13 @@ class AnalogLayer:
                 f"Analog layer {self.name!r} ({self.op_type}) produced {bad} "
                 f"NaN/infinite output(s); they come from {src}. Check the data and the configuration "
                 "(e.g. a zero bound or an extreme noise scale).")
-        if self.epilogue is not None and not clipped:
-            y = np.minimum(np.maximum(y, np.float32(self.epilogue[0])), np.float32(self.epilogue[1]))
+        if affine is not None:
+            y = apply_affine(y, affine[0], affine[1], self.channel_axis)
+        if epilogue is not None and not clipped:
+            y = np.minimum(np.maximum(y, np.float32(epilogue[0])), np.float32(epilogue[1]))
         return y
 
-    def _conv(self, ctx: RunContext, x: np.ndarray):
+    def _conv(self, ctx: RunContext, x: np.ndarray, epilogue: tuple | None = None):
         """The convolution's output; on the fused kernel (output, count of NaN/infinite
         outputs) -- the kernel counts them on the way, so :meth:`__call__` need not."""
         a = self.attrs
@@ -190,7 +226,7 @@ class AnalogLayer:
         if geom.n_spatial <= 2 and self._fused is not None:
             return self._fused.run(np.ascontiguousarray(x, dtype=np.float32), geom,
                                    ctx.sample_offset * geom.n_pixels, ctx.repetition,
-                                   ctx.profile, self.name, self.epilogue)
+                                   ctx.profile, self.name, epilogue)
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
             return self._conv_blocked(ctx, np.ascontiguousarray(x, dtype=np.float32), geom)
         if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:

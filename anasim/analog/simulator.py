@@ -30,8 +30,9 @@ from ..graph.context import SAMPLE_OFFSET_LIMIT, RunContext
 from ..kernels.rng import check_seed
 from ..graph.executor import Graph, check_device
 from ..graph.passes import quantized_as_float
+from .calibration import LayerCalibration, clipped_target
 from .layer import AnalogLayer, layer_matrix
-from .state import META, STATE, TILE_ARRAYS, tile_prefix
+from .state import CALIBRATION_SAMPLES, META, STATE, TILE_ARRAYS, calibration_prefix, tile_prefix
 from .tile import AnalogMatrix
 
 _GROUP_STRIDE = 1 << 20
@@ -111,6 +112,8 @@ class AnalogSimulator:
         self.repetition = 0
         self.t_inference = 0.0
         self._references: dict = {}  # drift-compensation reference readouts, per programming
+        self.calibration_samples: tuple[int, int] | None = None
+        """[start, stop) of the data-set samples the current calibration used (None: none)."""
         if self.has_device_model:
             self.program(0)
 
@@ -122,6 +125,10 @@ class AnalogSimulator:
         (a new, independent draw for each repetition — every repetition is a freshly
         programmed chip), and resets the time to t_inference = 0. Without a noise model
         the tiles hold their target weights. Deterministic in (seed, repetition).
+
+        A layer with a calibrated weight clip (:attr:`AnalogLayer.calibration`) is programmed
+        with its clipped weights; the rest of a calibration (ranges, affine correction) is
+        of the chip programmed before and is dropped: a fresh chip is uncalibrated.
         """
         from ..devices import program_weights, rng_factory
 
@@ -130,16 +137,20 @@ class AnalogSimulator:
             lc = self._layer_configs[layer.name]
             model = lc.noise_model
             layer.states.clear()
+            clip = layer.calibration.weight_clip
+            if layer.calibration.has_data:
+                layer.set_calibration(layer.calibration.without_data())
             for g, m in enumerate(layer.matrices):
+                targets = [t.target if clip is None else clipped_target(t, clip[g]) for t in m.tiles]
                 if model is None:
-                    m.set_tile_weights([t.target for t in m.tiles])
+                    m.set_tile_weights(targets)
                     m.set_post_scales([1.0] * len(m.tiles))
                     continue
                 converter, faults = lc.converter, lc.faults
                 weights = []
-                for t in m.tiles:
+                for t, target in zip(m.tiles, targets):
                     rngs = rng_factory(self.seed, layer.index * _GROUP_STRIDE + g, t.index, repetition)
-                    state = program_weights(t.target, converter, model, rngs, faults)
+                    state = program_weights(target, converter, model, rngs, faults)
                     layer.states[(g, t.index)] = state
                     weights.append(state.weights(converter))
                 m.set_tile_weights(weights)
@@ -147,7 +158,43 @@ class AnalogSimulator:
         self.repetition = repetition
         self.t_inference = 0.0
         self._references = {}
+        self.calibration_samples = None
         return self
+
+    # ------------------------------------------------------------------ calibration
+    def set_calibration(self, calibration: Mapping[str, LayerCalibration],
+                        samples: tuple[int, int] | None = None) -> "AnalogSimulator":
+        """Give analog layers their calibration (``{layer name: LayerCalibration}``; layers
+        not named keep theirs) and record the [start, stop) data-set samples it used. The
+        ranges and affine corrections apply at once; a weight clip at the next
+        :meth:`program`. Drift-compensation reference readouts are read again (through
+        the new periphery) at the next :meth:`drift`. :func:`anasim.experiment.calibrate`
+        computes calibrations; this only installs them."""
+        by_name = {layer.name: layer for layer in self.layers}
+        unknown = [k for k in calibration if k not in by_name]
+        if unknown:
+            raise InputError(f"set_calibration: {unknown} are not analog layers of this simulator.")
+        if self.device != "cpu" and any(not c.empty for c in calibration.values()):
+            raise ConfigError("Calibration runs on the CPU simulator only (device='cpu'); the GPU tiles do not "
+                              "take calibrated ranges or affine corrections yet.")
+        for name, cal in calibration.items():
+            by_name[name].set_calibration(cal)
+        self._references = {}
+        self.calibration_samples = None if samples is None else (int(samples[0]), int(samples[1]))
+        return self
+
+    def clear_calibration(self, keep_weight_clip: bool = False) -> "AnalogSimulator":
+        """Drop every layer's calibration (``keep_weight_clip``: all but the weight clip).
+        The tiles keep their programmed weights: call :meth:`program` to program them
+        unclipped."""
+        cals = {layer.name: layer.calibration.without_data() if keep_weight_clip else LayerCalibration()
+                for layer in self.layers}
+        return self.set_calibration(cals)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether any layer has a calibration."""
+        return any(not layer.calibration.empty for layer in self.layers)
 
     def drift(self, t_inference: float) -> "AnalogSimulator":
         """Set the tiles to their state ``t_inference`` seconds after programming.
@@ -225,6 +272,10 @@ class AnalogSimulator:
                     if device is not None:
                         for name, arr in device.to_arrays().items():
                             out[key + STATE + name] = np.array(arr)
+            for name, arr in layer.calibration.to_arrays().items():
+                out[calibration_prefix(layer.name) + name] = arr
+        if self.calibration_samples is not None:
+            out[CALIBRATION_SAMPLES] = np.asarray(self.calibration_samples, np.int64)
         return out
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> "AnalogSimulator":
@@ -291,6 +342,25 @@ class AnalogSimulator:
                     mapping.append(arrays["mapping_scale"])
                     post.append(arrays["post_scale"])
                 plan.append((layer, g, m, weights, mapping, post, devices))
+        cals = {}
+        for layer in self.layers:
+            prefix = calibration_prefix(layer.name)
+            arrays = {k[len(prefix):]: np.asarray(v) for k, v in state.items() if k.startswith(prefix)}
+            used.update(prefix + k for k in arrays)
+            n_channels = sum(m.out_size for m in layer.matrices)
+            cals[layer.name] = LayerCalibration.from_arrays(
+                arrays, n_channels=n_channels, group_outputs=[m.out_size for m in layer.matrices], where=prefix)
+        samples = None
+        if CALIBRATION_SAMPLES in state:
+            a = np.asarray(state[CALIBRATION_SAMPLES])
+            if a.shape != (2,) or a.dtype.kind not in "iu" or not 0 <= a[0] <= a[1]:
+                raise InputError(f"{CALIBRATION_SAMPLES}: expected [start, stop) as 2 int64 with 0 <= start <= "
+                                 f"stop; got {a!r}.")
+            samples = (int(a[0]), int(a[1]))
+            used.add(CALIBRATION_SAMPLES)
+        if self.device != "cpu" and any(not c.empty for c in cals.values()):
+            raise InputError("The state holds a calibration; calibrated chips run on the CPU simulator only "
+                             "(device='cpu').")
         unknown = sorted(set(state) - used)
         if unknown:
             raise InputError(f"The state has {len(unknown)} key(s) this simulator does not know, e.g. "
@@ -304,6 +374,9 @@ class AnalogSimulator:
             m.set_post_scales(post)
             for k, dev in devices.items():
                 layer.states[(g, k)] = dev
+        for layer in self.layers:
+            layer.set_calibration(cals[layer.name])
+        self.calibration_samples = samples
         self.repetition = repetition
         self.t_inference = t
         return self

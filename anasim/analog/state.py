@@ -10,6 +10,12 @@ takes, a ``dict`` of NumPy arrays::
     <layer>/group<g>/tile<k>/state/<array>     the programmed device state (tiles with a device
                                                model): target, conductances, drift_param, stuck,
                                                converter_params/<key> (see ProgrammedState)
+    <layer>/calibration/<array>                the layer's calibration (only what is set):
+                                               weight_clip/group<g> (out_g,), nm_thres, out_bound
+                                               0-d, scale, offset (channels,) float32
+                                               (anasim.analog.calibration.LayerCalibration)
+    calibration_samples                        (2,) int64 [start, stop): the data-set samples
+                                               the calibration used (only when calibrated)
 
 ``<layer>`` is the ONNX node name escaped by :func:`escape_name` (so it holds no ``/``);
 everything after ``state/`` is the device state's own key. The mapping is all there is
@@ -27,6 +33,10 @@ TILE_ARRAYS = ("weight", "mapping_scale", "post_scale")
 """Arrays every tile has, device model or not."""
 STATE = "state/"
 """Prefix of the device-state arrays within a tile."""
+CALIBRATION = "calibration/"
+"""Prefix of a layer's calibration arrays, after its escaped name."""
+CALIBRATION_SAMPLES = "calibration_samples"
+"""Key of the [start, stop) range of the samples a calibration used."""
 
 
 def escape_name(name: str) -> str:
@@ -48,3 +58,8 @@ def unescape_name(text: str) -> str:
 def tile_prefix(layer: str, group: int, tile: int) -> str:
     """``<escaped layer>/group<g>/tile<k>/``: the start of every key of one tile."""
     return f"{escape_name(layer)}/group{group}/tile{tile}/"
+
+
+def calibration_prefix(layer: str) -> str:
+    """``<escaped layer>/calibration/``: the start of every key of a layer's calibration."""
+    return f"{escape_name(layer)}/{CALIBRATION}"

@@ -34,6 +34,7 @@ from .registry import (
 )
 from .schema import ForwardParameters, MappingParameters, resolution, split_sizes
 from .text import dumps_toml, parse_literal
+from .calibration import CalibrationParameters  # registers [calibration]
 
 __all__ = [
     "AnalogConfig", "ForwardParameters", "MappingParameters", "LayerOverride", "LayerConfig",
@@ -42,5 +43,5 @@ __all__ = [
     "register_section", "registered_sections", "unregister_section", "TypedFactory",
     "SectionAccess", "DEVICE_SECTIONS", "AIHWKIT_FORWARD", "AIHWKIT_MAPPING",
     "Section", "param", "Interval", "ParamRecord", "documented", "import_class", "resolution",
-    "split_sizes", "parse_literal", "dumps_toml", "merge_dicts",
+    "split_sizes", "parse_literal", "dumps_toml", "merge_dicts", "CalibrationParameters",
 ]

@@ -10,9 +10,12 @@
   so resumable and parallel); a ranked table and a bar chart (:class:`Sensitivity`).
 * :mod:`.metrics` — ``top1``, ``top5``, ``logits_rel_error``, your own.
 * :func:`set_threads` — one setting for Numba and BLAS threads.
+* :func:`calibrate` — calibrate a programmed chip on held-out samples (``[calibration]``);
+  ``evaluate(..., calibrate=N)`` does it for every repetition.
 """
 
 from ..threads import set_threads
+from .calibrate import Calibration, calibrate
 from .evaluate import DataSource, ModelSource, as_data, evaluate
 from .metrics import Metric, get_metric, register_metric
 from .results import Results, format_time
@@ -24,4 +27,4 @@ __all__ = ["evaluate", "sweep", "sensitivity", "Sensitivity", "Grid", "load_grid
            "get_metric",
            "register_metric", "set_threads", "format_time", "ResultLock", "ResultsFileError",
            "ResultsWarning",
-           "ModelSource", "DataSource", "as_data"]
+           "ModelSource", "DataSource", "as_data", "calibrate", "Calibration"]

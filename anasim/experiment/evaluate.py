@@ -45,6 +45,9 @@ IDEAL_CHUNK = 64
 BLAS results can differ in the last bit with the matrix shape, and the analog simulator's
 numbers do not depend on the batch size, so neither may the ideal outputs that
 ``logits_rel_error`` compares against."""
+CALIBRATION_COLUMNS = ("calibration", "calibration_samples", "calibrate_at")
+"""Columns of an evaluation with held-out calibration samples: the methods ("none" when
+none is on), the samples ("0:N", never scored) and when the chips were calibrated."""
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -220,6 +223,8 @@ class Job:
     metrics: list  # of Metric; the requested one first
     output: str | None = None
     device: str = "cpu"  # where the network runs ("cpu" or "cuda"); the numbers agree to float rounding
+    holdout: int = 0  # the first `holdout` samples calibrate every chip and are never scored
+    snapshot: str | None = None  # evaluate this saved chip (anasim.snapshot) instead of programming chips
     _ideal: dict = field(default_factory=dict, repr=False)  # fold -> (per-metric values, outputs)
 
     def __getstate__(self):
@@ -236,11 +241,18 @@ class Job:
             "seed": self.seed, "times": list(self.times), "repeats": self.repeats,
             "metrics": [m.name for m in self.metrics], "output": self.output,
         }
+        if self.holdout:
+            payload["calibrate"] = self.holdout
         text = json.dumps(payload, sort_keys=True, default=_json_default, allow_nan=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def provenance(self, cfg: AnalogConfig) -> dict:
-        return {"n_samples": len(self.data), "seed": self.seed,
+        calibration = {}
+        if self.holdout:  # which samples calibrated (never scored), and how
+            p = cfg.calibration
+            calibration = {"calibration_samples": f"0:{self.holdout}",
+                           "calibration": "+".join(p.methods) or "none", "calibrate_at": p.calibrate_at}
+        return {**calibration, "n_samples": len(self.data) - self.holdout, "seed": self.seed,
                 "fold_batchnorm": bool(cfg.mapping.fold_batchnorm),
                 "model": self.model.source, "model_sha256": self.model.sha256, "data": self.data.source,
                 "data_sha256": self.data.sha256, "preprocessing": self.data.preprocessing,
@@ -274,7 +286,7 @@ class Job:
         built-in metric refuses NaN or infinite ideal outputs."""
         if fold in self._ideal:
             if bar is not None:
-                bar.update(len(self.data))
+                bar.update(len(self.data) - self.holdout)
             return self._ideal[fold]
         graph = self.model.graph(fold).to(self.device)
         feed, outname = self._feed(graph), self._output(graph)
@@ -285,11 +297,11 @@ class Job:
         outputs = None
         values = {m.name: np.zeros(n) for m in self.metrics}
         step = IDEAL_CHUNK  # fixed, so the ideal outputs do not depend on batch_size
-        for off in range(0, n, step):
+        for off in range(self.holdout, n, step):  # held-out calibration samples are never scored
             xb = self.data.x[off:off + step]
             yb = None if self.data.y is None else self.data.y[off:off + step]
             out = np.asarray(graph.run({feed: xb}, outputs=[outname])[outname])
-            if off == 0:
+            if off == self.holdout:
                 check_output(self.metrics, outname, out.shape, out.dtype, labels=self.data.y, batch=len(xb),
                              outputs=[o.name for o in graph.outputs])
             if finite and out.dtype.kind in "fc":
@@ -330,24 +342,39 @@ class Job:
         if bar is not None:
             bar.set_postfix_str("ideal")
         ideal_values, ideal_out = self.ideal(fold, bar)
+        h = self.holdout  # samples [0, h) calibrate and are never scored
         rows = [{**base, "kind": "ideal", "t_inference": None, "repetition": None,
-                 **{k: float(np.mean(v)) for k, v in ideal_values.items()}, **prov}]
+                 **{k: float(np.mean(v[h:])) for k, v in ideal_values.items()}, **prov}]
         graph = self.model.graph(fold)
         sim = analog(graph, cfg, seed=self.seed, device=self.device)
         feed, outname = self._feed(sim.graph), self._output(sim.graph)
         has_devices = sim.has_device_model
         n = len(self.data)
+        each_t = h > 0 and cfg.calibration.calibrate_at == "each_t"
+        calibrating = h > 0 and any(sim.config.for_layer(x.name).calibration.enabled for x in sim.layers)
+        if self.snapshot is not None:  # one saved chip, as calibrated (if it was) when it was saved
+            from ..snapshot import load_snapshot
+
+            load_snapshot(sim, self.snapshot)
+            calibrating = False
         for r in range(self.repeats):
-            sim.program(r)
+            if self.snapshot is None:
+                sim.program(r)
+            if calibrating and not each_t:
+                _calibrate(sim, {feed: self.data.x[:h]})
             last = None
             for t in self.times:
                 if has_devices or last is None:
                     if has_devices:
+                        if calibrating and each_t:
+                            sim.clear_calibration(keep_weight_clip=True)
                         sim.drift(t)
+                    if calibrating and each_t:
+                        _calibrate(sim, {feed: self.data.x[:h]})
                     if bar is not None:
                         bar.set_postfix_str(f"repetition {r + 1}/{self.repeats}, t = {_fmt_t(t)}")
                     values = {m.name: np.zeros(n) for m in self.metrics}
-                    for off in range(0, n, self.batch_size):
+                    for off in range(h, n, self.batch_size):
                         xb = self.data.x[off:off + self.batch_size]
                         yb = None if self.data.y is None else self.data.y[off:off + self.batch_size]
                         out = sim.run({feed: xb}, sample_offset=off, outputs=[outname])[outname]
@@ -355,16 +382,23 @@ class Job:
                         self._score(values, out, yb, ib, off)
                         if bar is not None:
                             bar.update(len(out))
-                    last = {k: float(np.mean(v)) for k, v in values.items()}
+                    last = {k: float(np.mean(v[h:])) for k, v in values.items()}
                 elif bar is not None:  # same numbers as the previous t: nothing to run
                     bar.update(n)
-                rows.append({**base, "kind": "analog", "t_inference": float(t), "repetition": r,
+                rows.append({**base, "kind": "analog", "t_inference": float(t),
+                             "repetition": r if self.snapshot is None else sim.repetition,
                              **last, **prov})
         return rows
 
     def units(self, with_ideal: bool = True) -> int:
         """Samples the progress bar counts for one configuration."""
-        return len(self.data) * ((1 if with_ideal else 0) + self.repeats * len(self.times))
+        return (len(self.data) - self.holdout) * ((1 if with_ideal else 0) + self.repeats * len(self.times))
+
+
+def _calibrate(sim, feeds) -> None:
+    from .calibrate import calibrate
+
+    calibrate(sim, feeds, sample_offset=0)
 
 
 def _fmt_t(t):
@@ -420,6 +454,39 @@ def make_job(model, data, *, times=(0.0,), repeats=1, seed=0, batch_size=256, me
     return job
 
 
+def check_holdout(n, n_samples: int) -> int:
+    """The number of calibration samples: an integer in [0, n_samples) (samples must remain to score)."""
+    if n is None:
+        return 0
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ConfigError(f"calibrate must be a number of samples >= 0; got {n!r}.")
+    if n >= n_samples:
+        raise ConfigError(f"calibrate = {n} leaves no sample to score: the data set has {n_samples}. Use fewer "
+                          "calibration samples or more data (--limit).")
+    return int(n)
+
+
+def snapshot_holdout(path, holdout: int, repeats: int, n_samples: int) -> tuple[str, int]:
+    """(path, samples held out) for evaluating a saved chip: one chip only, and the samples its
+    calibration used (which must be the data set's first) are never scored."""
+    from ..snapshot import open_snapshot
+
+    if repeats != 1:
+        raise ConfigError(f"A snapshot is one chip: evaluate it with repeats = 1 (got {repeats}).")
+    if holdout:
+        raise ConfigError("calibrate = N and a snapshot: the snapshot's chip is used as saved (calibrated "
+                          "or not); calibrate it with `anasim calibrate`, or evaluate without the snapshot.")
+    meta = open_snapshot(path)
+    samples = meta.get("calibration_samples")
+    if samples is None:
+        return str(path), 0
+    start, stop = (int(v) for v in np.asarray(samples).reshape(-1))
+    if start != 0:
+        raise ConfigError(f"{path} was calibrated on samples {start}:{stop}; evaluate needs the calibration "
+                          "samples to be the data set's first (they are held out).")
+    return str(path), check_holdout(stop, n_samples)
+
+
 def resolve_config(config=None, overrides: Sequence[str] = ()) -> AnalogConfig:
     cfg = load_config(config)
     if overrides:
@@ -443,7 +510,8 @@ def run_meta(job: Job, **extra) -> dict:
 def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, seed: int = 0,
              batch_size: int = 256, metric="top1", output: str | None = None, preprocessing=None,
              limit: int | None = None, overrides: Sequence[str] = (), progress: bool | None = None,
-             threads: int | None = None, device: str = "cpu") -> Results:
+             threads: int | None = None, device: str = "cpu", calibrate: int = 0,
+             snapshot=None) -> Results:
     """Score ``model`` on ``dataset``: once ideal (the digital network), then on the analog
     chip of ``config`` for every repetition (re-programmed each time) and every time.
 
@@ -467,6 +535,16 @@ def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, see
     threads : Numba and BLAS threads (default ``$ANASIM_NUM_THREADS`` or the libraries' default).
     device : ``"cpu"`` (default) or ``"cuda"``: where the network (ideal and analog) runs;
         the results agree to float32 rounding (same random numbers).
+    calibrate : N > 0: the data set's first N samples calibrate every chip (the methods of
+        the configuration's ``[calibration]``, :func:`anasim.experiment.calibrate`; once after
+        programming or at every t, as ``calibrate_at`` says) and are never scored: every
+        score, the ideal one included, is over samples N, N+1, ... The rows record the
+        samples (``calibration_samples`` = "0:N") and the methods (``calibration``; "none"
+        when no method is on: the same held-out samples, uncalibrated, for comparison).
+    snapshot : path of a chip saved by :func:`anasim.snapshot.save_snapshot` (e.g. by
+        ``anasim calibrate``): evaluate that one chip (``repeats`` must be 1) as saved, drifted
+        to each of ``times``, instead of programming fresh ones; the configuration and seed
+        must be the snapshot's. A calibrated snapshot's calibration samples are held out.
 
     Returns a :class:`Results` table: one ideal row and one row per (t, repetition).
     """
@@ -478,6 +556,9 @@ def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, see
     data = as_data(dataset, preprocessing, limit)
     job = make_job(msrc, data, times=times, repeats=repeats, seed=seed, batch_size=batch_size,
                    metric=metric, output=output, fold_batchnorm=fold, device=device)
+    job.holdout = check_holdout(calibrate, len(data))
+    if snapshot is not None:
+        job.snapshot, job.holdout = snapshot_holdout(snapshot, job.holdout, job.repeats, len(data))
     bar = progress_bar(job.units(), desc="evaluating", unit="samples", enabled=progress)
     try:
         rows = job.run(cfg, bar=bar)
@@ -485,7 +566,8 @@ def evaluate(model, dataset, config=None, *, times=(0.0,), repeats: int = 1, see
         bar.close()
     meta = run_meta(job, config=cfg.to_dict(), fold_batchnorm=fold, threads=thread_info.get("threads"),
                     elapsed_s=round(time.perf_counter() - t0, 3))
-    return Results(rows, params=(), metrics=[m.name for m in job.metrics], meta=meta)
+    params = CALIBRATION_COLUMNS if job.holdout else ()  # which samples calibrated, and how
+    return Results(rows, params=params, metrics=[m.name for m in job.metrics], meta=meta)
 
 
 __all__ = ["evaluate", "ModelSource", "DataSource", "as_data", "Job", "make_job", "check_times",
