@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from .analog.state import STATE, TILE_ARRAYS, escape_name, tile_prefix, unescape_name
+from .analog.state import ADC_ARRAYS, STATE, TILE_ARRAYS, escape_name, tile_prefix, unescape_name
 from .analog.state import CALIBRATION_SAMPLES, calibration_prefix
 from .errors import AnasimError, ConfigError, InputError
 from .version import __version__
@@ -211,7 +211,7 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
                     key = tile_prefix(layer.name, g, t.index)
                     device = sorted(k for k in state if k.startswith(key + STATE))
                     tg.attrs["has_state"] = np.int8(bool(device))
-                    for name in TILE_ARRAYS:
+                    for name in TILE_ARRAYS + tuple(n for n in ADC_ARRAYS if key + n in state):
                         _put(tg, name, state[key + name], compression if name == "weight" else None)
                     if device:
                         sg = tg.create_group("state")
@@ -360,6 +360,9 @@ def _read_layers(f, path: Path) -> list[_Layer]:
                     if ds_name not in tg:
                         raise SnapshotError(f"{path}: damaged snapshot, dataset {tg.name}/{ds_name} missing.")
                     arrays[ds_name] = _read_array(tg[ds_name], path)
+                for ds_name in ADC_ARRAYS:  # only tiles with ADC mismatch or INL have them
+                    if ds_name in tg:
+                        arrays[ds_name] = _read_array(tg[ds_name], path)
                 state = None
                 if "state" in tg:
                     sg = tg["state"]

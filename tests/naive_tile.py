@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anasim.kernels import cpu
+from anasim.kernels import cpu, stages
 from anasim.kernels.rng import normals_numpy, uniforms_numpy
 
 f32 = np.float32
@@ -88,6 +88,9 @@ def tile_vector(am, t, xs, row, repetition):
             y = (t.nlf * y / (f32(1) + np.abs(t.nl_vec * y))).astype(f32)
         if t.noise_vec is not None:
             y = (y + t.noise_vec * normals_numpy(row, cols_out, keys["out_noise"], rnd)).astype(f32)
+        if t.adc_gain is not None:  # per-column ADC offset, INL curve, gain
+            y = np.array([stages.adc_transfer(y[i], t.adc_offset[i], t.adc_gain[i], am.inl, am.inl.shape[1])
+                          for i in range(n)], f32)
         u = uniforms_numpy(row, cols_out, keys["out_sto_round"], rnd)
         y = _quantize(y, p.out_step, p.out_sto_round, u)
         hi, lo = y > p.out_bound, y < -p.out_bound

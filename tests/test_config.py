@@ -362,6 +362,9 @@ def sections(draw, cls):
     for f in dataclasses.fields(cls):
         if draw(st.integers(0, 3)) == 0:  # often keep the default: valid combinations
             continue
+        if f.name == "adc_inl":  # a table (callable validator): the default or a valid curve
+            out[f.name] = draw(st.sampled_from([[], [[-1.0, -1.0], [0.0, 0.02], [1.0, 1.0]]]))
+            continue
         out[f.name] = _valid_values(f.metadata["valid"], draw)
     if cls is ForwardParameters:  # repair the cross-field rules rather than reject
         nm = out.get("noise_management", "abs_max")
@@ -371,6 +374,8 @@ def sections(draw, cls):
             out["nm_thres"] = 0.5
         if out.get("inp_bound", 1.0) == 0 or out.get("out_bound", 0.0) == 0:
             out.pop("inp_res", None), out.pop("out_res", None), out.pop("out_nonlinearity", None)
+        if out.get("out_bound", 0.0) == 0:
+            out.pop("adc_inl", None)
         if out.get("w_noise_type", "none") == "none":
             out.pop("w_noise", None)
         if out.get("ir_drop_model", "simple") == "circuit":
@@ -390,6 +395,7 @@ def configs(draw):
     for _ in range(draw(st.integers(0, 3))):
         match = draw(st.one_of(names, st.lists(names, min_size=1, max_size=3)))
         over = draw(sections(ForwardParameters)).to_dict()
+        over["adc_inl"] = [list(p) for p in over["adc_inl"]]  # as a file gives it (a list)
         keys = draw(st.lists(st.sampled_from(sorted(over)), max_size=3, unique=True))
         mkeys = draw(st.lists(st.sampled_from(MappingParameters.field_names()), max_size=2, unique=True))
         mover = draw(sections(MappingParameters)).to_dict()

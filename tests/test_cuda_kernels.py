@@ -97,7 +97,7 @@ _PTX_SCRIPT = textwrap.dedent(r'''
         "_finalize_kernel": f"void({F2}, {B1}, {F2}, {F2}, {F2}, {F1}, float32, float32, boolean, "
             f"boolean, boolean, {F1}, float32, {F1}, boolean, boolean, int64, float32, float32, "
             f"float32, {I1}, int64, uint64, uint64, uint64, uint64, uint64, uint64, {B1}, boolean, "
-            f"{F1}, float32, {F1}, {F1}, {F2}, int64)",
+            f"{F1}, float32, {F1}, {F1}, {F2}, int64, boolean, {F1}, {F1}, {F2})",
         "_accumulate_kernel": f"void({F2}, {F1}, float32, {F1}, {F1}, {F2}, int64)",
     }
     def ptx(fn, sig):

@@ -103,7 +103,7 @@ class FusedConv:
     def _pack(self, repetition: int):
         """Flat weights, |weights|, vectors, non-linearity factors and keys (cached per state)."""
         tiles = [t for m in self.matrices for t in m.tiles]
-        state = (repetition, [(t.weight, t.post_scale, t.mapping_scale) for t in tiles])
+        state = (repetition, [(t.weight, t.post_scale, t.mapping_scale, t.adc_gain, t.adc_offset) for t in tiles])
         cache = self._cache
         if cache is not None and cache[0][0] == repetition and all(
                 all(u is v for u, v in zip(a, b)) for a, b in zip(cache[0][1], state[1])):
@@ -111,7 +111,7 @@ class FusedConv:
         wflat = np.concatenate([t.weight.reshape(-1) for t in tiles]).astype(np.float32, copy=False)
         awflat = np.abs(wflat) if self.need_abs else np.zeros(0, np.float32)
         n = sum(t.n_out for t in tiles)
-        vecs = np.zeros((4, n), np.float32)
+        vecs = np.zeros((6, n), np.float32)
         nlf = np.ones(len(tiles), np.float32)
         keys = np.zeros((len(tiles), 10), np.uint64)
         v0, k = 0, 0
@@ -123,6 +123,8 @@ class FusedConv:
                     vecs[2, sl] = t.nl_vec
                 if t.noise_vec is not None:
                     vecs[3, sl] = t.noise_vec
+                if t.adc_gain is not None:
+                    vecs[4, sl], vecs[5, sl] = t.adc_offset, t.adc_gain
                 nlf[k] = t.nlf
                 ks = m.stream_keys(t.index, repetition)
                 keys[k] = [w for name in _KEYS for w in ks[name]]
@@ -225,7 +227,7 @@ class FusedConv:
                     (np.float32(-np.inf), np.float32(np.inf)) if epilogue is None else
                     (np.float32(epilogue[0]), np.float32(epilogue[1])), out,
                     np.int64(first), np.int64(rows), np.int64(chunks),
-                    all(m.n_in_chunks == 1 for m in self.matrices), cycles)
+                    all(m.n_in_chunks == 1 for m in self.matrices), cycles, self.matrices[0].inl)
             with Blas.single_threaded():  # each chunk calls sgemm on its own thread
                 bad = int(cpu_conv.analog_conv_parallel(*args))
         return out.reshape((n, oc) + geom.out_shape), int(bad)

@@ -32,7 +32,7 @@ from ..graph.executor import Graph, check_device
 from ..graph.passes import quantized_as_float
 from .calibration import LayerCalibration, clipped_target
 from .layer import AnalogLayer, layer_matrix
-from .state import CALIBRATION_SAMPLES, META, STATE, TILE_ARRAYS, calibration_prefix, tile_prefix
+from .state import ADC_ARRAYS, CALIBRATION_SAMPLES, META, STATE, TILE_ARRAYS, calibration_prefix, tile_prefix
 from .tile import AnalogMatrix
 
 _GROUP_STRIDE = 1 << 20
@@ -137,6 +137,8 @@ class AnalogSimulator:
             lc = self._layer_configs[layer.name]
             model = lc.noise_model
             layer.states.clear()
+            for m in layer.matrices:
+                m.draw_adc_mismatch(repetition)  # every programmed chip has its own ADCs
             clip = layer.calibration.weight_clip
             if layer.calibration.has_data:
                 layer.set_calibration(layer.calibration.without_data())
@@ -269,6 +271,9 @@ class AnalogSimulator:
                     out[key + "weight"] = np.array(weight, np.float32)
                     out[key + "mapping_scale"] = np.array(t.mapping_scale, np.float32)
                     out[key + "post_scale"] = np.array(post, np.float32)
+                    if t.adc_gain is not None:
+                        out[key + "adc_offset"] = np.array(t.adc_offset, np.float32)
+                        out[key + "adc_gain"] = np.array(t.adc_gain, np.float32)
                     if device is not None:
                         for name, arr in device.to_arrays().items():
                             out[key + STATE + name] = np.array(arr)
@@ -305,13 +310,15 @@ class AnalogSimulator:
         for layer in self.layers:
             with_model = self._layer_configs[layer.name].noise_model is not None
             for g, m in enumerate(layer.matrices):
-                weights, mapping, post, devices = [], [], [], {}
+                weights, mapping, post, devices, adc = [], [], [], {}, []
                 for tile in m.tiles:
                     key = tile_prefix(layer.name, g, tile.index)
                     shapes = {"weight": (tile.n_out, tile.n_in), "mapping_scale": (tile.n_out,),
                               "post_scale": (tile.n_out,)}
                     arrays = {}
-                    for name in TILE_ARRAYS:
+                    names = TILE_ARRAYS + (ADC_ARRAYS if tile.adc_gain is not None else ())
+                    shapes.update({name: (tile.n_out,) for name in ADC_ARRAYS})
+                    for name in names:
                         if key + name not in state:
                             raise InputError(f"The state has no {key + name!r} (layer {layer.name!r}); it is of "
                                              "another model or configuration.")
@@ -339,9 +346,11 @@ class AnalogSimulator:
                                              f"(n_slices, {tile.n_out}, {tile.n_in}).")
                         used.update(key + STATE + k for k in dev)
                     weights.append(arrays["weight"])
+                    if tile.adc_gain is not None:
+                        adc.append((arrays["adc_offset"], arrays["adc_gain"]))
                     mapping.append(arrays["mapping_scale"])
                     post.append(arrays["post_scale"])
-                plan.append((layer, g, m, weights, mapping, post, devices))
+                plan.append((layer, g, m, weights, mapping, post, devices, adc))
         cals = {}
         for layer in self.layers:
             prefix = calibration_prefix(layer.name)
@@ -368,7 +377,9 @@ class AnalogSimulator:
         for layer in self.layers:
             layer.states.clear()
         self._references = {}
-        for layer, g, m, weights, mapping, post, devices in plan:
+        for layer, g, m, weights, mapping, post, devices, adc in plan:
+            if adc:
+                m.set_adc_mismatch([a for a, _ in adc], [b for _, b in adc])
             m.set_mapping_scales(mapping)
             m.set_tile_weights(weights)
             m.set_post_scales(post)

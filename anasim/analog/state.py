@@ -7,6 +7,8 @@ takes, a ``dict`` of NumPy arrays::
     <layer>/group<g>/tile<k>/weight            (n_out, n_in) float32: the effective weights the MVM uses
     <layer>/group<g>/tile<k>/mapping_scale     (n_out,) float32: digital factor of weight scaling ω
     <layer>/group<g>/tile<k>/post_scale        (n_out,) float32: digital factor of drift compensation
+    <layer>/group<g>/tile<k>/adc_offset        (n_out,) float32: ADC offset per column  } only with ADC
+    <layer>/group<g>/tile<k>/adc_gain          (n_out,) float32: ADC gain per column    } mismatch or INL
     <layer>/group<g>/tile<k>/state/<array>     the programmed device state (tiles with a device
                                                model): target, conductances, drift_param, stuck,
                                                converter_params/<key> (see ProgrammedState)
@@ -31,6 +33,8 @@ META = ("seed", "repetition", "t_inference")
 """The keys that say whose chip it is and when."""
 TILE_ARRAYS = ("weight", "mapping_scale", "post_scale")
 """Arrays every tile has, device model or not."""
+ADC_ARRAYS = ("adc_offset", "adc_gain")
+"""Arrays of the tiles whose [forward] configures ADC mismatch or an INL curve (drawn per chip)."""
 STATE = "state/"
 """Prefix of the device-state arrays within a tile."""
 CALIBRATION = "calibration/"

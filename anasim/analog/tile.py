@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..config.presets import AIHWKIT_FORWARD, AIHWKIT_MAPPING
+from ..config.schema import inl_table
 from ..errors import ConfigError
 from ..kernels import cpu, stages
 from . import ir_circuit
@@ -103,6 +104,20 @@ def split_sizes(size: int, max_size: int) -> list[int]:
     return [base + (i < extra) for i in range(n)]
 
 
+def _inl_points(points, out_bound: float) -> tuple:
+    """``adc_inl`` as a hashable tuple of (input, output) pairs, checked as
+    :func:`anasim.config.schema.inl_table` does (for aihwkit-like objects that bypass the
+    configuration)."""
+    points = [] if points is None else [list(p) if isinstance(p, (list, tuple)) else p for p in points]
+    msg = inl_table(points)
+    if msg:
+        raise ConfigError(f"forward parameter 'adc_inl' must be {msg}; got {points!r}.")
+    if points and not 0 < out_bound < np.inf:
+        raise ConfigError("forward parameter 'adc_inl' is in units of out_bound, which needs a finite "
+                          f"out_bound > 0; got out_bound = {out_bound!r}.")
+    return tuple((float(a), float(b)) for a, b in points)
+
+
 def _step(res, bound) -> np.float32:
     """aihwkit's converter step: ``checkRes(res) * 2 * bound`` in float32.
 
@@ -151,6 +166,30 @@ class Periphery:
     g_max_siemens: float = 5e-6
     ir_drop_tol: float = 1e-6
     ir_drop_max_iter: int = 200
+    # ADC mismatch (drawn per chip, anasim.analog.tile.AnalogMatrix.draw_adc_mismatch) and INL
+    adc_gain_std: float = 0.0
+    adc_offset_std: float = 0.0
+    adc_inl: tuple = ()
+    """((input, output), ...) in units of out_bound; () for none."""
+
+    @property
+    def adc_on(self) -> bool:
+        """Whether the ADC stage applies per-column offsets, gains or an INL curve."""
+        return not self.perfect and (self.adc_gain_std > 0 or self.adc_offset_std > 0 or bool(self.adc_inl))
+
+    def inl_table(self) -> np.ndarray:
+        """The INL curve as the kernels take it (:func:`anasim.kernels.stages.inl_curve`):
+        (3, n) float32 inputs, outputs (in output units: the configured points times
+        out_bound) and run/rise per segment (+inf where flat); (3, 0) for none."""
+        if not self.adc_inl:
+            return np.zeros((3, 0), np.float32)
+        pts = np.asarray(self.adc_inl, np.float32).reshape(-1, 2) * np.float32(self.out_bound)
+        table = np.zeros((3, len(pts)), np.float32)
+        table[0], table[1] = pts[:, 0], pts[:, 1]
+        with np.errstate(divide="ignore"):
+            table[2, :-1] = np.diff(table[0]) / np.diff(table[1])
+        table[2, -1] = np.inf
+        return table
 
     @classmethod
     def from_params(cls, fp) -> "Periphery":
@@ -205,6 +244,9 @@ class Periphery:
             g_max_siemens=float(g("g_max_siemens")),
             ir_drop_tol=float(g("ir_drop_tol")),
             ir_drop_max_iter=int(g("ir_drop_max_iter")),
+            adc_gain_std=float(g("adc_gain_std")),
+            adc_offset_std=float(g("adc_offset_std")),
+            adc_inl=_inl_points(g("adc_inl"), out_bound),
         )
 
     def kernel_params(self) -> stages.Periphery:
@@ -218,7 +260,7 @@ class Periphery:
             wn_type=int(wn), w_noise=self.w_noise, ir_drop=self.ir_drop,
             ir_drop_g_ratio=self.ir_drop_g_ratio, bm=self.bm,
             bm_test_negative_bound=self.bm_test_negative_bound, max_bm_factor=int(self.max_bm_factor),
-            bm_red_max=red_max, out_scale=self.out_scale)
+            bm_red_max=red_max, out_scale=self.out_scale, adc_on=self.adc_on)
 
     def bm_limit_reached(self, red: np.float32) -> bool:
         """aihwkit's stop rule, checked after a pass at reduction ``red``.
@@ -259,6 +301,10 @@ class PhysicalTile:
     nl_vec: np.ndarray | None = None
     noise_vec: np.ndarray | None = None
     nlf: np.float32 = np.float32(1.0)
+    adc_offset: np.ndarray | None = None
+    """(n_out,) float32 input-referred ADC offset per column (None: no ADC mismatch/INL)."""
+    adc_gain: np.ndarray | None = None
+    """(n_out,) float32 ADC gain per column (None: no ADC mismatch/INL)."""
     _abs: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -342,6 +388,8 @@ class AnalogMatrix:
                 o0 += n_out
             i0 += n_in
         self._keys: dict = {}
+        self.inl = self.periphery.inl_table()
+        self.draw_adc_mismatch(0)
 
     # ------------------------------------------------------------------ weights
     @property
@@ -416,6 +464,37 @@ class AnalogMatrix:
                 t.noise_vec = np.abs(p.out_noise * (np.float32(1.0) + p.out_noise_std * g)).astype(np.float32)
             else:
                 t.noise_vec = np.full(t.n_out, p.out_noise, np.float32)
+
+    def draw_adc_mismatch(self, repetition: int) -> None:
+        """Draw every tile column's ADC offset and gain for the chip of Monte-Carlo
+        ``repetition`` (a freshly programmed chip has its own): offset adc_offset_std·ξ,
+        gain 1 + adc_gain_std·ξ', ξ, ξ' standard normal from the streams 'adc_offset' and
+        'adc_gain' of (seed, layer, tile, repetition), element = column. With only an INL
+        curve the offsets are 0 and the gains 1; without either the tiles hold None."""
+        p = self.periphery
+        for t in self.tiles:
+            if not p.adc_on:
+                t.adc_offset = t.adc_gain = None
+                continue
+            idx = np.arange(t.n_out)
+            off = np.zeros(t.n_out, np.float32)
+            gain = np.ones(t.n_out, np.float32)
+            if p.adc_offset_std > 0:
+                xi = normals_numpy(0, idx, stream_key(self.seed, self.layer, t.index, "adc_offset", repetition))
+                off = (np.float32(p.adc_offset_std) * xi).astype(np.float32)
+            if p.adc_gain_std > 0:
+                xi = normals_numpy(0, idx, stream_key(self.seed, self.layer, t.index, "adc_gain", repetition))
+                gain = (np.float32(1.0) + np.float32(p.adc_gain_std) * xi).astype(np.float32)
+            t.adc_offset, t.adc_gain = off, gain
+
+    def set_adc_mismatch(self, offsets, gains) -> None:
+        """Set every tile's ADC offsets and gains (lists of (n_out,), e.g. from a saved chip state)."""
+        offsets, gains = list(offsets), list(gains)
+        if len(offsets) != len(self.tiles) or len(gains) != len(self.tiles):
+            raise ValueError(f"expected {len(self.tiles)} offset and gain vectors, got {len(offsets)}, {len(gains)}")
+        for t, o, g in zip(self.tiles, offsets, gains):
+            t.adc_offset = np.ascontiguousarray(np.broadcast_to(np.asarray(o, np.float32), (t.n_out,)))
+            t.adc_gain = np.ascontiguousarray(np.broadcast_to(np.asarray(g, np.float32), (t.n_out,)))
 
     def stream_keys(self, tile: int, repetition: int) -> dict:
         """Philox keys of one tile's random streams for one repetition (cached)."""
@@ -535,7 +614,8 @@ class AnalogMatrix:
             y, prep["skip"], row_ids, res=p.out_step, bound=p.out_bound, bm=p.bm,
             test_neg=p.bm_test_negative_bound, nl_vec=t.nl_vec, nlf=t.nlf, noise_vec=t.noise_vec,
             sto_round=p.out_sto_round, rnd=rnd, noise_key=keys["out_noise"], w_key=keys["w_noise"],
-            sto_key=keys["out_sto_round"], **extra,
+            sto_key=keys["out_sto_round"], adc_offset=t.adc_offset, adc_gain=t.adc_gain,
+            inl=self.inl if t.adc_gain is not None else None, **extra,
         )
         return y, fail
 

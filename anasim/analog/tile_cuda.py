@@ -46,7 +46,8 @@ __all__ = ["CudaAnalogMatrix", "to_cuda"]
 class _DeviceTile:
     """Device copies of one tile's arrays, and the host arrays they were made from."""
 
-    __slots__ = ("w", "wabs", "ms", "post", "nl_vec", "noise_vec", "src_w", "src_post")
+    __slots__ = ("w", "wabs", "ms", "post", "nl_vec", "noise_vec", "src_w", "src_post", "adc_offset",
+                 "adc_gain", "src_adc")
 
 
 class CudaAnalogMatrix:
@@ -77,6 +78,7 @@ class CudaAnalogMatrix:
             d.ms = K.as_device(t.mapping_scale)
             d.nl_vec = None if t.nl_vec is None else K.as_device(t.nl_vec)
             d.noise_vec = None if t.noise_vec is None else K.as_device(t.noise_vec)
+        self._inl = K.as_device(matrix.inl)
         self.refresh_weights()
 
     # ------------------------------------------------------------------ state
@@ -90,12 +92,21 @@ class CudaAnalogMatrix:
         d.wabs = K.as_device(t.abs_weight) if self._need_abs else None
         d.post = K.as_device(t.post_scale)
         d.src_w, d.src_post = t.weight, t.post_scale
+        self._upload_adc(t, d)
+
+    @staticmethod
+    def _upload_adc(t, d) -> None:
+        d.adc_offset = None if t.adc_gain is None else K.as_device(t.adc_offset)
+        d.adc_gain = None if t.adc_gain is None else K.as_device(t.adc_gain)
+        d.src_adc = t.adc_gain
 
     def _sync(self) -> None:
         """Re-upload the tiles whose weight or post-scale array was replaced on the host."""
         for t, d in zip(self.matrix.tiles, self._tiles):
             if t.weight is not d.src_w or t.post_scale is not d.src_post:
                 self._upload(t, d)
+            elif t.adc_gain is not d.src_adc:  # a new chip's ADC mismatch
+                self._upload_adc(t, d)
 
     def set_tile_weights(self, weights) -> None:
         """``AnalogMatrix.set_tile_weights`` on the CPU object, then refresh the device copies."""
@@ -215,6 +226,7 @@ class CudaAnalogMatrix:
             ir_drop=p.ir_drop, a_scale=a_scale, cur=cur, irm=irm, rnd=rnd,
             noise_key=keys["out_noise"], w_key=keys["w_noise"], sto_key=keys["out_sto_round"],
             acc=acc, col0=t.out_start, scale=scale, out_scale=p.out_scale, ms=d.ms, post=d.post,
+            adc_offset=d.adc_offset, adc_gain=d.adc_gain, inl=self._inl,
         )
         return y, fail
 

@@ -64,6 +64,10 @@ AIHWKIT_FORWARD = types.MappingProxyType({
     "g_max_siemens": 5e-6,               # the 5 µS that ir_drop_g_ratio assumes
     "ir_drop_tol": 1e-6,
     "ir_drop_max_iter": 200,
+    # (anasim only) ADC mismatch and INL, off
+    "adc_gain_std": 0.0,
+    "adc_offset_std": 0.0,
+    "adc_inl": (),
 })
 
 # aihwkit MappingParameter() defaults — src/aihwkit/simulator/parameters/mapping.py

@@ -36,7 +36,31 @@ IR_DROP_MODELS = ("simple", "circuit")
 
 #: [forward] fields of anasim's own (no aihwkit IOParameters equivalent).
 ANASIM_ONLY_FORWARD = ("ir_drop_model", "wire_resistance", "g_max_siemens", "ir_drop_tol",
-                       "ir_drop_max_iter")
+                       "ir_drop_max_iter", "adc_gain_std", "adc_offset_std", "adc_inl")
+
+
+def inl_table(value) -> str | None:
+    """a list of at least two [input, output] pairs of finite floats in [-1, 1], the inputs strictly increasing, the outputs non-decreasing (or [] for none)"""
+    text = inl_table.__doc__.strip().splitlines()[0]
+    if not isinstance(value, (list, tuple)):
+        return text
+    if len(value) == 0:
+        return None
+    if len(value) < 2:
+        return text
+    pts = []
+    for pt in value:
+        if not isinstance(pt, (list, tuple)) or len(pt) != 2:
+            return text
+        for v in pt:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1:
+                return text
+        pts.append((float(pt[0]), float(pt[1])))
+    if any(b[0] <= a[0] for a, b in zip(pts, pts[1:])):
+        return text + " (the inputs are not strictly increasing)"
+    if any(b[1] < a[1] for a, b in zip(pts, pts[1:])):
+        return text + " (the transfer curve is not monotone: an output decreases)"
+    return None
 
 
 def resolution(res: float) -> float | None:
@@ -168,6 +192,34 @@ class ForwardParameters(Section):
         "residual.",
         unit="sweeps", valid=Interval(1, 100000, kind="int"),
         aihwkit="(none; aihwkit has only the simple model)")
+    adc_gain_std: float = param(
+        0.0,
+        "ADC gain mismatch: each tile column's ADC multiplies its (offset, INL-mapped) input by "
+        "a gain 1 + adc_gain_std·ξ, ξ standard normal, drawn once per programmed chip (per "
+        "repetition; random purpose 'adc_gain') and kept in the chip state (state_dict, "
+        "snapshots: tile arrays adc_gain). Applied in the ADC stage after the output noise, "
+        "before the ADC quantization and clipping. 0 disables it.",
+        unit="1 (relative)", valid=NONNEG, aihwkit="(none; anasim only)")
+    adc_offset_std: float = param(
+        0.0,
+        "ADC offset mismatch: each tile column's ADC adds an input-referred offset "
+        "adc_offset_std·ξ, ξ standard normal, drawn once per programmed chip (random purpose "
+        "'adc_offset', chip-state arrays adc_offset), before the INL curve and the gain. In "
+        "normalized output units, like out_noise and out_bound (one ADC step is output_step = "
+        "2·out_bound/out_res steps). 0 disables it.",
+        unit="normalized output", valid=NONNEG, aihwkit="(none; anasim only)")
+    adc_inl: tuple = param(
+        (),
+        "ADC integral non-linearity: the ADC's transfer curve as [input, output] points in "
+        "units of out_bound (fractions of the ADC full scale, in [-1, 1]); between points "
+        "linear interpolation, beyond the first and last point slope 1. Applied after the "
+        "offset and before the gain, quantization and clipping, the same curve for every "
+        "column. Inputs strictly increasing, outputs non-decreasing (a monotone ADC); e.g. "
+        "[[-1, -1], [0, 0.02], [1, 1]] bows the mid-scale up by 1 % of full scale. Needs "
+        "out_bound > 0. [] (default) is the ideal straight line. Held as a tuple of pairs.",
+        unit="out_bound", valid=inl_table,
+        invalid=([[0, 0]], [[0, 0], [0, 1]], [[-1, 0.5], [1, 0.2]], [[0, 0], [2, 2]], "x", [[0, "a"], [1, 1]]),
+        aihwkit="(none; anasim only)")
     out_nonlinearity: float = param(
         0.0,
         "Strength of the S-shaped output non-linearity y/(1 + n·|y|) with "
@@ -207,6 +259,11 @@ class ForwardParameters(Section):
         "bound hit for bound management (otherwise only the positive bound does).",
         unit="flag", valid=bool, aihwkit="IOParameters.bm_test_negative_bound = True")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the INL table as a tuple of float pairs: the configuration stays hashable
+        object.__setattr__(self, "adc_inl", tuple((float(a), float(b)) for a, b in self.adc_inl))
+
     def check(self) -> None:
         if self.noise_management == "constant" and self.nm_thres <= 0:
             self.fail("noise_management = 'constant' needs nm_thres > 0 (the constant input "
@@ -234,6 +291,9 @@ class ForwardParameters(Section):
                       "ir_drop_model = 'simple' (aihwkit's estimate, set by ir_drop and "
                       "ir_drop_g_ratio); set ir_drop_model = 'circuit' to solve the wires as a "
                       "resistive network.")
+        if self.adc_inl and self.out_bound == 0:
+            self.fail("adc_inl is given in units of out_bound (the ADC full scale), which needs a finite "
+                      "out_bound > 0; got out_bound = 0. Set out_bound, or adc_inl = [] for an ideal ADC.")
         if self.out_nonlinearity > 0 and self.out_bound == 0:
             self.fail(f"out_nonlinearity = {self.out_nonlinearity!r} needs out_bound > 0 "
                       "(its strength is out_nonlinearity/out_bound).")
@@ -278,6 +338,7 @@ class ForwardParameters(Section):
                 and self.inp_noise == 0 and self.out_noise == 0
                 and (self.w_noise == 0 or self.w_noise_type == "none")
                 and self.ir_drop == 0 and self.out_nonlinearity == 0
+                and self.adc_gain_std == 0 and self.adc_offset_std == 0 and not self.adc_inl
                 and (self.ir_drop_model != "circuit" or self.wire_resistance == 0)
                 and self.out_bound == 0 and inputs_fit)
 

@@ -406,9 +406,11 @@ def _finalize_rows(
     wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
     kn0, kn1, kw0, kw1, ks0, ks1, fail,
     accumulate, scale, out_scale, ms, post, acc, c0, r0, r1, ws, tmp, zb,
+    adc_on, adc_off, adc_gain, inl,
 ):
     """Rows r0..r1 (at most ``_ROWS``) of :func:`_finalize_output`."""
     n = y.shape[1]
+    n_inl = inl.shape[1]
     use_w = wn_type != WN_NONE
     use_u = res > _F0 and sto_round
     # applyNonIdealities: IR drop, then output-referred weight noise
@@ -454,6 +456,9 @@ def _finalize_rows(
                 yr[i] = _F0
             fail[r] = False
             continue  # contributes exactly 0 to the digital sum
+        if adc_on:  # per-column ADC offset, INL curve and gain (before quantization)
+            for i in range(n):
+                yr[i] = S.adc_transfer(yr[i], adc_off[i], adc_gain[i], inl, n_inl)
         if use_u:
             zr = zb[r - r0]
             for i in range(n):
@@ -482,7 +487,7 @@ def _finalize_output(
     nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
     wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
     kn0, kn1, kw0, kw1, ks0, ks1, fail,
-    accumulate, scale, out_scale, ms, post, acc, c0,
+    accumulate, scale, out_scale, ms, post, acc, c0, adc_on, adc_off, adc_gain, inl,
 ):
     m, n = y.shape
     need = wn_type != WN_NONE or noise_on or (res > _F0 and sto_round)
@@ -496,6 +501,7 @@ def _finalize_output(
             wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
             kn0, kn1, kw0, kw1, ks0, ks1, fail,
             accumulate, scale, out_scale, ms, post, acc, c0, r0, r1, ws, tmp, zb,
+            adc_on, adc_off, adc_gain, inl,
         )
 
 
@@ -505,7 +511,7 @@ def _finalize_output_serial(
     nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
     wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
     kn0, kn1, kw0, kw1, ks0, ks1, fail,
-    accumulate, scale, out_scale, ms, post, acc, c0,
+    accumulate, scale, out_scale, ms, post, acc, c0, adc_on, adc_off, adc_gain, inl,
 ):
     """:func:`_finalize_output` in the calling thread (no GIL): for worker threads."""
     m, n = y.shape
@@ -520,6 +526,7 @@ def _finalize_output_serial(
             wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
             kn0, kn1, kw0, kw1, ks0, ks1, fail,
             accumulate, scale, out_scale, ms, post, acc, c0, r0, r1, ws, tmp, zb,
+            adc_on, adc_off, adc_gain, inl,
         )
 
 
@@ -551,6 +558,7 @@ def _accumulate_output_serial(y, scale, out_scale, ms, post, acc, c0):
 
 _EMPTY2 = np.zeros((0, 0), dtype=np.float32)
 _EMPTY1 = np.zeros(0, dtype=np.float32)
+_EMPTY_INL = np.zeros((3, 0), dtype=np.float32)
 
 
 def _f32_2d(a, name):
@@ -646,6 +654,7 @@ def _make_finalize_output(kernel):
         ir_drop=0.0, a_scale=0.0, cur=None, irm=None, rnd=0,
         noise_key=(0, 0), w_key=(0, 0), sto_key=(0, 0),
         acc=None, col0=0, scale=None, out_scale=1.0, ms=None, post=None,
+        adc_offset=None, adc_gain=None, inl=None,
     ):
         """Process the raw analog outputs ``y`` (M, N) of one tile in place.
 
@@ -653,7 +662,9 @@ def _make_finalize_output(kernel):
         ``irm`` = x̃_ir·Wᵀ, ``a_scale`` = n / ir_drop_g_ratio), weight noise (additive:
         needs ``xnorm``; pcm_read: needs ``pw`` = x̃²·|W|ᵀ), the non-linearity
         ``nlf·v/(1+|nl_i v|)`` (``nl_vec``), output noise (std per output ``noise_vec``),
-        ADC quantization with step ``res`` and clipping at ``±bound``. With ``bm`` a row
+        the ADC's transfer (``adc_offset``, ``adc_gain`` per output and the INL table
+        ``inl`` (3, n_points) of :func:`anasim.kernels.stages.inl_curve`; all three or
+        none), ADC quantization with step ``res`` and clipping at ``±bound``. With ``bm`` a row
         fails if any output exceeded ``+bound`` (strictly, after the ADC), or ``-bound``
         when ``test_neg``. (aihwkit's CUDA batch kernels do exactly this; its CPU loop
         instead lets a later negative saturation reset the flag when ``test_neg`` is off,
@@ -695,6 +706,15 @@ def _make_finalize_output(kernel):
             post = _vec(np.ones(n, np.float32) if post is None else post, n, "post")
         else:
             acc, scale, ms, post = _EMPTY2, _EMPTY1, _EMPTY1, _EMPTY1
+        adc_on = adc_gain is not None
+        if adc_on:
+            adc_offset, adc_gain = _vec(adc_offset, n, "adc_offset"), _vec(adc_gain, n, "adc_gain")
+            inl = _EMPTY_INL if inl is None else np.ascontiguousarray(inl, dtype=np.float32)
+            if inl.ndim != 2 or inl.shape[0] != 3:
+                raise ValueError(f"inl must have shape (3, n_points), got {inl.shape}")
+        else:
+            adc_offset = adc_gain = _EMPTY1
+            inl = _EMPTY_INL
         fail = np.empty(m, dtype=np.bool_)
         kernel(
             y, skip, cur, irm, pw, xnorm, np.float32(res), np.float32(bound), bool(bm),
@@ -704,6 +724,7 @@ def _make_finalize_output(kernel):
             np.uint64(noise_key[0]), np.uint64(noise_key[1]), np.uint64(w_key[0]),
             np.uint64(w_key[1]), np.uint64(sto_key[0]), np.uint64(sto_key[1]), fail,
             accumulate, scale, np.float32(out_scale), ms, post, acc, np.int64(col0),
+            adc_on, adc_offset, adc_gain, inl,
         )
         return fail
 
@@ -759,7 +780,8 @@ def warmup() -> None:
         y, p["skip"], rows, res=0.01, bound=10.0, bm=True, nl_vec=np.ones(4, np.float32),
         noise_vec=np.ones(4, np.float32), sto_round=True, wn_type=WN_PCM_READ, w_noise=0.1,
         pw=p["xsq"] @ np.abs(w).T, ir_drop=1.0, a_scale=1e-3, cur=p["xabs"] @ np.abs(w).T,
-        irm=p["xir"] @ w.T, acc=acc, scale=p["scale"],
+        irm=p["xir"] @ w.T, acc=acc, scale=p["scale"], adc_offset=np.zeros(4, np.float32),
+        adc_gain=np.ones(4, np.float32), inl=np.array([[-1, 1], [-1, 1], [1, 1]], np.float32),
     )
     accumulate_output(y, p["scale"], acc)
     p = prepare_input_serial(x, 0, 8, rows, res=1 / 127, inp_noise=0.1, sto_round=True,
@@ -769,6 +791,7 @@ def warmup() -> None:
         y, p["skip"], rows, res=0.01, bound=10.0, bm=True, nl_vec=np.ones(4, np.float32),
         noise_vec=np.ones(4, np.float32), sto_round=True, wn_type=WN_PCM_READ, w_noise=0.1,
         pw=p["xsq"] @ np.abs(w).T, ir_drop=1.0, a_scale=1e-3, cur=p["xabs"] @ np.abs(w).T,
-        irm=p["xir"] @ w.T, acc=acc, scale=p["scale"],
+        irm=p["xir"] @ w.T, acc=acc, scale=p["scale"], adc_offset=np.zeros(4, np.float32),
+        adc_gain=np.ones(4, np.float32), inl=np.array([[-1, 1], [-1, 1], [1, 1]], np.float32),
     )
     accumulate_output_serial(y, p["scale"], acc)

@@ -38,8 +38,10 @@ Layer description (built by :mod:`anasim.analog.fused`): ``tiles`` (T, 10) int64
 ``(in0, n_in, out0, n_out, w_off, v_off, o_off, new_input, mode, channel)``, in processing order (group,
 input chunk, output chunk); ``offs`` the flat offsets, inside one padded image, of each
 tile column's input (-1: the constant 1 of an analog bias); ``wflat``/``awflat`` the tiles'
-weights and |weights| (row-major, at ``w_off``); ``vecs`` (4, Σ n_out) rows mapping scale,
-post scale, non-linearity and output-noise std (at ``v_off``); ``nlf`` (T,); ``keys`` (T, 10)
+weights and |weights| (row-major, at ``w_off``); ``vecs`` (6, Σ n_out) rows mapping scale,
+post scale, non-linearity, output-noise std, ADC offset and ADC gain (at ``v_off``; the
+last two read only when ``pp.adc_on``, with the INL table ``inl`` of
+:func:`.stages.inl_curve`); ``nlf`` (T,); ``keys`` (T, 10)
 the Philox keys (inp_noise, out_noise, w_noise, inp_sto_round, out_sto_round); ``mode``
 the index of the tile's channel map (``maps``, made by :func:`channel_maps` for the channel
 ranges the tiles cover), :data:`MAP_DIRECT` when the tile's inputs are one channel
@@ -478,7 +480,7 @@ def _gemm(w, nout, nk, x, q, y):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, cur, irm, pw,
-              rid, rnd, key, zb, ws, tmp, rowf, rowi, prof, wk):
+              rid, rnd, key, zb, ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain, inl):
     """Output stages of the pixels 0..q of ``y`` (nout × q) in place; returns the number
     of pixels that failed the bound test (rowi[1]). ``prof``: see :func:`analog_conv`."""
     if pp.ir_drop > _F0:
@@ -533,8 +535,14 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
     for t in range(q):
         hi[t] = 0
         lo[t] = 0
+    n_inl = inl.shape[1]
     for i in range(nout):
         yr = y[i, :q]
+        if pp.adc_on:  # the column's ADC offset, INL curve and gain (skipped pixels are zeroed below)
+            off = adc_off[i]
+            gain = adc_gain[i]
+            for t in range(q):
+                yr[t] = S.adc_transfer(yr[t], off, gain, inl, n_inl)
         if sto:
             zr = zb[i, :q]
             for t in range(q):
@@ -566,7 +574,8 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf, noise_on,
-                  noise_vec, rid, rnd, key, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, prof, wk):
+                  noise_vec, rid, rnd, key, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, prof, wk,
+                  adc_off, adc_gain, inl):
     """The MVM (and the products the IR drop and PCM read noise need), then :func:`_finalize`."""
     t0 = _now(prof)
     _gemm(w, nout, nk, xt, q, y)
@@ -579,14 +588,14 @@ def _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf
         _gemm(aw, nout, nk, xsq, q, pw)
     t0 = _tick(prof, wk, 3, t0)
     nfail = _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, cur, irm, pw,
-                      rid, rnd, key, zb, ws, tmp, rowf, rowi, prof, wk)
+                      rid, rnd, key, zb, ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain, inl)
     _tick(prof, wk, 4, t0)
     return nfail
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on, nl_vec, nlf,
-           noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows):
+           noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows, adc_off, adc_gain, inl):
     """Iterative bound management: run the failed pixels of the block again at reduction
     2, 4, … (their own inputs, round ``rnd`` of the random streams) until none fails or
     the stop rule holds; their outputs and input scales replace those of the first pass."""
@@ -613,7 +622,8 @@ def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on,
         _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, m, xt)
         _condition(xt, nk, m, pp, red, rnd, rid2, key, xsq, xabs, xir, rin, ws, tmp, rowf, rowi2, xn64)
         _mvm_finalize(w, aw, nout, nk, m, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf, noise_on,
-                      noise_vec, rid2, rnd, key, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2, noprof, 0)
+                      noise_vec, rid2, rnd, key, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2, noprof, 0,
+                      adc_off, adc_gain, inl)
         m2 = 0
         for t in range(m):
             c = idx[t]
@@ -707,7 +717,7 @@ def _layout(acc, q, bias, out, r0, lo, hi):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                noise_on, bias, epilogue, out, first, rows, workers, single, prof):
+                noise_on, bias, epilogue, out, first, rows, workers, single, prof, inl):
     """Chunk ``wk`` of the analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into
     ``out`` (N, OC, P): blocks wk, wk + workers, … (call it for every wk in range(workers),
     on any threads; it runs without the GIL).
@@ -791,15 +801,18 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                 aw = awflat[w_off:w_off + nout * nk] if awflat.size else awflat
                 nl_vec = vecs[2, v_off:v_off + nout]
                 noise_vec = vecs[3, v_off:v_off + nout]
+                adc_off = vecs[4, v_off:v_off + nout]
+                adc_gain = vecs[5, v_off:v_off + nout]
                 nfail = _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec,
                                       nlf[ti], noise_on, noise_vec, rid, 0, key, y, cur, irm, pw, zb,
-                                      ws, tmp, rowf, rowi, prof, wk)
+                                      ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain, inl)
                 t0 = _now(prof)
                 for t in range(q):
                     scale[t] = rowf[0, t]
                 if nfail:
                     _rerun(xf, img, wp, p_, ow, sh, sw, toffs, w, aw, nout, nk, q, r0, pp, nl_on,
-                           nl_vec, nlf[ti], noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows)
+                           nl_vec, nlf[ti], noise_on, noise_vec, rid, key, y, scale, rowi, noise_rows,
+                           adc_off, adc_gain, inl)
                     t0 = _tick(prof, wk, 6, t0)
                 if single:
                     bad += _store(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
@@ -817,12 +830,12 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def analog_conv_parallel(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                         noise_on, bias, epilogue, out, first, rows, chunks, single, prof):
+                         noise_on, bias, epilogue, out, first, rows, chunks, single, prof, inl):
     """:func:`analog_conv` for every chunk, on Numba's threads (``prange``; the body is
     only the call, so that the parallel region compiles quickly). Returns the number of
     NaN or infinite outputs."""
     counts = np.zeros(chunks, np.int64)
     for c in prange(chunks):
         counts[c] = analog_conv(c, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                                noise_on, bias, epilogue, out, first, rows, chunks, single, prof)
+                                noise_on, bias, epilogue, out, first, rows, chunks, single, prof, inl)
     return counts.sum()

@@ -68,6 +68,7 @@ from numba import config as _nb_config
 from numba import cuda
 
 from .cpu import NM_ABS_MAX, NM_CONSTANT, NM_MAX, NM_NONE, WN_ADDITIVE, WN_NONE, WN_PCM_READ
+from .stages import adc_transfer
 from .rng import (
     _A0, _A1, _A2, _A3, _A4, _A5, _B0, _B1, _B2, _B3, _B4, _C0, _C1, _C2, _C3, _C4, _C5,
     _D0, _D1, _D2, _D3, _MASK32, _P_LOW, _S32, _TWO_M32, philox4x32_10, uniform4,
@@ -334,9 +335,10 @@ def _finalize_kernel(
     nl_on, nl_vec, nlf, noise_vec, noise_on, sto_round,
     wn_type, w_noise, ir_drop, a_scale, row_ids, rnd,
     kn0, kn1, kw0, kw1, ks0, ks1, fail,
-    accumulate, scale, out_scale, ms, post, acc, c0,
+    accumulate, scale, out_scale, ms, post, acc, c0, adc_on, adc_off, adc_gain, inl,
 ):
-    """Twin of ``cpu._finalize_output``; the per-element stages in the same order."""
+    """Twin of ``cpu._finalize_output``; the per-element stages in the same order (the ADC
+    transfer is :func:`anasim.kernels.stages.adc_transfer` itself)."""
     sh = cuda.shared.array(_THREADS, np.int32)  # per row of the block: saturated?
     m, n = y.shape
     nq = (n + 3) >> 2
@@ -346,6 +348,7 @@ def _finalize_kernel(
     by = cuda.blockDim.y
     use_w = wn_type != WN_NONE
     use_u = res > _F0 and sto_round
+    n_inl = inl.shape[1]
     zero4 = (_F0, _F0, _F0, _F0)
     for grp in range(cuda.blockIdx.x, (m + by - 1) // by, cuda.gridDim.x):
         r = grp * by + ty
@@ -396,6 +399,8 @@ def _finalize_kernel(
                     if sk:
                         y[r, i] = _F0
                         continue
+                    if adc_on:
+                        v = adc_transfer(v, adc_off[i], adc_gain[i], inl, n_inl)
                     if use_u:
                         v = _fmul(_rint(v / res + (uq[ln] - _FHALF)), res)
                     elif res > _F0:
@@ -612,7 +617,8 @@ def prepare_device(x, col0, ncols, row_ids, *, nm_type, nm_thres, res, bound, in
 
 def finalize_device(y, skip, row_ids, *, res, bound, bm, test_neg, nl_vec, nlf, noise_vec,
                     sto_round, wn_type, w_noise, xnorm, pw, ir_drop, a_scale, cur, irm, rnd,
-                    noise_key, w_key, sto_key, acc, col0, scale, out_scale, ms, post):
+                    noise_key, w_key, sto_key, acc, col0, scale, out_scale, ms, post,
+                    adc_offset=None, adc_gain=None, inl=None):
     """:func:`finalize_output` on device arrays (``None`` for the unused ones)."""
     m, n = y.shape
     e1, e2 = device_empty(0), device_empty((0, 0))
@@ -632,7 +638,8 @@ def finalize_device(y, skip, row_ids, *, res, bound, bm, test_neg, nl_vec, nlf, 
             np.uint64(w_key[0]), np.uint64(w_key[1]), np.uint64(sto_key[0]), np.uint64(sto_key[1]),
             fail, accumulate, scale if accumulate else e1, np.float32(out_scale),
             ms if accumulate else e1, post if accumulate else e1, acc if accumulate else e2,
-            np.int64(col0),
+            np.int64(col0), adc_gain is not None, e1 if adc_gain is None else adc_offset,
+            e1 if adc_gain is None else adc_gain, device_empty((3, 0)) if adc_gain is None else inl,
         )
     return fail
 
@@ -759,6 +766,7 @@ def finalize_output(
     ir_drop=0.0, a_scale=0.0, cur=None, irm=None, rnd=0,
     noise_key=(0, 0), w_key=(0, 0), sto_key=(0, 0),
     acc=None, col0=0, scale=None, out_scale=1.0, ms=None, post=None,
+    adc_offset=None, adc_gain=None, inl=None,
 ):
     """CUDA twin of :func:`anasim.kernels.cpu.finalize_output`: processes ``y`` in place.
 
@@ -791,6 +799,11 @@ def finalize_output(
 
     nl_vec = None if nl_vec is None else vec(nl_vec, "nl_vec")
     noise_vec = None if noise_vec is None else vec(noise_vec, "noise_vec")
+    if adc_gain is not None:
+        adc_offset, adc_gain = vec(adc_offset, "adc_offset"), vec(adc_gain, "adc_gain")
+        inl = as_device(np.zeros((3, 0), np.float32) if inl is None else inl)
+        if len(inl.shape) != 2 or inl.shape[0] != 3:
+            raise ValueError(f"inl must have shape (3, n_points), got {tuple(inl.shape)}")
     wn = int(wn_type) if w_noise > 0 else WN_NONE
     if wn == WN_ADDITIVE:
         xnorm = as_device(xnorm)
@@ -817,7 +830,7 @@ def finalize_output(
         noise_vec=noise_vec, sto_round=sto_round, wn_type=wn, w_noise=w_noise, xnorm=xnorm, pw=pw,
         ir_drop=ir_drop, a_scale=a_scale, cur=cur, irm=irm, rnd=rnd, noise_key=noise_key,
         w_key=w_key, sto_key=sto_key, acc=dacc, col0=col0, scale=scale, out_scale=out_scale,
-        ms=ms, post=post,
+        ms=ms, post=post, adc_offset=adc_offset, adc_gain=adc_gain, inl=inl,
     )
     if host_y:
         dy.copy_to_host(y)

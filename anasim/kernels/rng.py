@@ -73,6 +73,8 @@ PURPOSE = {
     "out_sto_round": 5,
     "out_nonlinearity": 6,  # fixed per-output variation, drawn once per tile
     "out_noise_std": 7,  # fixed per-output out_noise variation, drawn once per tile
+    "adc_gain": 8,  # per-column ADC gain mismatch, drawn once per programmed chip
+    "adc_offset": 9,  # per-column ADC offset mismatch, drawn once per programmed chip
     # 16 and above: device models (programming noise, drift, read noise, ...)
     "programming": 16,
     "drift": 17,

@@ -25,7 +25,7 @@ from numba.extending import register_jitable
 __all__ = [
     "NM_NONE", "NM_ABS_MAX", "NM_MAX", "NM_CONSTANT", "WN_NONE", "WN_ADDITIVE", "WN_PCM_READ",
     "Periphery", "noise_management", "dac", "dac_stochastic", "ir_drop", "nonlinearity", "adc",
-    "adc_stochastic", "bm_limit_reached",
+    "adc_stochastic", "adc_transfer", "inl_curve", "bm_limit_reached",
 ]
 
 NM_NONE, NM_ABS_MAX, NM_MAX, NM_CONSTANT = 0, 1, 2, 3
@@ -65,6 +65,8 @@ class Periphery(NamedTuple):
     bm_red_max: np.float32
     """``max_bm_res / Δin`` (float32), or +inf without a DAC step."""
     out_scale: np.float32
+    adc_on: bool = False
+    """ADC mismatch or INL on: :func:`adc_transfer` runs (per-column vectors, INL table)."""
 
 
 @register_jitable
@@ -108,6 +110,35 @@ def ir_drop(y, cur, irm, a_scale, ir_drop_scale):
 def nonlinearity(y, nl, nlf):
     """S-shaped output non-linearity ``nlf·y / (1 + |nl·y|)``."""
     return nlf * y / (_F1 + abs(nl * y))
+
+
+@register_jitable
+def inl_curve(v, inl, n):
+    """The ADC's transfer curve at ``v``: the table ``inl`` (3, >= n) holds the inputs
+    x_k (strictly increasing), outputs y_k and per segment (x_{k+1} - x_k)/(y_{k+1} - y_k)
+    (+inf on a flat segment), in output units; linear between the points, slope 1 beyond
+    them. Written with a division and additions only, so that no compiler contracts it
+    into a fused multiply-add (CPU and CUDA give the same bits)."""
+    if v <= inl[0, 0]:
+        return inl[1, 0] + (v - inl[0, 0])
+    if v >= inl[0, n - 1]:
+        return inl[1, n - 1] + (v - inl[0, n - 1])
+    k = 0
+    while v >= inl[0, k + 1]:
+        k += 1
+    return inl[1, k] + (v - inl[0, k]) / inl[2, k]
+
+
+@register_jitable
+def adc_transfer(y, offset, gain, inl, n_inl):
+    """The ADC of one column before quantization: input-referred offset, the INL transfer
+    curve (``n_inl`` = 0: none), then the column's gain: ``gain·T(y + offset)``. With
+    offset 0, gain 1 and no curve the value is unchanged (and the kernels skip the call
+    when ``adc_on`` is off)."""
+    v = y + offset
+    if n_inl > 0:
+        v = inl_curve(v, inl, n_inl)
+    return v * gain
 
 
 @register_jitable
