@@ -216,3 +216,40 @@ def test_onnx_model_roundtrip_unchanged():
     assert [n.op_type for n in g.ir.nodes] == ["Conv", "Relu"]
     assert g.analog_candidates == ["c1"]
     assert onnx.load_from_string(_model(nodes, inits)).graph.node[0].op_type == "Conv"
+
+
+def test_depthwise_channels_last_equals_the_direct_sums():
+    """Small-plane depthwise convolutions run channels-last; the numbers are the plain
+    multiply-add sums for every geometry, with the epilogue applied."""
+    from anasim.ops import depthwise
+
+    rng = np.random.default_rng(5)
+    cases = 0
+    while cases < 80:
+        nsp = int(rng.integers(1, 3))
+        c = int(rng.integers(1, 40))
+        k = [int(rng.integers(1, 6)) for _ in range(nsp)]
+        st = [int(rng.integers(1, 4)) for _ in range(nsp)]
+        dl = [int(rng.integers(1, 3)) for _ in range(nsp)]
+        pads = [int(rng.integers(0, 3)) for _ in range(2 * nsp)]
+        ins = [int(rng.integers(1, 12)) for _ in range(nsp)]
+        x = rng.standard_normal((int(rng.integers(1, 4)), c, *ins)).astype(np.float32)
+        w = rng.standard_normal((c, 1, *k)).astype(np.float32)
+        b = rng.standard_normal(c).astype(np.float32)
+        try:
+            geom = conv_geometry(x.shape, w.shape, group=c, pads=pads, strides=st, dilations=dl)
+        except ValueError:
+            continue
+        shape = (x.shape[0], c) + tuple(geom.out_shape)
+        if int(np.prod(geom.out_shape)) > depthwise._CL_MAX_PIXELS:
+            continue
+        r = rng.standard_normal(shape).astype(np.float32)
+        y = depthwise._conv2d_depthwise(x, w, b, geom, Epilogue(r, "Relu")).reshape(shape)
+        xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nsp]) for i in range(nsp)])
+        ref = np.zeros(shape, np.float32) + b.reshape((1, c) + (1,) * nsp)
+        for tap in np.ndindex(*k):
+            sl = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
+                       for t, d, o, s in zip(tap, dl, geom.out_shape, st))
+            ref += w[(slice(None), 0) + tap].reshape((1, c) + (1,) * nsp) * xp[(slice(None), slice(None)) + sl]
+        np.testing.assert_allclose(y, np.maximum(ref + r, 0), rtol=1e-5, atol=1e-5)
+        cases += 1

@@ -11,7 +11,7 @@ from numba import njit
 
 from ..threads import run_chunks
 from .conv_geometry import ConvGeometry, _bias_or_zeros
-from .epilogue import Epilogue
+from .epilogue import CLIP, LEAKY_RELU, RELU, Epilogue, epilogue_codes
 
 
 @njit(nogil=True, cache=True)
@@ -59,6 +59,62 @@ def _depthwise_kernel(xp, w, b, acc, out, s, c_, mult, oh, ow, owp, hp, wp, kh, 
                     dst[k] = src[k]
 
 
+@njit(nogil=True, cache=True)
+def _depthwise_cl_kernel(x, wt, b, s0, s1, xt, yt, out, kh, kw, sh, sw, dh, dw, ph, pw, res, has_res, kind,
+                         lo, hi):
+    """Depthwise 2-D convolution (one output channel per input channel) of samples s0..s1,
+    vectorised over the channels: each sample's zero-padded input is transposed to
+    channels-last ``xt`` (hp, wp, C) (its padding stays zero: only data positions are
+    written), every output pixel accumulates its taps over all channels at once into
+    ``yt`` (oh·ow, C), then bias, the epilogue and the NCHW layout. The same sums in the
+    same order (bias, then the taps in (row, column) order) as :func:`_depthwise_kernel`;
+    for small planes and strided convolutions, whose per-plane loops are too short."""
+    c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
+    oh, ow = out.shape[2], out.shape[3]
+    zero = np.float32(0.0)
+    for s in range(s0, s1):
+        for c0 in range(0, c_, 16):  # transposed in blocks of 16 channels
+            c1 = min(c_, c0 + 16)
+            for i in range(h_):
+                for j in range(w_):
+                    dst = xt[i + ph, j + pw, c0:c1]
+                    for k in range(c1 - c0):
+                        dst[k] = x[s, c0 + k, i, j]
+        for i in range(oh):
+            for j in range(ow):
+                acc = yt[i * ow + j]
+                for c in range(c_):
+                    acc[c] = b[c]
+                for a in range(kh):
+                    for e in range(kw):
+                        src = xt[i * sh + a * dh, j * sw + e * dw]
+                        wv = wt[a * kw + e]
+                        for c in range(c_):
+                            acc[c] += wv[c] * src[c]
+        for c in range(c_):
+            for i in range(oh):
+                dst = out[s, c, i]
+                rr = res[s, c, i]
+                for j in range(ow):
+                    v = yt[i * ow + j, c]
+                    if has_res:
+                        v = v + rr[j]
+                    if kind == RELU:
+                        v = zero if v < zero else v
+                    elif kind == CLIP:
+                        v = lo if v < lo else v
+                        v = hi if v > hi else v
+                    elif kind == LEAKY_RELU:
+                        v = v * lo if v < zero else v
+                    dst[j] = v
+
+
+_CL_MAX_PIXELS = 64
+"""Depthwise convolutions with at most this many output pixels per sample run channels-last
+(:func:`_depthwise_cl_kernel`; measured on MobileNetV2's layers: 1.2-3.5x faster on 8x8 and
+4x4 maps, slower from 16x16 on, where the per-plane loops are long enough)."""
+
+
 def _conv2d_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
                       epilogue: Epilogue | None = None) -> np.ndarray:
     """Depthwise (group == C) 1-D/2-D convolution: direct multiply-adds, one sample per chunk."""
@@ -83,6 +139,9 @@ def _conv2d_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: 
     bias = _bias_or_zeros(b, oc, dtype)
     out = np.empty((n, oc, oh, ow), dtype)
     of = out.reshape(-1)
+    if mult == 1 and dtype == np.float32 and oh * ow <= _CL_MAX_PIXELS:
+        return _depthwise_channels_last(x, wf.reshape(c, kh * kw), bias, out, (kh, kw), (sh, sw), (dh, dw),
+                                        (ph, pw), hp, wp, epilogue)
 
     def make_state():
         return np.zeros(size, dtype), np.empty(oh * owp, dtype)
@@ -95,4 +154,26 @@ def _conv2d_depthwise(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: 
             epilogue.apply(of, i * oc * oh * ow, (i + 1) * oc * oh * ow)
 
     run_chunks(n, make_state, do_chunk)
+    return out
+
+
+def _depthwise_channels_last(x, w2, bias, out, k, st, dl, pads, hp, wp, epilogue):
+    """:func:`_depthwise_cl_kernel` over blocks of samples on the worker threads."""
+    n, c = x.shape[:2]
+    kind, a, b, res = epilogue_codes(epilogue)
+    res4 = out if res is None else res.reshape(out.shape)
+    wt = np.ascontiguousarray(w2.T)  # (taps, C)
+    oh, ow = out.shape[2], out.shape[3]
+    per = max(1, min(n, (1 << 20) // max(1, 4 * c * (hp * wp + oh * ow))))  # about 1 MiB per block
+    blocks = -(-n // per)
+
+    def make_state():
+        return np.zeros((hp, wp, c), np.float32), np.empty((oh * ow, c), np.float32)
+
+    def do_block(state, i):
+        xt, yt = state
+        _depthwise_cl_kernel(x, wt, bias, i * per, min(n, (i + 1) * per), xt, yt, out, k[0], k[1], st[0], st[1],
+                             dl[0], dl[1], pads[0], pads[1], res4, res is not None, kind, a, b)
+
+    run_chunks(blocks, make_state, do_block)
     return out
