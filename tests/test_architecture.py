@@ -25,7 +25,7 @@ LAYERS = [
     ["datasets", "graph", "config"],
     ["devices", "ops"],
     ["kernels"],
-    ["params", "threads", "version", "files"],
+    ["params", "threads", "version", "files", "memory"],
     ["errors"],
 ]
 ALLOWED = {("config", "devices"), ("graph", "ops")}  # (importer, imported) across a rank, one way

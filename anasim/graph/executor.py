@@ -21,6 +21,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .. import memory
 from ..errors import AnasimError, ExecutionError, InputError
 from ..ops.registry import resolve
 from .context import RunContext
@@ -314,6 +315,7 @@ class Graph:
         return max(1, budget // (16 * per_sample))
 
     def _run_once(self, feeds: dict[str, np.ndarray], want: list[str], context: RunContext) -> dict[str, np.ndarray]:
+        memory.use_heap()  # activations reuse freed memory instead of faulting in fresh pages (once)
         values: dict[str, np.ndarray] = dict(self.ir.constants)
         if self.device == "cuda":
             from ..kernels.cuda import as_device
