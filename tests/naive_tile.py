@@ -27,8 +27,66 @@ def _quantize(v, res, sto, u):
     return (np.rint(v / res).astype(f32) * res).astype(f32)
 
 
+def _outputs(am, t, v, row, keys, rnd):
+    """MVM and every output stage of one prepared input vector ``v``; returns (y, passed)."""
+    p = am.periphery
+    k = v.size
+    n = t.n_out
+    cols_out = np.arange(n)
+    # MVM
+    y = (t.weight.astype(np.float64) @ v.astype(np.float64)).astype(f32)
+    # IR drop
+    if p.ir_drop > 0:
+        cur = (np.abs(t.weight).astype(np.float64) @ np.abs(v).astype(np.float64)).astype(f32)
+        a = (f32(f32(k) / p.ir_drop_g_ratio) * cur).astype(f32)
+        c = (a * (a * (f32(0.05) * a - f32(0.2)) + f32(0.5))).astype(f32)
+        pj = (f32(1) - np.arange(k, dtype=f32) / f32(k)).astype(f32)
+        xir = (v * (f32(1) - pj * pj)).astype(f32)
+        irm = (t.weight.astype(np.float64) @ xir.astype(np.float64)).astype(f32)
+        y = (y - c * (p.ir_drop * irm).astype(f32)).astype(f32)
+    # weight noise
+    if p.w_noise > 0 and p.wn_type != cpu.WN_NONE:
+        g = normals_numpy(row, cols_out, keys["w_noise"], rnd)
+        if p.wn_type == cpu.WN_ADDITIVE:
+            std = f32(p.w_noise * f32(np.sqrt(np.sum(v.astype(np.float64) ** 2))))
+            y = (y + std * g).astype(f32)
+        else:
+            pw = (np.abs(t.weight).astype(np.float64) @ (v.astype(np.float64) ** 2)).astype(f32)
+            y = (y + p.w_noise * np.sqrt(pw) * g).astype(f32)
+    # non-linearity, output noise, ADC, bound test
+    if t.nl_vec is not None:
+        y = (t.nlf * y / (f32(1) + np.abs(t.nl_vec * y))).astype(f32)
+    if t.noise_vec is not None:
+        y = (y + t.noise_vec * normals_numpy(row, cols_out, keys["out_noise"], rnd)).astype(f32)
+    if t.adc_gain is not None:  # per-column ADC offset, INL curve, gain
+        y = np.array([stages.adc_transfer(y[i], t.adc_offset[i], t.adc_gain[i], am.inl, am.inl.shape[1])
+                      for i in range(n)], f32)
+    u = uniforms_numpy(row, cols_out, keys["out_sto_round"], rnd)
+    y = _quantize(y, p.out_step, p.out_sto_round, u)
+    hi, lo = y > p.out_bound, y < -p.out_bound
+    passed = not (hi.any() or (p.bm_test_negative_bound and lo.any()))
+    return np.clip(y, -p.out_bound, p.out_bound).astype(f32), passed
+
+
+def _bit_serial(am, t, v, s, row, keys):
+    """Bit-serial input: the contribution of every cycle of the DAC outputs ``v``."""
+    p, cyc = am.periphery, am.input_cycles
+    out = []
+    for j in range(cyc.n_cycles):
+        ck = am.cycle_keys(keys, j)
+        d = np.array([stages.input_cycle(vi, p.inp_step, cyc.drive, j, cyc.bits, cyc.n_cycles, cyc.twos)
+                      for vi in v], f32)
+        if p.inp_noise > 0:
+            d = (d + p.inp_noise * normals_numpy(row, np.arange(v.size), ck["inp_noise"], 0)).astype(f32)
+        y, _ = _outputs(am, t, d, row, ck, 0)
+        f = f32(p.out_scale / f32(s / f32(cyc.shift(j))))
+        out.append((((y * f).astype(f32) * t.mapping_scale).astype(f32) * t.post_scale).astype(f32))
+    return out
+
+
 def tile_vector(am, t, xs, row, repetition):
-    """One tile, one vector: returns the tile's contribution (before the digital sum)."""
+    """One tile, one vector: returns the tile's contributions (before the digital sum; one
+    per bit-serial input cycle)."""
     p = am.periphery
     keys = am.stream_keys(t.index, repetition)
     k = xs.size
@@ -47,7 +105,7 @@ def tile_vector(am, t, xs, row, repetition):
         nmv = f32(1)
     nmv = f32(nmv)
     if nm and nmv <= 0 and p.inp_noise <= 0:
-        return np.zeros(n, f32)
+        return [np.zeros(n, f32)]
     red, rnd = f32(1), 0
     cols_in, cols_out = np.arange(k), np.arange(n)
     while True:
@@ -61,46 +119,16 @@ def tile_vector(am, t, xs, row, repetition):
         v = (xs * s).astype(f32)
         v = _quantize(v, p.inp_step, p.inp_sto_round, u)
         v = np.clip(v, -p.inp_bound, p.inp_bound).astype(f32)
+        if am.input_cycles is not None:  # (no bound management with bit-serial input)
+            return _bit_serial(am, t, v, s, row, keys)
         if p.inp_noise > 0:
             v = (v + p.inp_noise * normals_numpy(row, cols_in, keys["inp_noise"], rnd)).astype(f32)
-        # MVM
-        y = (t.weight.astype(np.float64) @ v.astype(np.float64)).astype(f32)
-        # IR drop
-        if p.ir_drop > 0:
-            cur = (np.abs(t.weight).astype(np.float64) @ np.abs(v).astype(np.float64)).astype(f32)
-            a = (f32(f32(k) / p.ir_drop_g_ratio) * cur).astype(f32)
-            c = (a * (a * (f32(0.05) * a - f32(0.2)) + f32(0.5))).astype(f32)
-            pj = (f32(1) - np.arange(k, dtype=f32) / f32(k)).astype(f32)
-            xir = (v * (f32(1) - pj * pj)).astype(f32)
-            irm = (t.weight.astype(np.float64) @ xir.astype(np.float64)).astype(f32)
-            y = (y - c * (p.ir_drop * irm).astype(f32)).astype(f32)
-        # weight noise
-        if p.w_noise > 0 and p.wn_type != cpu.WN_NONE:
-            g = normals_numpy(row, cols_out, keys["w_noise"], rnd)
-            if p.wn_type == cpu.WN_ADDITIVE:
-                std = f32(p.w_noise * f32(np.sqrt(np.sum(v.astype(np.float64) ** 2))))
-                y = (y + std * g).astype(f32)
-            else:
-                pw = (np.abs(t.weight).astype(np.float64) @ (v.astype(np.float64) ** 2)).astype(f32)
-                y = (y + p.w_noise * np.sqrt(pw) * g).astype(f32)
-        # non-linearity, output noise, ADC, bound test
-        if t.nl_vec is not None:
-            y = (t.nlf * y / (f32(1) + np.abs(t.nl_vec * y))).astype(f32)
-        if t.noise_vec is not None:
-            y = (y + t.noise_vec * normals_numpy(row, cols_out, keys["out_noise"], rnd)).astype(f32)
-        if t.adc_gain is not None:  # per-column ADC offset, INL curve, gain
-            y = np.array([stages.adc_transfer(y[i], t.adc_offset[i], t.adc_gain[i], am.inl, am.inl.shape[1])
-                          for i in range(n)], f32)
-        u = uniforms_numpy(row, cols_out, keys["out_sto_round"], rnd)
-        y = _quantize(y, p.out_step, p.out_sto_round, u)
-        hi, lo = y > p.out_bound, y < -p.out_bound
-        passed = not (hi.any() or (p.bm_test_negative_bound and lo.any()))
-        y = np.clip(y, -p.out_bound, p.out_bound).astype(f32)
+        y, passed = _outputs(am, t, v, row, keys, rnd)
         if not p.bm or passed or p.bm_limit_reached(red):
             break
         red, rnd = f32(red * 2), rnd + 1
     f = f32(p.out_scale / s)
-    return (((y * f).astype(f32) * t.mapping_scale).astype(f32) * t.post_scale).astype(f32)
+    return [(((y * f).astype(f32) * t.mapping_scale).astype(f32) * t.post_scale).astype(f32)]
 
 
 def naive_forward(am, x, row_ids=None, repetition=0):
@@ -116,10 +144,11 @@ def naive_forward(am, x, row_ids=None, repetition=0):
             xs = x[r, t.in_start:t.in_stop]
             if am.periphery.perfect:
                 y = (t.weight.astype(np.float64) @ xs.astype(np.float64)).astype(f32)
-                y = ((y * am.periphery.out_scale).astype(f32) * t.mapping_scale * t.post_scale).astype(f32)
+                ys = [((y * am.periphery.out_scale).astype(f32) * t.mapping_scale * t.post_scale).astype(f32)]
             else:
-                y = tile_vector(am, t, xs, int(row_ids[r]), repetition)
-            out[r, t.out_start:t.out_stop] = (out[r, t.out_start:t.out_stop] + y).astype(f32)
+                ys = tile_vector(am, t, xs, int(row_ids[r]), repetition)
+            for y in ys:
+                out[r, t.out_start:t.out_stop] = (out[r, t.out_start:t.out_stop] + y).astype(f32)
     if am.bias is not None:
         out = (out + am.bias).astype(f32)
     return out

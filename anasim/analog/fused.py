@@ -35,10 +35,12 @@ _KEYS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
 def fused_available(matrices) -> bool:
     """Whether the fused kernel serves these matrices: CPU tiles with a periphery, the same
     periphery for all, and NumPy's BLAS reachable from kernels. The circuit IR-drop model
-    (``ir_drop_model = 'circuit'``) is not fused: its layers run the blocked path."""
+    (``ir_drop_model = 'circuit'``) and bit-serial input (``[bit_slicing] input_bits_per_cycle``)
+    are not fused: their layers run the blocked path (weight slices are fused: each slice is
+    one more tile)."""
     return (cpu_conv.available() and Blas.available()
             and all(type(m) is AnalogMatrix and not m.periphery.perfect
-                    and not m.periphery.ir_circuit for m in matrices)
+                    and not m.periphery.ir_circuit and m.input_cycles is None for m in matrices)
             and all(m.periphery == matrices[0].periphery for m in matrices))
 
 
@@ -227,7 +229,7 @@ class FusedConv:
                     (np.float32(-np.inf), np.float32(np.inf)) if epilogue is None else
                     (np.float32(epilogue[0]), np.float32(epilogue[1])), out,
                     np.int64(first), np.int64(rows), np.int64(chunks),
-                    all(m.n_in_chunks == 1 for m in self.matrices), cycles, self.matrices[0].inl)
+                    all(len(m.tiles) == m.n_out_chunks for m in self.matrices), cycles, self.matrices[0].inl)
             with Blas.single_threaded():  # each chunk calls sgemm on its own thread
                 bad = int(cpu_conv.analog_conv_parallel(*args))
         return out.reshape((n, oc) + geom.out_shape), int(bad)

@@ -94,7 +94,8 @@ class AnalogSimulator:
             index = candidates.index(name)
             mats, biases, extra = layer_matrix(node, graph.ir)
             matrices = [
-                AnalogMatrix(w, b, lc.forward, lc.mapping, key=(self.seed, index * _GROUP_STRIDE + g))
+                AnalogMatrix(w, b, lc.forward, lc.mapping, key=(self.seed, index * _GROUP_STRIDE + g),
+                             slicing=lc.section("bit_slicing"))
                 for g, (w, b) in enumerate(zip(mats, biases))
             ]
             if device == "cuda":

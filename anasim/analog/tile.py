@@ -43,6 +43,7 @@ from ..config.schema import inl_table
 from ..errors import ConfigError
 from ..kernels import cpu, stages
 from . import ir_circuit
+from . import slicing as slicing_mod
 from ..kernels.rng import PURPOSE, READOUT, normals_numpy, stream_key
 
 _STREAMS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
@@ -350,7 +351,7 @@ class AnalogMatrix:
       ω scaling, noise management, DAC and ADC like any weight.
     """
 
-    def __init__(self, weight, bias=None, forward=None, mapping=None, key=(0, 0)):
+    def __init__(self, weight, bias=None, forward=None, mapping=None, key=(0, 0), slicing=None):
         w = np.asarray(weight, dtype=np.float32)
         if w.ndim != 2:
             raise ValueError(f"weight must be 2-D (out x in), got shape {w.shape}")
@@ -370,6 +371,18 @@ class AnalogMatrix:
             self.in_sizes = [self.in_size + 1]
         omega = float(g("weight_scaling_omega") or 0.0)
         columnwise = bool(g("weight_scaling_columnwise"))
+        sl = lambda name, default: getattr(slicing, name, default)  # noqa: E731  ([bit_slicing])
+        self.slice_bits = int(sl("weight_bits_per_slice", 0))
+        self.n_slices = int(sl("weight_slices", 1)) if self.slice_bits else 1
+        p = self.periphery
+        if not p.perfect:
+            slicing_mod.check_weight_slicing(self.slice_bits, float(p.out_step), float(p.out_bound))
+        in_bits = int(sl("input_bits_per_cycle", 0))
+        self.input_cycles = None
+        if in_bits and not p.perfect:
+            self.input_cycles = slicing_mod.InputCycles.build(
+                in_bits, str(sl("input_encoding", "sign_magnitude")), float(p.inp_step), float(p.inp_bound),
+                p.inp_sto_round, p.bm)
         self.tiles: list[PhysicalTile] = []
         i0 = 0
         for n_in in self.in_sizes:
@@ -377,21 +390,37 @@ class AnalogMatrix:
             for n_out in self.out_sizes:
                 chunk = w[o0:o0 + n_out, i0:i0 + n_in]
                 target, scale = _weight_scaling(chunk, omega, columnwise)
-                target.setflags(write=False)
-                tile = PhysicalTile(
-                    index=len(self.tiles), in_start=i0, in_stop=i0 + n_in, out_start=o0,
-                    out_stop=o0 + n_out, target=target, weight=target, mapping_scale=scale,
-                    post_scale=np.ones(n_out, np.float32),
-                )
-                self._init_fixed_variation(tile)
-                self.tiles.append(tile)
+                # weight slices: one tile per slice, in place order (tile k = chunk·n_slices + s)
+                for part, place in slicing_mod.slice_weights(target, self.n_slices, self.slice_bits):
+                    part.setflags(write=False)
+                    tile = PhysicalTile(
+                        index=len(self.tiles), in_start=i0, in_stop=i0 + n_in, out_start=o0,
+                        out_stop=o0 + n_out, target=part, weight=part,
+                        mapping_scale=scale if self.slice_bits == 0 else (scale * place).astype(np.float32),
+                        post_scale=np.ones(n_out, np.float32),
+                    )
+                    self._init_fixed_variation(tile)
+                    self.tiles.append(tile)
                 o0 += n_out
             i0 += n_in
         self._keys: dict = {}
-        self.inl = self.periphery.inl_table()
+        self._inl = (None, None)
         self.draw_adc_mismatch(0)
 
     # ------------------------------------------------------------------ weights
+    @property
+    def inl(self) -> np.ndarray:
+        """The INL table of the current periphery (:meth:`Periphery.inl_table`; follows a
+        calibrated out_bound)."""
+        if self._inl[0] is not self.periphery:
+            self._inl = (self.periphery, self.periphery.inl_table())
+        return self._inl[1]
+
+    @property
+    def tiles_per_input_chunk(self) -> int:
+        """Tiles of one input chunk: output chunks × weight slices (consecutive in :attr:`tiles`)."""
+        return self.n_out_chunks * self.n_slices
+
     @property
     def n_in_chunks(self) -> int:
         return len(self.in_sizes)
@@ -436,7 +465,7 @@ class AnalogMatrix:
         """The logical (out × in) matrix the tiles currently represent (scales applied)."""
         w = np.zeros((self.out_size, sum(self.in_sizes)), np.float32)
         for t in self.tiles:
-            w[t.out_start:t.out_stop, t.in_start:t.in_stop] = (
+            w[t.out_start:t.out_stop, t.in_start:t.in_stop] += (  # weight slices add up
                 t.weight * (t.mapping_scale * t.post_scale)[:, None]
             )
         return w[:, : self.in_size]
@@ -553,10 +582,10 @@ class AnalogMatrix:
             self._forward_perfect(x, acc)
             return
         kern = _PARALLEL if kernels is None else kernels
+        per = self.tiles_per_input_chunk
         for i in range(self.n_in_chunks):
             cache = {}
-            for j in range(self.n_out_chunks):
-                t = self.tiles[i * self.n_out_chunks + j]
+            for t in self.tiles[i * per:(i + 1) * per]:
                 self._forward_tile(t, x, row_ids, repetition, acc, cache, kern)
 
     def _forward_perfect(self, x, acc) -> None:
@@ -570,16 +599,55 @@ class AnalogMatrix:
             y *= t.post_scale
             acc[:, t.out_start:t.out_stop] += y
 
-    def _prepare(self, t, x, col0, row_ids, keys, red, rnd, kern=None):
+    def _prepare(self, t, x, col0, row_ids, keys, red, rnd, kern=None, dac_only=False):
+        """Steps 1-2 on the tile's inputs; ``dac_only``: noise management and DAC alone (no
+        input noise, no by-products), the codes a bit-serial input splits into cycles."""
         p = self.periphery
         return (kern or _PARALLEL).prepare_input(
             x, col0, t.n_in, row_ids, nm_type=p.nm_type, nm_thres=p.nm_thres, res=p.inp_step,
-            bound=p.inp_bound, inp_noise=p.inp_noise, sto_round=p.inp_sto_round, red=red, rnd=rnd,
-            noise_key=keys["inp_noise"], sto_key=keys["inp_sto_round"],
-            want_norm=p.wn_type == cpu.WN_ADDITIVE and p.w_noise > 0,
-            want_sq=p.wn_type == cpu.WN_PCM_READ and p.w_noise > 0,
-            want_ir=p.ir_drop > 0,
+            bound=p.inp_bound, inp_noise=0.0 if dac_only else p.inp_noise, sto_round=p.inp_sto_round,
+            red=red, rnd=rnd, noise_key=keys["inp_noise"], sto_key=keys["inp_sto_round"],
+            want_norm=not dac_only and p.wn_type == cpu.WN_ADDITIVE and p.w_noise > 0,
+            want_sq=not dac_only and p.wn_type == cpu.WN_PCM_READ and p.w_noise > 0,
+            want_ir=not dac_only and p.ir_drop > 0,
         )
+
+    def cycle_keys(self, keys: dict, cycle: int) -> dict:
+        """The random streams of bit-serial input cycle ``cycle`` of a tile whose streams are
+        ``keys``: each stream's key mixed with the cycle (purpose 'input_cycle'; cached)."""
+        k = ("cycle", tuple(keys[name] for name in _STREAMS), cycle)
+        if k not in self._keys:
+            self._keys[k] = {name: stream_key(keys[name][0], keys[name][1], cycle, "input_cycle")
+                             for name in _STREAMS}
+        return self._keys[k]
+
+    def _forward_bit_serial(self, t, x, row_ids, acc, cache, kern, keys) -> None:
+        """Bit-serial input (``[bit_slicing] input_bits_per_cycle``): the DAC codes of the
+        tile's inputs split into cycles (:func:`anasim.kernels.stages.input_cycle`); each
+        cycle's drives get their own input noise, then MVM and every output stage, and the
+        cycle's output is added into ``acc`` shifted by its place value (through the input
+        scale: (1/α)/shift_j)."""
+        p, cyc = self.periphery, self.input_cycles
+        prep = cache.get("prep")  # the DAC is deterministic here (stochastic rounding is refused)
+        if prep is None:
+            prep = cache["prep"] = self._prepare(t, x, t.in_start, row_ids, keys, np.float32(1.0), 0, kern,
+                                                 dac_only=True)
+        for j in range(cyc.n_cycles):
+            ck = self.cycle_keys(keys, j)
+            pj = cache.get(("cycle", j)) if p.inp_noise <= 0 else None
+            if pj is None:
+                drive = kern.input_cycle(prep["xt"], p.inp_step, cyc.drive, j, cyc.bits, cyc.n_cycles, cyc.twos)
+                pj = kern.prepare_input(
+                    drive, 0, t.n_in, row_ids, nm_type=cpu.NM_NONE, res=0.0, bound=np.inf, inp_noise=p.inp_noise,
+                    noise_key=ck["inp_noise"], sto_key=ck["inp_sto_round"],
+                    want_norm=p.wn_type == cpu.WN_ADDITIVE and p.w_noise > 0,
+                    want_sq=p.wn_type == cpu.WN_PCM_READ and p.w_noise > 0, want_ir=p.ir_drop > 0)
+                if p.inp_noise <= 0:  # aihwkit's zero-output short cut, decided on the whole word
+                    pj["skip"] = prep["skip"]
+                if p.inp_noise <= 0:
+                    cache[("cycle", j)] = pj
+            scale = (prep["scale"] / np.float32(cyc.shift(j))).astype(np.float32)
+            self._analog(t, pj, row_ids, ck, 0, acc=acc, scale=scale, kern=kern)
 
     def _mvm(self, t, xt, kern=None) -> np.ndarray:
         """Step 3, the tile's product of prepared inputs: ``x̃ Wᵀ`` (BLAS), or with
@@ -648,6 +716,9 @@ class AnalogMatrix:
         kern = kern or _PARALLEL
         p = self.periphery
         keys = self.stream_keys(t.index, repetition) if keys is None else keys
+        if self.input_cycles is not None:
+            self._forward_bit_serial(t, x, row_ids, acc, cache, kern, keys)
+            return
         deterministic_input = p.inp_noise <= 0 and not p.inp_sto_round
         prep = cache.get("prep") if deterministic_input else None
         if prep is None:

@@ -67,6 +67,11 @@ class CudaAnalogMatrix:
                 "forward.ir_drop_model = 'circuit' (the resistive-network IR-drop solve) is not "
                 "available on the GPU path yet; run this configuration with device='cpu', or use "
                 "ir_drop_model = 'simple' on the GPU.")
+        if matrix.input_cycles is not None:
+            raise ConfigError(
+                "[bit_slicing] input_bits_per_cycle > 0 (bit-serial input) is not available on the GPU path "
+                "yet; run this configuration with device='cpu', or input_bits_per_cycle = 0 on the GPU "
+                "(weight slices run on both).")
         if not K.available():
             raise RuntimeError("no CUDA GPU available (numba.cuda.is_available() is False)")
         self.matrix = matrix
@@ -173,10 +178,10 @@ class CudaAnalogMatrix:
             if am.periphery.perfect:
                 self._forward_perfect(dx, acc)
             else:
+                per = am.tiles_per_input_chunk  # output chunks × weight slices
                 for i in range(am.n_in_chunks):
                     cache = {}
-                    for j in range(am.n_out_chunks):
-                        k = i * am.n_out_chunks + j
+                    for k in range(i * per, (i + 1) * per):
                         self._forward_tile(am.tiles[k], self._tiles[k], dx, rid, repetition, acc, cache)
         if self._bias is not None:
             K.add_bias(acc, self._bias)

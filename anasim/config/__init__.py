@@ -35,6 +35,7 @@ from .registry import (
 from .schema import ForwardParameters, MappingParameters, resolution, split_sizes
 from .text import dumps_toml, parse_literal
 from .calibration import CalibrationParameters  # registers [calibration]
+from .bit_slicing import BitSlicingParameters  # registers [bit_slicing]
 
 __all__ = [
     "AnalogConfig", "ForwardParameters", "MappingParameters", "LayerOverride", "LayerConfig",
@@ -44,4 +45,5 @@ __all__ = [
     "SectionAccess", "DEVICE_SECTIONS", "AIHWKIT_FORWARD", "AIHWKIT_MAPPING",
     "Section", "param", "Interval", "ParamRecord", "documented", "import_class", "resolution",
     "split_sizes", "parse_literal", "dumps_toml", "merge_dicts", "CalibrationParameters",
+    "BitSlicingParameters",
 ]

@@ -205,8 +205,8 @@ class ForwardParameters(Section):
         "ADC offset mismatch: each tile column's ADC adds an input-referred offset "
         "adc_offset_std·ξ, ξ standard normal, drawn once per programmed chip (random purpose "
         "'adc_offset', chip-state arrays adc_offset), before the INL curve and the gain. In "
-        "normalized output units, like out_noise and out_bound (one ADC step is output_step = "
-        "2·out_bound/out_res steps). 0 disables it.",
+        "normalized output units, like out_noise and out_bound (one ADC step, output_step, is "
+        "2·out_bound/n for out_res = n steps). 0 disables it.",
         unit="normalized output", valid=NONNEG, aihwkit="(none; anasim only)")
     adc_inl: tuple = param(
         (),

@@ -59,6 +59,7 @@ __all__ = [
     "WN_NONE", "WN_ADDITIVE", "WN_PCM_READ",
     "prepare_input", "finalize_output", "accumulate_output", "warmup",
     "prepare_input_serial", "finalize_output_serial", "accumulate_output_serial",
+    "input_cycle", "input_cycle_serial",
 ]
 
 from . import stages as S  # noqa: E402  (the stage formulas)
@@ -553,6 +554,27 @@ def _accumulate_output_serial(y, scale, out_scale, ms, post, acc, c0):
         _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r)
 
 
+@njit(inline="always", error_model="numpy")
+def _input_cycle_row(xt, res, drive, cycle, bits, n_cycles, twos, out, r):
+    xr = xt[r]
+    orow = out[r]
+    for j in range(xr.size):
+        orow[j] = S.input_cycle(xr[j], res, drive, cycle, bits, n_cycles, twos)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _input_cycle(xt, res, drive, cycle, bits, n_cycles, twos, out):
+    for r in prange(xt.shape[0]):
+        _input_cycle_row(xt, res, drive, cycle, bits, n_cycles, twos, out, r)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _input_cycle_serial(xt, res, drive, cycle, bits, n_cycles, twos, out):
+    """:func:`_input_cycle` in the calling thread (no GIL)."""
+    for r in range(xt.shape[0]):
+        _input_cycle_row(xt, res, drive, cycle, bits, n_cycles, twos, out, r)
+
+
 # --------------------------------------------------------------------------------------
 # public wrappers
 
@@ -764,6 +786,26 @@ accumulate_output_serial.__doc__ = (
     ":func:`accumulate_output` with a single-threaded, GIL-free kernel: for worker threads that "
     "each process a block of rows (same arguments, same result).")
 accumulate_output_serial.__name__ = accumulate_output_serial.__qualname__ = "accumulate_output_serial"
+
+
+def _make_input_cycle(kernel):
+    """The wrapper :func:`input_cycle` around ``kernel`` (the parallel or the serial one)."""
+
+    def input_cycle(xt, res, drive, cycle, bits, n_cycles, twos):
+        """Bit-serial input: the (M, K) drives of cycle ``cycle`` of the DAC outputs ``xt``
+        (:func:`anasim.kernels.stages.input_cycle` per element)."""
+        xt = _f32_2d(xt, "xt")
+        out = np.empty_like(xt)
+        kernel(xt, np.float32(res), np.float32(drive), np.int64(cycle), np.int64(bits), np.int64(n_cycles),
+               bool(twos), out)
+        return out
+
+    return input_cycle
+
+
+input_cycle = _make_input_cycle(_input_cycle)
+input_cycle_serial = _make_input_cycle(_input_cycle_serial)
+input_cycle_serial.__name__ = input_cycle_serial.__qualname__ = "input_cycle_serial"
 
 
 def warmup() -> None:

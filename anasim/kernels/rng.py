@@ -75,6 +75,7 @@ PURPOSE = {
     "out_noise_std": 7,  # fixed per-output out_noise variation, drawn once per tile
     "adc_gain": 8,  # per-column ADC gain mismatch, drawn once per programmed chip
     "adc_offset": 9,  # per-column ADC offset mismatch, drawn once per programmed chip
+    "input_cycle": 10,  # bit-serial input: cycle j's streams, keyed by (a tile stream's key, j)
     # 16 and above: device models (programming noise, drift, read noise, ...)
     "programming": 16,
     "drift": 17,

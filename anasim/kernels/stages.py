@@ -25,7 +25,7 @@ from numba.extending import register_jitable
 __all__ = [
     "NM_NONE", "NM_ABS_MAX", "NM_MAX", "NM_CONSTANT", "WN_NONE", "WN_ADDITIVE", "WN_PCM_READ",
     "Periphery", "noise_management", "dac", "dac_stochastic", "ir_drop", "nonlinearity", "adc",
-    "adc_stochastic", "adc_transfer", "inl_curve", "bm_limit_reached",
+    "adc_stochastic", "adc_transfer", "inl_curve", "bm_limit_reached", "input_digit", "input_cycle",
 ]
 
 NM_NONE, NM_ABS_MAX, NM_MAX, NM_CONSTANT = 0, 1, 2, 3
@@ -154,6 +154,32 @@ def adc(y, res):
 def adc_stochastic(y, res, u):
     """:func:`adc` with stochastic rounding, ``u`` uniform in [0, 1) (needs res > 0)."""
     return np.rint(y / res + (u - _FHALF)) * res
+
+
+@register_jitable
+def input_digit(code, cycle, bits, n_cycles, twos):
+    """Digit ``cycle`` (0: least significant) of the integer DAC code ``code`` split into
+    ``n_cycles`` digits of ``bits`` bits: of |code|, with code's sign (sign-magnitude), or,
+    ``twos``, of the two's-complement code over n_cycles·bits bits, the most significant
+    digit counting negative (so that Σ_j digit_j·2^(bits·j) = code either way)."""
+    c = np.int64(code)
+    mask = (np.int64(1) << bits) - 1
+    if twos:
+        u = c & ((np.int64(1) << (bits * n_cycles)) - 1)
+        d = (u >> (bits * cycle)) & mask
+        if cycle == n_cycles - 1 and d >= (np.int64(1) << (bits - 1)):
+            d -= np.int64(1) << bits
+        return d
+    d = (abs(c) >> (bits * cycle)) & mask
+    return d if c >= 0 else -d
+
+
+@register_jitable
+def input_cycle(v, res, drive, cycle, bits, n_cycles, twos):
+    """Bit-serial input: the drive of DAC output ``v`` (a multiple of the DAC step ``res``) in
+    cycle ``cycle``: its :func:`input_digit` times ``drive`` (the level of one digit unit,
+    inp_bound/(2^bits - 1))."""
+    return np.float32(input_digit(np.rint(v / res), cycle, bits, n_cycles, twos)) * drive
 
 
 @register_jitable
