@@ -136,6 +136,18 @@ def test_affine_fit_recovers_a_known_scale_and_offset():
     np.testing.assert_allclose(offset, o, atol=1e-5)
 
 
+def test_affine_fit_does_not_shrink_noisy_channels():
+    """Noise on the analog output is not a gain error: the scale stays 1 (a fit of the ideal
+    output on the analog one would give 1 / (1 + noise variance) = 0.5 here)."""
+    rng = np.random.default_rng(8)
+    ideal = rng.standard_normal((4000, 3)).astype(np.float32)
+    analog = 0.8 * ideal + rng.standard_normal((4000, 3)).astype(np.float32) * 0.8
+    analog[:, 2] = rng.standard_normal(4000)  # no relation to the ideal output: only an offset
+    scale, offset = fit_affine(analog, ideal + 0.5, channel_axis=1)
+    np.testing.assert_allclose(scale[:2], 1 / 0.8, rtol=0.05)
+    assert scale[2] == 1.0 and offset[2] == pytest.approx(0.5 + ideal[:, 2].mean() - analog[:, 2].mean(), abs=1e-5)
+
+
 def test_affine_calibration_undoes_a_gain_error_of_a_layer(graph, x):
     """A known per-output gain put into the Gemm layer's tiles (its digital post scale, as a
     mis-set drift compensation would): y = W x / s + b. The fit must give scale s and offset

@@ -150,17 +150,28 @@ def apply_affine(y: np.ndarray, scale: np.ndarray, offset: np.ndarray, channel_a
     return out.astype(np.float32, copy=False)
 
 
-def fit_affine(y_analog: np.ndarray, y_ideal: np.ndarray, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares scale and offset per channel: argmin Σ (s·y_analog + o − y_ideal)² over
-    every sample and position. A channel whose analog output is constant gets s = 1 and the
-    mean difference as offset. In float64; returns float32 (channels,) arrays."""
+def fit_affine(y_analog: np.ndarray, y_ideal: np.ndarray, channel_axis: int,
+               min_r2: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel correction ``y ← scale · y + offset`` that undoes a gain and offset error.
+
+    Least squares per channel, over every sample and position, of the analog output on the
+    ideal one: ``y_analog ≈ g · y_ideal + c`` (the analog output as the ideal one with a gain
+    and an offset error, plus noise); the correction inverts it: ``scale = 1/g``,
+    ``offset = −c/g``. Fitting the other way round (ideal on analog) would shrink every
+    noisy channel towards its mean (regression dilution), and the shrinkage compounds
+    from layer to layer. A channel whose analog output follows its ideal one too weakly to
+    estimate a gain — ideal output constant, g <= 0, or r² < ``min_r2`` — gets scale 1 and
+    the mean difference as offset. In float64; returns float32 (channels,) arrays."""
     a = np.moveaxis(np.asarray(y_analog, np.float64), channel_axis, 0).reshape(y_analog.shape[channel_axis], -1)
     b = np.moveaxis(np.asarray(y_ideal, np.float64), channel_axis, 0).reshape(a.shape)
     ma, mb = a.mean(axis=1), b.mean(axis=1)
     da, db = a - ma[:, None], b - mb[:, None]
-    var = (da * da).mean(axis=1)
-    cov = (da * db).mean(axis=1)
-    flat = var <= 1e-12 * np.maximum(1.0, (b * b).mean(axis=1))
-    scale = np.where(flat, 1.0, cov / np.where(flat, 1.0, var))
+    va, vb, cov = (da * da).mean(axis=1), (db * db).mean(axis=1), (da * db).mean(axis=1)
+    scale_b = np.maximum(1.0, (b * b).mean(axis=1))
+    ok = (vb > 1e-12 * scale_b) & (va > 1e-12 * scale_b)
+    r2 = np.where(ok, cov * cov / np.where(ok, va * vb, 1.0), 0.0)
+    gain = np.where(ok, cov / np.where(ok, vb, 1.0), 1.0)
+    ok &= (gain > 0) & (r2 >= min_r2)
+    scale = np.where(ok, 1.0 / np.where(ok, gain, 1.0), 1.0)
     offset = mb - scale * ma
     return scale.astype(np.float32), offset.astype(np.float32)

@@ -14,7 +14,8 @@ each one is switched on here:
   |outputs| before the ADC;
 * ``affine``: a digital scale and offset per output channel after each analog layer, fitted
   by least squares so that the analog layer's output matches the ideal layer's on the same
-  input (the layers are calibrated in network order: calibrated layers feed the later ones).
+  input (the gain and offset of analog = gain · ideal + offset, inverted; the layers are
+  calibrated in network order: calibrated layers feed the later ones).
 
 ``calibrate_at = "program"`` calibrates once right after programming (drift compensation
 does the rest); ``"each_t"`` recalibrates at every inference time.
@@ -93,6 +94,12 @@ class CalibrationParameters(Section):
         "and offset per output channel, fitted by least squares so that the analog output on the "
         "calibration data matches the ideal layer's output for the same input.",
         unit="flag", valid=bool)
+    affine_min_r2: float = param(
+        0.1,
+        "The affine fit estimates a channel's gain g from y_analog = g * y_ideal + c and corrects "
+        "with 1/g; a channel whose analog output explains less than this fraction of its ideal "
+        "output's variance (r^2), or has g <= 0, gets only the offset (scale 1).",
+        unit="1", valid=Interval(0.0, 1.0))
     calibrate_at: str = param(
         "program",
         "When to calibrate: 'program' once right after programming (t_inference = 0; drift "

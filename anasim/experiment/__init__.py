@@ -15,7 +15,7 @@
 """
 
 from ..threads import set_threads
-from .calibrate import Calibration, calibrate
+from .calibration import Calibration, calibrate
 from .evaluate import DataSource, ModelSource, as_data, evaluate
 from .metrics import Metric, get_metric, register_metric
 from .results import Results, format_time

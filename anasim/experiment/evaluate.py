@@ -396,7 +396,7 @@ class Job:
 
 
 def _calibrate(sim, feeds) -> None:
-    from .calibrate import calibrate
+    from .calibration import calibrate
 
     calibrate(sim, feeds, sample_offset=0)
 

@@ -17,8 +17,9 @@ calibration batch: each analog layer, when the pass reaches it,
    before the ADC (the DAC-scaled inputs times the tiles' current weights, noise-free;
    at most :data:`ADC_ROWS` input vectors, an even stride through the batch);
 3. runs its tiles on the input (with 1 and 2 in place);
-4. (``affine``) fits a scale and offset per output channel (least squares) of that output
-   against the ideal layer's output for the same input (:func:`~anasim.analog.calibration.fit_affine`)
+4. (``affine``) fits a gain and offset per output channel (least squares) of that output
+   against the ideal layer's output for the same input, and corrects by their inverse
+   (:func:`~anasim.analog.calibration.fit_affine`),
    and passes the corrected output on, so the later layers are calibrated on the inputs a
    calibrated chip gives them.
 
@@ -147,7 +148,7 @@ class _LayerPass:
         y = layer(*inputs, context=context, raw=True)
         if p.affine:
             y_ideal = np.asarray(self.ideal(*inputs), np.float32)
-            cal.scale, cal.offset = fit_affine(y, y_ideal, layer.channel_axis)
+            cal.scale, cal.offset = fit_affine(y, y_ideal, layer.channel_axis, p.affine_min_r2)
             layer.set_calibration(cal)
             y = apply_affine(y, cal.scale, cal.offset, layer.channel_axis)
         if layer.epilogue is not None:
