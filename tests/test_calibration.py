@@ -332,3 +332,22 @@ def test_calibrate_refuses_what_it_cannot_do(graph, x):
     with pytest.raises(InputError, match="non-empty"):
         calibrate(anasim.analog(graph, {"calibration": {"affine": True}}), x[:0])
     assert LayerCalibration().empty
+
+
+# ----------------------------------------------------------------------------- ResNet-20
+def test_resnet20_recalibration_recovers_accuracy_after_a_day():
+    """ResNet-20 (../shared), aihwkit preset, 2 chips, 100 calibration + 200 scored images:
+    a day after programming the uncalibrated chips are near chance (~15 %); the affine
+    correction recalibrated at t (calibrate_at = "each_t") must give every chip at least
+    25 points more (measured: +44 on average; the full study is examples/calibration/run.py)."""
+    from conftest import cifar10_test, shared_path
+
+    model = shared_path("models", "resnet20_cifar10.onnx")
+    x, y = cifar10_test(300)
+    kw = dict(times=[86400.0], repeats=2, calibrate=100, seed=0, batch_size=100, progress=False)
+    none = evaluate(model, (x, y), aihwkit(), **kw)
+    each = evaluate(model, (x, y), aihwkit(affine=True, calibrate_at="each_t"), **kw)
+    acc = {name: {r["repetition"]: r["top1"] for r in res.rows if r["kind"] == "analog"}
+           for name, res in (("none", none), ("each", each))}
+    assert all(acc["each"][r] - acc["none"][r] >= 0.25 for r in (0, 1)), acc
+    assert {r["n_samples"] for r in each.rows} == {200}
