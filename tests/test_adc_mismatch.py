@@ -18,6 +18,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import anasim
@@ -93,6 +95,37 @@ def test_kernels_equal_numpy_twin(name):
     assert not np.array_equal(y, AnalogMatrix(w, forward=fwd(inp_res=1 / 64), key=(5, 2),
                                               mapping=types.SimpleNamespace(max_input_size=16,
                                                                             max_output_size=10)).forward(x, rows))
+
+
+@st.composite
+def _inl_tables(draw):
+    """A monotone transfer curve: 2-6 points, inputs strictly increasing in [-1, 1]."""
+    n = draw(st.integers(2, 6))
+    xs = sorted(set(draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n))))
+    if len(xs) < 2:
+        xs = [-1.0, 1.0]
+    ys = sorted(draw(st.lists(st.floats(-1, 1), min_size=len(xs), max_size=len(xs))))
+    return [[x, y] for x, y in zip(xs, ys)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(gain=st.sampled_from([0.0, 0.02, 0.3]), offset=st.sampled_from([0.0, 0.01, 0.2]),
+       inl=st.one_of(st.just([]), _inl_tables()), bm=st.booleans(), sto=st.booleans(),
+       out_res=st.sampled_from([-1, 30, 254]), seed=st.integers(0, 2**16))
+def test_property_kernels_equal_twin_and_zero_mismatch_is_today(gain, offset, inl, bm, sto, out_res, seed):
+    rng = np.random.default_rng(seed)
+    w, x = _pair(rng, n_out=9, n_in=12, m=7)
+    base = dict(inp_res=1 / 64, out_res=out_res, out_bound=1.5, out_noise=0.02, out_sto_round=sto,
+                bound_management="iterative" if bm else "none")
+    m = AnalogMatrix(w, forward=fwd(**base, adc_gain_std=gain, adc_offset_std=offset, adc_inl=inl),
+                     mapping=types.SimpleNamespace(max_input_size=8, max_output_size=5), key=(seed, 1))
+    rows = np.arange(3, 10, dtype=np.int64)
+    y = m.forward(x, rows)
+    np.testing.assert_array_equal(y, naive_forward(m, x, rows))
+    if gain == 0 and offset == 0 and not inl:
+        today = AnalogMatrix(w, forward=fwd(**base), key=(seed, 1),
+                             mapping=types.SimpleNamespace(max_input_size=8, max_output_size=5))
+        np.testing.assert_array_equal(y, today.forward(x, rows))
 
 
 def _conv_model(seed=0):
