@@ -258,15 +258,6 @@ def test_defaults_are_todays_tile_bit_for_bit():
     assert BitSlicingParameters().is_default
 
 
-def test_gpu_refuses_bit_serial_input():
-    from anasim.analog.tile_cuda import CudaAnalogMatrix
-
-    m = AnalogMatrix(np.ones((2, 3), np.float32), forward=fwd(bound_management="none"),
-                     slicing=bits(input_bits_per_cycle=2))
-    with pytest.raises(ConfigError, match="bit-serial input.*not available on the GPU"):
-        CudaAnalogMatrix(m)
-
-
 # ------------------------------------------------------------------ CUDA (simulator)
 
 
@@ -284,4 +275,21 @@ def test_sim_weight_slices_on_cuda_equal_cpu():
     x = (rng.integers(-64, 65, (4, 6)) / 64).astype(np.float32)
     m = AnalogMatrix(w, forward=fwd(inp_res=1 / 64, out_bound=2.0), mapping=mapping(max_output_size=3),
                      slicing=bits(weight_slices=2, weight_bits_per_slice=3), key=(2, 1))
+    np.testing.assert_array_equal(to_cuda(m).forward(x), m.forward(x))
+
+
+@sim_only
+@pytest.mark.parametrize("enc, noisy", [("sign_magnitude", False), ("twos_complement", True)])
+def test_sim_bit_serial_input_on_cuda_equals_cpu(enc, noisy):
+    from anasim.analog.tile_cuda import to_cuda
+
+    rng = np.random.default_rng(10)
+    w = (rng.integers(-64, 65, (5, 6)) / 256).astype(np.float32)
+    x = (rng.integers(-64, 65, (4, 6)) / 64).astype(np.float32)
+    x[2] = 0
+    extra = dict(inp_noise=0.01, w_noise=0.02, w_noise_type="additive_constant") if noisy else {}
+    m = AnalogMatrix(w, forward=fwd(inp_res=1 / 64, out_bound=2.0, bound_management="none", **extra),
+                     mapping=mapping(max_output_size=3), key=(2, 1),
+                     slicing=bits(input_bits_per_cycle=2, input_encoding=enc, weight_slices=2,
+                                  weight_bits_per_slice=2))
     np.testing.assert_array_equal(to_cuda(m).forward(x), m.forward(x))

@@ -99,6 +99,7 @@ _PTX_SCRIPT = textwrap.dedent(r'''
             f"float32, {I1}, int64, uint64, uint64, uint64, uint64, uint64, uint64, {B1}, boolean, "
             f"{F1}, float32, {F1}, {F1}, {F2}, int64, boolean, {F1}, {F1}, {F2})",
         "_accumulate_kernel": f"void({F2}, {F1}, float32, {F1}, {F1}, {F2}, int64)",
+        "_input_cycle_kernel": f"void({F2}, float32, float32, int64, int64, int64, boolean, {F2})",
     }
     def ptx(fn, sig):
         return cuda.compile_ptx(fn, sig, cc=(8, 0))[0]

@@ -68,7 +68,7 @@ from numba import config as _nb_config
 from numba import cuda
 
 from .cpu import NM_ABS_MAX, NM_CONSTANT, NM_MAX, NM_NONE, WN_ADDITIVE, WN_NONE, WN_PCM_READ
-from .stages import adc_transfer
+from .stages import adc_transfer, input_cycle
 from .rng import (
     _A0, _A1, _A2, _A3, _A4, _A5, _B0, _B1, _B2, _B3, _B4, _C0, _C1, _C2, _C3, _C4, _C5,
     _D0, _D1, _D2, _D3, _MASK32, _P_LOW, _S32, _TWO_M32, philox4x32_10, uniform4,
@@ -419,6 +419,16 @@ def _finalize_kernel(
 
 
 @cuda.jit(cache=not SIMULATOR)
+def _input_cycle_kernel(xt, res, drive, cycle, bits, n_cycles, twos, out):
+    """out = the drives of bit-serial cycle ``cycle`` of the DAC outputs xt (stages.input_cycle)."""
+    m, k = xt.shape
+    for t in range(cuda.grid(1), m * k, cuda.gridsize(1)):
+        r = t // k
+        j = t - r * k
+        out[r, j] = input_cycle(xt[r, j], res, drive, cycle, bits, n_cycles, twos)
+
+
+@cuda.jit(cache=not SIMULATOR)
 def _accumulate_kernel(y, scale, out_scale, ms, post, acc, c0):
     """acc[r, c0+i] += ((y[r, i] · out_scale/scale[r]) · ms[i]) · post[i]."""
     m, n = y.shape
@@ -642,6 +652,17 @@ def finalize_device(y, skip, row_ids, *, res, bound, bm, test_neg, nl_vec, nlf, 
             e1 if adc_gain is None else adc_gain, device_empty((3, 0)) if adc_gain is None else inl,
         )
     return fail
+
+
+def input_cycle_device(xt, res, drive, cycle, bits, n_cycles, twos):
+    """:func:`anasim.kernels.cpu.input_cycle` on a device array: the (M, K) drives of one cycle."""
+    out = device_empty(tuple(xt.shape))
+    n = xt.shape[0] * xt.shape[1]
+    if n:
+        blocks, threads = _launch_flat(n)
+        _input_cycle_kernel[blocks, threads](xt, np.float32(res), np.float32(drive), np.int64(cycle),
+                                             np.int64(bits), np.int64(n_cycles), bool(twos), out)
+    return out
 
 
 def accumulate_device(y, scale, acc, col0, out_scale, ms, post) -> None:

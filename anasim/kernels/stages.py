@@ -17,6 +17,7 @@ named tuple of scalars (float32, int64, bool), passed as a single argument.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -178,8 +179,9 @@ def input_digit(code, cycle, bits, n_cycles, twos):
 def input_cycle(v, res, drive, cycle, bits, n_cycles, twos):
     """Bit-serial input: the drive of DAC output ``v`` (a multiple of the DAC step ``res``) in
     cycle ``cycle``: its :func:`input_digit` times ``drive`` (the level of one digit unit,
-    inp_bound/(2^bits - 1))."""
-    return np.float32(input_digit(np.rint(v / res), cycle, bits, n_cycles, twos)) * drive
+    inp_bound/(2^bits - 1)). The code is v/res rounded half up (v/res is a whole number up
+    to float rounding; ``math.floor`` compiles for the CPU and CUDA alike)."""
+    return np.float32(input_digit(math.floor(v / res + _FHALF), cycle, bits, n_cycles, twos)) * drive
 
 
 @register_jitable
