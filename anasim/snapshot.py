@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from .analog.state import ADC_ARRAYS, STATE, TILE_ARRAYS, escape_name, tile_prefix, unescape_name
-from .analog.state import CALIBRATION_SAMPLES, calibration_prefix
+from .analog.state import BATCHNORM, CALIBRATION_SAMPLES, calibration_prefix
 from .errors import AnasimError, ConfigError, InputError
 from .version import __version__
 
@@ -187,6 +187,12 @@ def _write(sim, tmp: Path, include: str, compression: str | None = None) -> None
         _text(a, "include", include)
         _text(a, "created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         a["n_layers"] = np.int64(len(sim.layers))
+        bn = {k[len(BATCHNORM):]: v for k, v in state.items() if k.startswith(BATCHNORM)}
+        if bn:  # re-estimated BatchNorm statistics (calibration): /batchnorm/<escaped node>/mean|var
+            bg = f.create_group("batchnorm")
+            for key, arr in bn.items():
+                node, _, what = key.rpartition("/")
+                _put(bg.require_group(node), what, arr)
         root = f.create_group("layers")
         for layer in sim.layers:
             lg = root.create_group(escape_name(layer.name))
@@ -388,6 +394,8 @@ def _read(path: Path, arrays: bool = True) -> tuple[dict, list[_Layer] | None]:
             meta = _read_meta(f, path)
             if not arrays:
                 return meta, None
+            meta["batchnorm_arrays"] = ({f"{node}/{what}": _read_array(ds, path) for node, g in f["batchnorm"].items()
+                                         for what, ds in g.items()} if "batchnorm" in f else {})
             return meta, _read_layers(f, path)
     except (SnapshotError, FileNotFoundError):
         raise
@@ -573,6 +581,8 @@ def _restore(sim, meta: dict, layers: list[_Layer], path: Path) -> None:
     for layer in sim.layers:
         for name, arr in saved[layer.name].calibration.items():
             state[calibration_prefix(layer.name) + name] = arr
+    for key, arr in meta.get("batchnorm_arrays", {}).items():
+        state[BATCHNORM + key] = arr
     if CALIBRATION_SAMPLES in meta:
         state[CALIBRATION_SAMPLES] = np.asarray(meta[CALIBRATION_SAMPLES], np.int64).reshape(-1)
     try:

@@ -40,12 +40,17 @@ def toy_model(seed=0, bias=0.0):
                              opset_imports=[helper.make_opsetid("", 17)])
 
 
-def conv_relu(x, seed=0):
-    """The toy model's Conv + Relu in NumPy: the Gemm layer's ideal input (N, 256)."""
+def conv_out(x, seed=0):
+    """The toy model's Conv in NumPy: (N, 4, 8, 8)."""
     w = numpy_helper.to_array(toy_model(seed).graph.initializer[0])
     xp = np.pad(x[:, 0], ((0, 0), (1, 1), (1, 1)))
     out = sum(w[None, :, 0, i, j, None, None] * xp[:, None, i:i + 8, j:j + 8] for i in range(3) for j in range(3))
-    return np.maximum(out + np.float32(0.1), 0).reshape(len(x), -1)
+    return out + np.float32(0.1)
+
+
+def conv_relu(x, seed=0):
+    """The toy model's Conv + Relu: the Gemm layer's ideal input (N, 256)."""
+    return np.maximum(conv_out(x, seed), 0).reshape(len(x), -1)
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +337,54 @@ def test_calibrate_refuses_what_it_cannot_do(graph, x):
     with pytest.raises(InputError, match="non-empty"):
         calibrate(anasim.analog(graph, {"calibration": {"affine": True}}), x[:0])
     assert LayerCalibration().empty
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+def bn_model():
+    """Conv(1→4) → BatchNormalization (running mean 0.2, var 2) → Relu → Flatten → Gemm."""
+    m = toy_model()
+    g = m.graph
+    for name, v in (("s", 1.5), ("bb", 0.1), ("m", 0.2), ("v", 2.0)):
+        g.initializer.append(numpy_helper.from_array(np.full(4, v, np.float32), name))
+    g.node[1].input[0] = "cb"
+    g.node.insert(1, helper.make_node("BatchNormalization", ["c", "s", "bb", "m", "v"], ["cb"], name="bn"))
+    return m
+
+
+def test_batchnorm_reestimation(x, tmp_path):
+    graph = anasim.load(bn_model())
+    unfolded = {"mapping": {"fold_batchnorm": False}}
+    # ideal hardware: "shift" is the identity
+    sim = anasim.analog(graph, {**unfolded, "calibration": {"batchnorm": "shift"}})
+    cal = calibrate(sim, x)
+    np.testing.assert_allclose(cal.batchnorm["bn"][0], 0.2, atol=1e-5)
+    np.testing.assert_allclose(cal.batchnorm["bn"][1], 2.0, rtol=1e-5)
+    np.testing.assert_allclose(sim(x), graph.folded(False)(x), rtol=1e-5, atol=1e-5)
+    # "recompute" (AdaBS): the statistics of the BatchNorm's input activations themselves
+    sim = anasim.analog(graph, {**unfolded, "calibration": {"batchnorm": "recompute"}})
+    mean, var = calibrate(sim, x).batchnorm["bn"]
+    c = conv_out(x).astype(np.float64)
+    np.testing.assert_allclose(mean, c.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, c.var(axis=(0, 2, 3)), rtol=1e-4)
+    # a noisy chip: shifted statistics follow the analog activations; snapshots carry them
+    sim = anasim.analog(graph, aihwkit(batchnorm="shift"))
+    calibrate(sim, x)
+    assert set(sim.batchnorm) == {"bn"} and "batchnorm/bn/mean" in sim.state_dict()
+    assert not np.allclose(sim.batchnorm["bn"][0], 0.2, atol=1e-4)
+    path = save_snapshot(sim, tmp_path / "bn.h5")
+    other = anasim.analog(graph, aihwkit())
+    load_snapshot(other, path)
+    np.testing.assert_array_equal(other(x), sim(x))
+    np.testing.assert_array_equal(other.batchnorm["bn"][1], sim.batchnorm["bn"][1])
+    bad = dict(sim.state_dict())
+    bad["batchnorm/bn/var"] = -np.ones(4, np.float32)
+    with pytest.raises(InputError, match="var >= 0"):
+        anasim.analog(graph, aihwkit()).load_state_dict(bad)
+    sim.program(1)  # a fresh chip: the model's own statistics again
+    assert sim.batchnorm == {} and "batchnorm/bn/mean" not in sim.state_dict()
+    # BatchNorm folded into the weights: nothing to re-estimate, and it says so
+    cal = calibrate(anasim.analog(graph, {"calibration": {"batchnorm": "recompute"}}), x)
+    assert "batchnorm" in cal.skipped and cal.batchnorm == {}
 
 
 # ----------------------------------------------------------------------------- ResNet-20

@@ -175,3 +175,38 @@ def fit_affine(y_analog: np.ndarray, y_ideal: np.ndarray, channel_axis: int,
     scale = np.where(ok, 1.0 / np.where(ok, gain, 1.0), 1.0)
     offset = mb - scale * ma
     return scale.astype(np.float32), offset.astype(np.float32)
+
+
+class BatchNormOverride:
+    """A digital BatchNormalization node run with re-estimated statistics (calibration's
+    BatchNorm re-estimation): the node's own op, ``mean`` and ``var`` in place of its
+    running statistics."""
+
+    def __init__(self, fn, mean: np.ndarray, var: np.ndarray):
+        self.fn, self.mean, self.var = fn, np.asarray(mean, np.float32), np.asarray(var, np.float32)
+
+    def __call__(self, x, scale, bias, _mean, _var, *rest, context=None):
+        return self.fn(x, scale, bias, self.mean.astype(_mean.dtype), self.var.astype(_var.dtype), *rest)
+
+
+def channel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis 1) mean and biased variance over every other axis, in float64."""
+    a = np.moveaxis(np.asarray(x, np.float64), 1, 0).reshape(x.shape[1], -1)
+    return a.mean(axis=1), a.var(axis=1)
+
+
+def reestimated_statistics(mode: str, stored_mean, stored_var, analog: tuple, ideal: tuple | None = None):
+    """BatchNorm running statistics from calibration activations, given the per-channel
+    (mean, variance) of the analog activations (``analog``) and of the ideal network's
+    (``ideal``, for "shift"; :func:`channel_moments`): ``"recompute"`` the analog ones
+    (AdaBS, Joshi et al. 2020); ``"shift"`` the stored statistics moved by what the chip
+    changes, mean + (μ_analog − μ_ideal) and var · σ²_analog / σ²_ideal (the identity on
+    ideal hardware; a channel with no ideal variance keeps its variance). Returns float32
+    (mean, var)."""
+    ma, va = (np.asarray(a, np.float64) for a in analog)
+    if mode == "recompute":
+        return ma.astype(np.float32), va.astype(np.float32)
+    mi, vi = (np.asarray(a, np.float64) for a in ideal)
+    mean = np.asarray(stored_mean, np.float64) + (ma - mi)
+    ratio = np.where(vi > 0, va / np.where(vi > 0, vi, 1.0), 1.0)
+    return mean.astype(np.float32), (np.asarray(stored_var, np.float64) * ratio).astype(np.float32)

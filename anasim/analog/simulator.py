@@ -30,9 +30,9 @@ from ..graph.context import SAMPLE_OFFSET_LIMIT, RunContext
 from ..kernels.rng import check_seed
 from ..graph.executor import Graph, check_device
 from ..graph.passes import quantized_as_float
-from .calibration import LayerCalibration, clipped_target
+from .calibration import BatchNormOverride, LayerCalibration, clipped_target
 from .layer import AnalogLayer, layer_matrix
-from .state import ADC_ARRAYS, CALIBRATION_SAMPLES, META, STATE, TILE_ARRAYS, calibration_prefix, tile_prefix
+from .state import ADC_ARRAYS, BATCHNORM, CALIBRATION_SAMPLES, META, STATE, TILE_ARRAYS, calibration_prefix, escape_name, tile_prefix, unescape_name
 from .tile import AnalogMatrix
 
 _GROUP_STRIDE = 1 << 20
@@ -109,7 +109,10 @@ class AnalogSimulator:
         if device == "cpu":  # Relu/Clip after a fused convolution: applied by its kernel
             overrides.update(fold_activations(graph.ir, self.layers))
         # bound on the CPU first, then placed once: the analog nodes' weights are not uploaded
+        self._overrides = overrides  # the analog layers (and folded activations) in the graph
         self._executor = graph.with_overrides(overrides).to(device)
+        self.batchnorm: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """Re-estimated (mean, var) of digital BatchNormalization nodes, by node name (calibration)."""
         self.repetition = 0
         self.t_inference = 0.0
         self._references: dict = {}  # drift-compensation reference readouts, per programming
@@ -162,6 +165,8 @@ class AnalogSimulator:
         self.t_inference = 0.0
         self._references = {}
         self.calibration_samples = None
+        if self.batchnorm:
+            self.set_batchnorm({})
         return self
 
     # ------------------------------------------------------------------ calibration
@@ -192,12 +197,50 @@ class AnalogSimulator:
         unclipped."""
         cals = {layer.name: layer.calibration.without_data() if keep_weight_clip else LayerCalibration()
                 for layer in self.layers}
+        if self.batchnorm:
+            self.set_batchnorm({})
         return self.set_calibration(cals)
+
+    def set_batchnorm(self, statistics: Mapping[str, tuple]) -> "AnalogSimulator":
+        """Run the digital BatchNormalization nodes named in ``statistics`` (``{node: (mean,
+        var)}``) with these running statistics instead of the model's; every other one with
+        its own (``{}`` restores them all). Checked: the nodes must be BatchNormalization
+        nodes of :attr:`graph` (``mapping.fold_batchnorm = false``), the arrays of their
+        channels' length, the variances >= 0."""
+        checked = self._checked_batchnorm(statistics)
+        self._install_batchnorm(checked)
+        return self
+
+    def _checked_batchnorm(self, statistics: Mapping[str, tuple]) -> dict:
+        nodes = {n.name: n for n in self.graph.ir.nodes if n.op_type == "BatchNormalization"}
+        checked = {}
+        for name, (mean, var) in statistics.items():
+            if name not in nodes:
+                raise InputError(f"set_batchnorm: {name!r} is not a BatchNormalization node of this simulator's "
+                                 f"graph (BatchNorm nodes: {sorted(nodes)[:5]}; folded ones have none).")
+            n_ch = np.asarray(self.graph.ir.constants[nodes[name].inputs[3]]).shape
+            mean, var = np.asarray(mean, np.float32), np.asarray(var, np.float32)
+            if mean.shape != n_ch or var.shape != n_ch or not (np.isfinite(mean).all() and np.isfinite(var).all()
+                                                            and (var >= 0).all()):
+                raise InputError(f"set_batchnorm: {name!r} needs finite mean and var >= 0 of shape {n_ch}; got "
+                                 f"{mean.shape} and {var.shape}.")
+            checked[name] = (mean, var)
+        return checked
+
+    def _install_batchnorm(self, checked: dict) -> None:
+        from ..graph.executor import bind
+
+        nodes = {n.name: n for n in self.graph.ir.nodes if n.op_type == "BatchNormalization"}
+        overrides = dict(self._overrides)
+        overrides.update({name: BatchNormOverride(bind(nodes[name], self.graph.ir).fn, m, v)
+                          for name, (m, v) in checked.items()})
+        self._executor = self.graph.with_overrides(overrides).to(self.device)
+        self.batchnorm = checked
 
     @property
     def calibrated(self) -> bool:
         """Whether any layer has a calibration."""
-        return any(not layer.calibration.empty for layer in self.layers)
+        return bool(self.batchnorm) or any(not layer.calibration.empty for layer in self.layers)
 
     def drift(self, t_inference: float) -> "AnalogSimulator":
         """Set the tiles to their state ``t_inference`` seconds after programming.
@@ -280,6 +323,9 @@ class AnalogSimulator:
                             out[key + STATE + name] = np.array(arr)
             for name, arr in layer.calibration.to_arrays().items():
                 out[calibration_prefix(layer.name) + name] = arr
+        for name, (mean, var) in self.batchnorm.items():
+            out[f"{BATCHNORM}{escape_name(name)}/mean"] = np.array(mean, np.float32)
+            out[f"{BATCHNORM}{escape_name(name)}/var"] = np.array(var, np.float32)
         if self.calibration_samples is not None:
             out[CALIBRATION_SAMPLES] = np.asarray(self.calibration_samples, np.int64)
         return out
@@ -368,6 +414,18 @@ class AnalogSimulator:
                                  f"stop; got {a!r}.")
             samples = (int(a[0]), int(a[1]))
             used.add(CALIBRATION_SAMPLES)
+        bn: dict = {}
+        for key in state:
+            if key.startswith(BATCHNORM):
+                node, _, what = key[len(BATCHNORM):].rpartition("/")
+                if what not in ("mean", "var"):
+                    raise InputError(f"{key}: a BatchNorm statistic is 'mean' or 'var'.")
+                bn.setdefault(unescape_name(node), {})[what] = np.asarray(state[key])
+                used.add(key)
+        for node, d in bn.items():
+            if set(d) != {"mean", "var"}:
+                raise InputError(f"{BATCHNORM}{escape_name(node)}: needs both 'mean' and 'var'.")
+        bn = self._checked_batchnorm({node: (d["mean"], d["var"]) for node, d in bn.items()})
         if self.device != "cpu" and any(not c.empty for c in cals.values()):
             raise InputError("The state holds a calibration; calibrated chips run on the CPU simulator only "
                              "(device='cpu').")
@@ -388,6 +446,7 @@ class AnalogSimulator:
                 layer.states[(g, k)] = dev
         for layer in self.layers:
             layer.set_calibration(cals[layer.name])
+        self._install_batchnorm(bn)
         self.calibration_samples = samples
         self.repetition = repetition
         self.t_inference = t

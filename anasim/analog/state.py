@@ -16,6 +16,8 @@ takes, a ``dict`` of NumPy arrays::
                                                weight_clip/group<g> (out_g,), nm_thres, out_bound
                                                0-d, scale, offset (channels,) float32
                                                (anasim.analog.calibration.LayerCalibration)
+    batchnorm/<node>/mean, .../var             (channels,) float32: re-estimated running statistics
+                                               of a digital BatchNormalization node (calibration)
     calibration_samples                        (2,) int64 [start, stop): the data-set samples
                                                the calibration used (only when calibrated)
 
@@ -41,6 +43,8 @@ CALIBRATION = "calibration/"
 """Prefix of a layer's calibration arrays, after its escaped name."""
 CALIBRATION_SAMPLES = "calibration_samples"
 """Key of the [start, stop) range of the samples a calibration used."""
+BATCHNORM = "batchnorm/"
+"""Prefix of the re-estimated BatchNorm statistics: ``batchnorm/<escaped node>/mean|var``."""
 
 
 def escape_name(name: str) -> str:

@@ -15,7 +15,9 @@ each one is switched on here:
 * ``affine``: a digital scale and offset per output channel after each analog layer, fitted
   by least squares so that the analog layer's output matches the ideal layer's on the same
   input (the gain and offset of analog = gain · ideal + offset, inverted; the layers are
-  calibrated in network order: calibrated layers feed the later ones).
+  calibrated in network order: calibrated layers feed the later ones);
+* ``batchnorm``: BatchNorm running statistics re-estimated from the analog activations
+  (where BatchNorm is kept digital).
 
 ``calibrate_at = "program"`` calibrates once right after programming (drift compensation
 does the rest); ``"each_t"`` recalibrates at every inference time.
@@ -39,7 +41,8 @@ POSITIVE = Interval(0.0, None, closed="neither")
 WEIGHT_CLIP = ("none", "std", "percentile")
 WEIGHT_CLIP_PER = ("layer", "column")
 CALIBRATE_AT = ("program", "each_t")
-METHODS = ("weight_clip", "input_range", "adc_range", "affine")
+BATCHNORM = ("none", "recompute", "shift")
+METHODS = ("weight_clip", "input_range", "adc_range", "affine", "batchnorm")
 """The calibration methods, in the order they are applied to a layer."""
 
 
@@ -100,6 +103,15 @@ class CalibrationParameters(Section):
         "with 1/g; a channel whose analog output explains less than this fraction of its ideal "
         "output's variance (r^2), or has g <= 0, gets only the offset (scale 1).",
         unit="1", valid=Interval(0.0, 1.0))
+    batchnorm: str = param(
+        "none",
+        "BatchNorm re-estimation on the chip, for BatchNormalization kept digital "
+        "(mapping.fold_batchnorm = false): 'recompute' sets every BatchNorm's running mean and "
+        "variance to those of its analog input activations on the calibration data (AdaBS, Joshi "
+        "et al., Nature Communications 2020); 'shift' moves the stored statistics by the analog "
+        "minus the ideal activations' statistics (mean + difference, variance times ratio: the "
+        "identity on ideal hardware); 'none' keeps them.",
+        unit="choice", valid=BATCHNORM)
     calibrate_at: str = param(
         "program",
         "When to calibrate: 'program' once right after programming (t_inference = 0; drift "
@@ -111,7 +123,7 @@ class CalibrationParameters(Section):
     def methods(self) -> tuple[str, ...]:
         """The methods switched on, in :data:`METHODS` order."""
         on = {"weight_clip": self.weight_clip != "none", "input_range": self.input_range,
-              "adc_range": self.adc_range, "affine": self.affine}
+              "adc_range": self.adc_range, "affine": self.affine, "batchnorm": self.batchnorm != "none"}
         return tuple(m for m in METHODS if on[m])
 
     @property

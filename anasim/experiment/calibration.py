@@ -23,6 +23,10 @@ calibration batch: each analog layer, when the pass reaches it,
    and passes the corrected output on, so the later layers are calibrated on the inputs a
    calibrated chip gives them.
 
+Digital BatchNormalization nodes (``batchnorm``; BatchNorm kept digital) are re-estimated
+in the same pass, on the activations the calibrated analog layers give them (``"shift"``
+also runs the ideal network once on the same samples for its statistics).
+
 ``weight_clip`` is applied before that: clip bounds from the weights
 (:func:`~anasim.analog.calibration.clip_bounds`), then the same chip (same repetition) is
 programmed again with them and drifted back to its time. The result is data: per-layer
@@ -36,7 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..analog.calibration import LayerCalibration, apply_affine, clip_bounds, fit_affine
+from ..analog.calibration import (LayerCalibration, apply_affine, channel_moments, clip_bounds, fit_affine,
+                                  reestimated_statistics)
 from ..analog.simulator import AnalogSimulator
 from ..analog.tile import Periphery
 from ..config.calibration import METHODS, CalibrationParameters
@@ -64,6 +69,8 @@ class Calibration:
     """The methods switched on (any layer)."""
     skipped: dict = field(default_factory=dict)
     """{layer name: why a method was not applied to it}."""
+    batchnorm: dict = field(default_factory=dict)
+    """{BatchNormalization node: (mean, var)} re-estimated (``batchnorm`` method)."""
 
     def summary(self) -> str:
         lines = [f"calibrated on samples {self.samples[0]}..{self.samples[1] - 1} "
@@ -80,6 +87,9 @@ class Calibration:
                 parts.append(f"scale {cal.scale.min():.3f}..{cal.scale.max():.3f}, "
                              f"|offset| <= {np.abs(cal.offset).max():.3g}")
             lines.append(f"  {name}: {'; '.join(parts) or '-'}")
+        for name, (mean, var) in self.batchnorm.items():
+            lines.append(f"  {name}: BatchNorm mean {mean.min():.3g}..{mean.max():.3g}, "
+                         f"var {var.min():.3g}..{var.max():.3g}")
         for name, why in self.skipped.items():
             lines.append(f"  {name}: {why}")
         return "\n".join(lines)
@@ -187,6 +197,31 @@ class _LayerPass:
         return float(np.percentile(np.concatenate(outs), percentile)) if outs else 0.0
 
 
+class _Moments:
+    """Stands in for a BatchNormalization node of the ideal network: records the per-channel
+    moments of its input and runs the node."""
+
+    def __init__(self, name: str, fn, out: dict):
+        self.name, self.fn, self.out = name, fn, out
+
+    def __call__(self, x, *rest, context=None):
+        self.out[self.name] = channel_moments(x)
+        return self.fn(x, *rest)
+
+
+class _BatchNormPass:
+    """Stands in for a digital BatchNormalization node during the calibration pass: its
+    statistics re-estimated from its (analog) input, then the node run with them."""
+
+    def __init__(self, name: str, fn, mode: str, ideal: dict, out: dict):
+        self.name, self.fn, self.mode, self.ideal, self.out = name, fn, mode, ideal, out
+
+    def __call__(self, x, scale, bias, mean, var, *rest, context=None):
+        m, v = reestimated_statistics(self.mode, mean, var, channel_moments(x), self.ideal.get(self.name))
+        self.out[self.name] = (m, v)
+        return self.fn(x, scale, bias, m.astype(mean.dtype), v.astype(var.dtype), *rest)
+
+
 def _dac_scaled(xt: np.ndarray, p: Periphery) -> np.ndarray:
     """Inputs after noise management and DAC clipping (not quantized): x / α, clipped at ±inp_bound."""
     if p.nm_type == S.NM_CONSTANT:
@@ -254,12 +289,26 @@ def calibrate(sim: AnalogSimulator, x, params: CalibrationParameters | dict | No
     nodes = {node.name: node for node in sim.graph.ir.nodes}
     overrides = {layer.name: _LayerPass(layer, per_layer[layer.name], bind(nodes[layer.name], sim.graph.ir).fn,
                                         skipped) for layer in sim.layers}
+    bn_mode = (params or sim.config.calibration).batchnorm
+    bn_nodes = [node for node in sim.graph.ir.nodes if node.op_type == "BatchNormalization"]
+    if bn_mode != "none" and not bn_nodes:
+        skipped["batchnorm"] = ("no digital BatchNormalization to re-estimate (none in the model, or folded: "
+                                "mapping.fold_batchnorm = true)")
+    bn_stats: dict = {}
+    if bn_mode != "none" and bn_nodes:
+        ideal: dict = {}
+        if bn_mode == "shift":  # the ideal network's BatchNorm inputs on the same samples
+            sim.graph.with_overrides({node.name: _Moments(node.name, bind(node, sim.graph.ir).fn, ideal)
+                                      for node in bn_nodes}).run(feeds, batch_size=n, check_finite=True)
+        overrides.update({node.name: _BatchNormPass(node.name, bind(node, sim.graph.ir).fn, bn_mode, ideal,
+                                                    bn_stats) for node in bn_nodes})
     executor = sim.graph.with_overrides(overrides)
     executor.run(feeds, batch_size=n, check_finite=True,
                  context=RunContext(sample_offset=int(sample_offset), repetition=sim.repetition))
     cals = {layer.name: layer.calibration for layer in sim.layers}
+    sim.set_batchnorm(bn_stats)
     sim.set_calibration(cals, samples=(int(sample_offset), int(sample_offset) + n))
-    return Calibration(cals, sim.calibration_samples, methods, skipped)
+    return Calibration(cals, sim.calibration_samples, methods, skipped, bn_stats)
 
 
 __all__ = ["calibrate", "Calibration", "weight_clips", "ADC_ROWS"]
