@@ -20,8 +20,10 @@ x (the tile's slice of the layer input):
    s = (1/α)/red, red the bound-management reduction (1, 2, 4, ...);
 2. DAC: v = clip(rint((x·s)/Δin)·Δin, ±inp_bound) (or stochastic rounding), + inp_noise ξ;
 3. MVM y = W_tile ṽ (BLAS);
-4. IR drop, output-referred weight noise, non-linearity, out_noise, ADC
-   rint(y/Δout)·Δout and clipping at ±out_bound;
+4. IR drop, output-referred weight noise, non-linearity, out_noise, the column's ADC
+   transfer gain_i·T(y + offset_i) (per-chip mismatch and INL curve, when configured:
+   :func:`anasim.kernels.stages.adc_transfer`), ADC rint(y/Δout)·Δout and clipping at
+   ±out_bound;
 5. iterative bound management re-runs only the saturated vectors with red doubled
    (a vector is saturated if an output exceeded +out_bound, or -out_bound when
    ``bm_test_negative_bound``; aihwkit's CUDA semantics, see ``cpu.finalize_output``)
@@ -30,6 +32,12 @@ x (the tile's slice of the layer input):
 
 The per-tile effective weights live in ``tiles[k].weight`` (programmed conductances
 converted back to weights); device models replace them with :meth:`set_tile_weights`.
+
+``[bit_slicing]`` (:mod:`.slicing`): with weight slices every chunk of the matrix is
+``n_slices`` consecutive tiles (tile k = chunk · n_slices + s), each holding one digit of
+the quantized weights and its place value in its mapping scale; with bit-serial input
+steps 2-6 run once per input cycle on that cycle's drives (its own random streams,
+:meth:`AnalogMatrix.cycle_keys`), each cycle's output added with its shift.
 """
 
 from __future__ import annotations
