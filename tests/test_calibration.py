@@ -199,6 +199,21 @@ def test_adc_range_is_the_percentile_of_the_outputs_before_the_adc(graph, x):
     assert 0 < sim.layer("fc").calibration.out_bound < 12.0
 
 
+@pytest.mark.parametrize("method,forward", [
+    # no noise management: the Gemm's inputs (up to ~4) clip at the DAC bound 1 until a range is set
+    ("input_range", {"noise_management": "none", "inp_res": 62}),
+    # an ADC whose bound (12) is far above the outputs (|y| < ~3): few of its 126 steps are used
+    ("adc_range", {"out_res": 126, "out_bound": 12.0})])
+def test_ranges_help_where_the_converter_wastes_its_range(graph, x, method, forward):
+    x_test = np.random.default_rng(11).random((16, 1, 8, 8)).astype(np.float32)
+    sim = anasim.analog(graph, {"forward": forward, "calibration": {method: True}})
+    ideal = graph(x_test)
+    before = np.abs(sim(x_test) - ideal).mean()
+    calibrate(sim, x)
+    after = np.abs(sim(x_test) - ideal).mean()
+    assert after < 0.5 * before, (before, after)
+
+
 def test_calibration_reduces_the_error_of_a_noisy_chip(graph, x):
     """Statistically, over 4 chips at 1 day: the mean |logit error| on unseen samples drops
     (all methods; a fixed seed, so this is a regression check of a large effect)."""
