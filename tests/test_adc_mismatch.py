@@ -101,9 +101,8 @@ def test_kernels_equal_numpy_twin(name):
 def _inl_tables(draw):
     """A monotone transfer curve: 2-6 points, inputs strictly increasing in [-1, 1]."""
     n = draw(st.integers(2, 6))
-    xs = sorted(set(draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n))))
-    if len(xs) < 2:
-        xs = [-1.0, 1.0]
+    xs = sorted(set(draw(st.lists(st.integers(-1000, 1000), min_size=n, max_size=n))))
+    xs = [v / 1000 for v in xs] if len(xs) >= 2 else [-1.0, 1.0]
     ys = sorted(draw(st.lists(st.floats(-1, 1), min_size=len(xs), max_size=len(xs))))
     return [[x, y] for x, y in zip(xs, ys)]
 
@@ -280,6 +279,7 @@ def test_state_dict_and_snapshot_carry_the_mismatch(tmp_path):
     ({"adc_offset_std": float("nan")}, "'adc_offset_std'"),
     ({"adc_inl": [[0, 0]], "out_bound": 1.0}, "'adc_inl'.*at least two"),
     ({"adc_inl": [[-1, -1], [1, 0.5], [0.5, 1]], "out_bound": 1.0}, "not strictly increasing"),
+    ({"adc_inl": [[-1, -1], [0.0, 0.0], [1e-9, 0.5], [1, 1]], "out_bound": 1.0}, "at least 1e-6"),
     ({"adc_inl": [[-1, 0.5], [1, 0.2]], "out_bound": 1.0}, "not monotone"),
     ({"adc_inl": [[-1, -1], [1, 1.5]], "out_bound": 1.0}, "in \\[-1, 1\\]"),
     ({"adc_inl": [[-1, -1], [1, 1]], "out_bound": 0.0}, "out_bound > 0"),

@@ -39,8 +39,12 @@ ANASIM_ONLY_FORWARD = ("ir_drop_model", "wire_resistance", "g_max_siemens", "ir_
                        "ir_drop_max_iter", "adc_gain_std", "adc_offset_std", "adc_inl")
 
 
+INL_MIN_STEP = 1e-6
+"""Smallest spacing of the INL curve's inputs (fractions of full scale): distinct in float32."""
+
+
 def inl_table(value) -> str | None:
-    """a list of at least two [input, output] pairs of finite floats in [-1, 1], the inputs strictly increasing, the outputs non-decreasing (or [] for none)"""
+    """a list of at least two [input, output] pairs of finite floats in [-1, 1], the inputs increasing by at least 1e-6, the outputs non-decreasing (or [] for none)"""
     text = inl_table.__doc__.strip().splitlines()[0]
     if not isinstance(value, (list, tuple)):
         return text
@@ -56,8 +60,8 @@ def inl_table(value) -> str | None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1:
                 return text
         pts.append((float(pt[0]), float(pt[1])))
-    if any(b[0] <= a[0] for a, b in zip(pts, pts[1:])):
-        return text + " (the inputs are not strictly increasing)"
+    if any(b[0] - a[0] < INL_MIN_STEP for a, b in zip(pts, pts[1:])):
+        return text + " (the inputs are not strictly increasing, by at least 1e-6)"
     if any(b[1] < a[1] for a, b in zip(pts, pts[1:])):
         return text + " (the transfer curve is not monotone: an output decreases)"
     return None

@@ -7,11 +7,12 @@ aihwkit's operation order (``ForwardBackwardPassIOManaged``, CPU), decorated wit
 numbers live in the kernels; the arithmetic lives here.
 
 The steps, in the order the kernels apply them: noise management, DAC quantization and
-clipping, (bit-serial input: the cycle's digit, :func:`input_cycle`), input noise, MVM, IR
-drop, output-referred weight noise, output non-linearity, output noise, the ADC's
-transfer (per-column offset, INL curve, gain: :func:`adc_transfer`), ADC quantization and
-clipping, iterative bound management, rescaling, digital accumulation of the tiles'
-partial sums, digital bias.
+clipping, input noise, MVM, IR drop, output-referred weight noise, output non-linearity,
+output noise, ADC quantization and clipping, iterative bound management, rescaling,
+digital accumulation of the tiles' partial sums, digital bias. Where configured, the ADC's
+transfer (per-column offset, INL curve, gain: :func:`adc_transfer`) comes right before
+the ADC quantization, and bit-serial input replaces each input by its cycle's digit
+(:func:`input_cycle`) between the DAC and the input noise.
 
 :class:`Periphery` is the forward parameters in the form the kernels take: one
 named tuple of scalars (float32, int64, bool), passed as a single argument.
