@@ -372,9 +372,13 @@ def _cmd_calibrate(args) -> int:
     from .snapshot import save_snapshot
     from .threads import set_threads
 
+    if args.data is None:
+        raise ConfigError("calibrate needs --data FILE: its first -n N samples calibrate the chip.")
     _check_inputs(args)
     if args.n < 1:
         raise ConfigError(f"-n must be a positive number of calibration samples; got {args.n}.")
+    if args.limit is not None:
+        raise ConfigError("calibrate reads the data's first -n N samples; --limit does not apply (give -n).")
     if os.path.exists(args.snapshot) and not args.overwrite:
         raise ConfigError(f"{args.snapshot} exists; pass --overwrite to replace it.")
     set_threads(args.threads)
