@@ -27,6 +27,16 @@ from .text import config_to_json, config_to_toml, parse_literal
 TOP_LEVEL = BUILTIN + ("preset",)
 
 
+def _plain(v):
+    """Tuples as lists, recursively: the dict equals its JSON/TOML round trip (results
+    files, sweep points), e.g. ``forward.adc_inl``'s table of (input, output) pairs."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
 @dataclass(frozen=True, eq=False)
 class AnalogConfig(SectionAccess):
     """A complete analog configuration (``[forward]``, ``[mapping]``, ``[[layers]]`` and
@@ -168,7 +178,7 @@ class AnalogConfig(SectionAccess):
             out[name] = entries[name].serialize(obj) if name in entries else obj
         if self.layers:
             out["layers"] = [lo.to_dict() for lo in self.layers]
-        return out
+        return _plain(out)
 
     def to_toml(self, only_changed: bool = False, comments: bool = False) -> str:
         """The configuration as TOML text (``comments`` adds each field's meaning)."""
