@@ -76,6 +76,9 @@ CONFIGS = {
 }
 
 
+ALIASES = {"mobilenetv2": "mobilenet_v2"}
+
+
 def main() -> int:
     from ideal import MODELS, load_data, peak_rss_mib  # the same data and model table
 
@@ -84,7 +87,7 @@ def main() -> int:
           f"{ort.__version__}, anasim {anasim.__version__}")
     worst = 0.0
     for name in ARGS.models:
-        fname, kind = MODELS[name]
+        fname, kind = MODELS[ALIASES.get(name, name)]
         path = SHARED / "models" / fname
         x = load_data(kind, ARGS.batch)
         so = ort.SessionOptions()
@@ -126,7 +129,7 @@ def main() -> int:
         for name in ARGS.models:
             for cfg in ARGS.configs:
                 if isinstance(CONFIGS[cfg], str):
-                    print(f"{name:>10s}  {cfg}: {describe(measure(SHARED / 'models' / MODELS[name][0], CONFIGS[cfg], ARGS.threads))}")
+                    print(f"{name:>10s}  {cfg}: {describe(measure(SHARED / 'models' / MODELS[ALIASES.get(name, name)][0], CONFIGS[cfg], ARGS.threads))}")
     return 0
 
 

@@ -89,6 +89,15 @@ def test_weight_clip_at_the_maximum_is_the_identity(graph, x):
     np.testing.assert_allclose(sim(x), graph(x), rtol=1e-6, atol=1e-6)
 
 
+def test_weight_clip_of_sliced_weights_is_refused(graph, x):
+    cfg = {"forward": {"inp_res": 62, "out_res": 126, "out_bound": 12.0},
+           "bit_slicing": {"weight_slices": 2, "weight_bits_per_slice": 3},
+           "calibration": {"weight_clip": "std"}}
+    sim = anasim.analog(graph, cfg)
+    with pytest.raises(ConfigError, match="weight_slices"):
+        calibrate(sim, x)
+
+
 # ----------------------------------------------------------------------------- properties
 @pytest.mark.parametrize("method,per", [("std", "layer"), ("std", "column"), ("percentile", "layer"),
                                         ("percentile", "column")])

@@ -116,6 +116,12 @@ def weight_clips(sim: AnalogSimulator, params: CalibrationParameters | None = No
         p = _params_for(sim, layer.name, params)
         if p.weight_clip == "none" or layer.op_type in RECURRENT_OPS:
             continue
+        if any(getattr(m, "n_slices", 1) > 1 for m in layer.matrices):
+            raise ConfigError(
+                f"[calibration] weight_clip = {p.weight_clip!r} on layer {layer.name!r}, whose weights are split "
+                "into [bit_slicing] weight_slices: clipping is not implemented for sliced weights (it would act "
+                "on each slice's digits, not on the weight). Set weight_clip = 'none' for this layer (a "
+                "[[layers]] override) or weight_slices = 1.")
         out[layer.name] = [clip_bounds(_logical_weights(m), p.weight_clip, n_std=p.weight_clip_std,
                                        percentile=p.weight_clip_percentile, per=p.weight_clip_per)
                            for m in layer.matrices]
