@@ -457,7 +457,10 @@ def _finalize_rows(
                 yr[i] = _F0
             fail[r] = False
             continue  # contributes exactly 0 to the digital sum
-        if adc_on:  # per-column ADC offset, INL curve and gain (before quantization)
+        if adc_on and n_inl == 0:  # per-column ADC offset and gain; the constant 0: no branch, vectorised
+            for i in range(n):
+                yr[i] = S.adc_transfer(yr[i], adc_off[i], adc_gain[i], inl, 0)
+        elif adc_on:  # ... and the INL curve (before quantization)
             for i in range(n):
                 yr[i] = S.adc_transfer(yr[i], adc_off[i], adc_gain[i], inl, n_inl)
         if use_u:

@@ -541,8 +541,12 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
         if pp.adc_on:  # the column's ADC offset, INL curve and gain (skipped pixels are zeroed below)
             off = adc_off[i]
             gain = adc_gain[i]
-            for t in range(q):
-                yr[t] = S.adc_transfer(yr[t], off, gain, inl, n_inl)
+            if n_inl == 0:  # the constant 0 removes the curve's branch: the loop vectorises
+                for t in range(q):
+                    yr[t] = S.adc_transfer(yr[t], off, gain, inl, 0)
+            else:
+                for t in range(q):
+                    yr[t] = S.adc_transfer(yr[t], off, gain, inl, n_inl)
         if sto:
             zr = zb[i, :q]
             for t in range(q):
