@@ -29,7 +29,7 @@ from ..errors import ConfigError, InputError
 from ..graph.context import SAMPLE_OFFSET_LIMIT, RunContext
 from ..kernels.rng import check_seed
 from ..graph.executor import Graph, check_device
-from ..graph.passes import quantized_as_float
+from ..graph.passes import activation_bounds, quantized_as_float
 from .calibration import BatchNormOverride, LayerCalibration, clipped_target
 from .layer import AnalogLayer, layer_matrix
 from .state import ADC_ARRAYS, BATCHNORM, CALIBRATION_SAMPLES, META, STATE, TILE_ARRAYS, calibration_prefix, escape_name, tile_prefix, unescape_name
@@ -601,28 +601,10 @@ def fold_activations(ir, layers) -> dict:
         if out in graph_outputs or len(users) != 1 or users[0].inputs[0] != out or not users[0].name:
             continue
         act = users[0]
-        bounds = _activation_bounds(act, ir)
+        bounds = activation_bounds(ir, act)
         if bounds is not None:
             layer.epilogue = bounds
             folded[act.name] = _pass_through
     return folded
 
 
-def _activation_bounds(node, ir):
-    """(lo, hi) of a Relu or a Clip with constant bounds, else None."""
-    if node.op_type == "Relu" and node.domain in ("", "ai.onnx"):
-        return (0.0, np.inf)
-    if node.op_type != "Clip" or node.domain not in ("", "ai.onnx"):
-        return None
-    if "min" in node.attrs or "max" in node.attrs or len(node.inputs) == 1:  # Clip-1/6: attributes
-        return (float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf)))
-    bounds = []
-    for k, default in ((1, -np.inf), (2, np.inf)):
-        name = node.inputs[k] if len(node.inputs) > k else ""
-        if not name:
-            bounds.append(default)
-        elif name in ir.constants and np.asarray(ir.constants[name]).size == 1:
-            bounds.append(float(np.asarray(ir.constants[name]).reshape(())))
-        else:
-            return None
-    return tuple(bounds)

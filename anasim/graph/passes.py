@@ -379,18 +379,25 @@ def _float_version(ir: GraphIR, n: Node, constants: dict) -> list[Node] | None:
 _ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu")
 
 
-def _activation_params(ir: GraphIR, n: Node) -> tuple[float, float] | None:
-    """(a, b) of :class:`anasim.ops.epilogue.Epilogue` for activation node ``n``, or None
-    when it cannot be fused (Clip bounds that are not constants)."""
-    if n.op_type == "Relu":
-        return 0.0, 0.0
-    if n.op_type == "LeakyRelu":
-        return float(n.attrs.get("alpha", 0.01)), 0.0
-    if ir.opset("") < 11:  # Clip-1/6: attribute bounds
-        return float(n.attrs.get("min", -3.4028234663852886e38)), float(n.attrs.get("max", 3.4028234663852886e38))
+_F32_MAX = 3.4028234663852886e38  # Clip-1/6's default bounds (the largest float32)
+
+
+def activation_bounds(ir: GraphIR, node: Node) -> tuple[float, float] | None:
+    """(lo, hi) of a ``Relu`` (0, inf) or of a ``Clip`` whose bounds are constants (Clip-1/6:
+    its attributes, default ±float32 max as the op has them; Clip-11+: its inputs, absent =
+    ±inf), else None: what a producer applies in place of the node (the fused analog
+    convolution's activation, :func:`fuse_conv_epilogues`)."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Relu":
+        return 0.0, np.inf
+    if node.op_type != "Clip":
+        return None
+    if ir.opset("") < 11:
+        return float(node.attrs.get("min", -_F32_MAX)), float(node.attrs.get("max", _F32_MAX))
     bounds = []
     for k, default in ((1, -np.inf), (2, np.inf)):
-        name = n.inputs[k] if len(n.inputs) > k else ""
+        name = node.inputs[k] if len(node.inputs) > k else ""
         if not name:
             bounds.append(default)
         elif name in ir.constants and np.asarray(ir.constants[name]).size == 1:
@@ -398,6 +405,16 @@ def _activation_params(ir: GraphIR, n: Node) -> tuple[float, float] | None:
         else:
             return None
     return bounds[0], bounds[1]
+
+
+def _activation_params(ir: GraphIR, n: Node) -> tuple[float, float] | None:
+    """(a, b) of :class:`anasim.ops.epilogue.Epilogue` for activation node ``n``, or None
+    when it cannot be fused (Clip bounds that are not constants)."""
+    if n.op_type == "Relu":
+        return 0.0, 0.0
+    if n.op_type == "LeakyRelu":
+        return float(n.attrs.get("alpha", 0.01)), 0.0
+    return activation_bounds(ir, n)
 
 
 def fuse_conv_epilogues(ir: GraphIR, keep=()) -> GraphIR:

@@ -11,7 +11,7 @@ from numba import njit
 
 from ..threads import run_chunks
 from .conv_geometry import ConvGeometry, _bias_or_zeros
-from .epilogue import CLIP, LEAKY_RELU, RELU, Epilogue, epilogue_codes
+from .epilogue import Epilogue, activation, epilogue_codes
 
 
 @njit(nogil=True, cache=True)
@@ -68,10 +68,9 @@ def _depthwise_cl_kernel(x, wt, b, s0, s1, xt, yt, out, kh, kw, sh, sw, dh, dw, 
     written), every output pixel accumulates its taps over all channels at once into
     ``yt`` (oh·ow, C), then bias, the epilogue and the NCHW layout. The same sums in the
     same order (bias, then the taps in (row, column) order) as :func:`_depthwise_kernel`;
-    for small planes and strided convolutions, whose per-plane loops are too short."""
+    for small planes, whose per-plane loops are too short to vectorise."""
     c_, h_, w_ = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = out.shape[2], out.shape[3]
-    zero = np.float32(0.0)
     for s in range(s0, s1):
         for c0 in range(0, c_, 16):  # transposed in blocks of 16 channels
             c1 = min(c_, c0 + 16)
@@ -99,14 +98,7 @@ def _depthwise_cl_kernel(x, wt, b, s0, s1, xt, yt, out, kh, kw, sh, sw, dh, dw, 
                     v = yt[i * ow + j, c]
                     if has_res:
                         v = v + rr[j]
-                    if kind == RELU:
-                        v = zero if v < zero else v
-                    elif kind == CLIP:
-                        v = lo if v < lo else v
-                        v = hi if v > hi else v
-                    elif kind == LEAKY_RELU:
-                        v = v * lo if v < zero else v
-                    dst[j] = v
+                    dst[j] = activation(v, kind, lo, hi)
 
 
 _CL_MAX_PIXELS = 64

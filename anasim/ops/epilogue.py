@@ -26,28 +26,32 @@ ACTIVATIONS = {"": NONE, "Relu": RELU, "Clip": CLIP, "LeakyRelu": LEAKY_RELU}
 """Activation name (the ONNX op) -> kernel code."""
 
 
+@njit(inline="always")
+def activation(v, kind, a, b):
+    """The activation of one value, by ``kind``: Relu ``0 if v < 0``, Clip ``a if v < a``,
+    ``b if v > b``, LeakyRelu ``v a if v < 0`` (the comparisons of :mod:`anasim.ops.nn`'s
+    kernels; NaN passes through). Inlined into every kernel that applies an epilogue."""
+    zero = np.float32(0.0)  # float32 outputs only (Epilogue.fits)
+    if kind == RELU:
+        return zero if v < zero else v
+    if kind == CLIP:
+        v = a if v < a else v
+        return b if v > b else v
+    if kind == LEAKY_RELU:
+        return v * a if v < zero else v
+    return v
+
+
 @njit(nogil=True, cache=True)
 def _epilogue_k(y, r, has_r, kind, a, b):
-    """y[i] = act(y[i] + r[i]) in place (``r`` ignored unless ``has_r``); act by ``kind``:
-    Relu ``0 if v < 0``, Clip ``a if v < a``, ``b if v > b``, LeakyRelu ``v a if v < 0``."""
+    """y[i] = act(y[i] + r[i]) in place (``r`` ignored unless ``has_r``; :func:`activation`)."""
     n = y.shape[0]
-    zero = y.dtype.type(0)
     if has_r:
         for i in range(n):
-            y[i] = y[i] + r[i]
-    if kind == RELU:
+            y[i] = activation(y[i] + r[i], kind, a, b)
+    else:
         for i in range(n):
-            v = y[i]
-            y[i] = zero if v < zero else v
-    elif kind == CLIP:
-        for i in range(n):
-            v = y[i]
-            v = a if v < a else v
-            y[i] = b if v > b else v
-    elif kind == LEAKY_RELU:
-        for i in range(n):
-            v = y[i]
-            y[i] = v * a if v < zero else v
+            y[i] = activation(y[i], kind, a, b)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from numba import njit
 from ..kernels.blas import SGEMM_NAME, sgemm_type
 from ..threads import run_chunks
 from .conv_geometry import ConvGeometry, _bias_or_zeros, _chunk_bytes
-from .epilogue import CLIP, LEAKY_RELU, RELU, Epilogue, epilogue_codes
+from .epilogue import Epilogue, activation, epilogue_codes
 from .winograd import _winograd_applies
 
 __all__ = ["available", "shifted_applies", "conv2d_shifted"]
@@ -115,7 +115,6 @@ def _store(y, bias, out, s, i0, i1, oh, wq, ow, res, has_res, kind, a, b):
     """Output rows i0..i1 of sample s = act(y + bias (+ residual)), dropping the extra
     columns (``out``/``res`` flat NCHW with ``oh`` × ``ow`` planes)."""
     oc = bias.shape[0]
-    zero = np.float32(0.0)
     yf = y.reshape(-1)
     ld = y.shape[1]
     for o in range(oc):
@@ -130,14 +129,7 @@ def _store(y, bias, out, s, i0, i1, oh, wq, ow, res, has_res, kind, a, b):
                 v = src[j] + bo
                 if has_res:
                     v = v + r[j]
-                if kind == RELU:
-                    v = zero if v < zero else v
-                elif kind == CLIP:
-                    v = a if v < a else v
-                    v = b if v > b else v
-                elif kind == LEAKY_RELU:
-                    v = v * a if v < zero else v
-                dst[j] = v
+                dst[j] = activation(v, kind, a, b)
 
 
 SHIFTED_MIN_PIXELS = 256
