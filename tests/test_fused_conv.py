@@ -35,10 +35,10 @@ AIHWKIT_LIKE = {"forward": {"inp_res": 126, "out_res": 510, "out_bound": 12.0, "
 
 
 def _conv_model(c, oc, kernel, group=1, strides=None, pads=None, dilations=None, bias=True, seed=0, op="Conv",
-                pre=None):
-    """x (N, c, 9, 8) [-> pre op] -> Conv -> y; 1-D when len(kernel) == 1."""
+                pre=None, width=8):
+    """x (N, c, 9, width) [-> pre op] -> Conv -> y; 1-D (N, c, 11 or 3·width) when len(kernel) == 1."""
     rng = np.random.default_rng(seed)
-    spatial = [9, 8][:len(kernel)] if len(kernel) == 2 else [11]
+    spatial = [9, width] if len(kernel) == 2 else [11 if width == 8 else 3 * width]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c] + spatial)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", oc] + [f"s{i}" for i in range(len(kernel))])
     w = (rng.standard_normal((oc, c // group) + tuple(kernel)) * 0.4).astype(np.float32)
@@ -115,11 +115,12 @@ MAPPINGS = {
 }
 
 
+@pytest.mark.parametrize("width", [8, 40])  # output rows gathered per pixel (short) or per row
 @pytest.mark.parametrize("mapping", list(MAPPINGS))
 @pytest.mark.parametrize("geom", list(GEOMETRIES))
-def test_fused_equals_tile_model(geom, mapping):
-    g = _conv_model(**GEOMETRIES[geom])
-    shape = {"1-D": (3, 3, 11)}.get(geom, (3, GEOMETRIES[geom]["c"], 9, 8))
+def test_fused_equals_tile_model(geom, mapping, width):
+    g = _conv_model(**GEOMETRIES[geom], width=width)
+    shape = {"1-D": (3, 3, 11 if width == 8 else 3 * width)}.get(geom, (3, GEOMETRIES[geom]["c"], 9, width))
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32) * 2
     _check(g, {**AIHWKIT_LIKE, "mapping": MAPPINGS[mapping]}, x, sample_offset=5)
 
@@ -140,11 +141,12 @@ PERIPHERIES = {
 }
 
 
+@pytest.mark.parametrize("width", [8, 40])
 @pytest.mark.parametrize("mapping", ["one tile", "split inside taps"])
 @pytest.mark.parametrize("name", list(PERIPHERIES))
-def test_fused_equals_tile_model_for_every_periphery(name, mapping):
-    g = _conv_model(c=4, oc=6, kernel=[3, 3], pads=[1, 1, 1, 1], strides=[1, 2], seed=2)
-    x = np.random.default_rng(3).standard_normal((4, 4, 9, 8)).astype(np.float32) * 2
+def test_fused_equals_tile_model_for_every_periphery(name, mapping, width):
+    g = _conv_model(c=4, oc=6, kernel=[3, 3], pads=[1, 1, 1, 1], strides=[1, 2], seed=2, width=width)
+    x = np.random.default_rng(3).standard_normal((4, 4, 9, width)).astype(np.float32) * 2
     x[1, :, :3] = 0  # all-zero receptive fields: aihwkit's zero-output short cut
     x[2] = -np.abs(x[2])  # max noise management on all-negative inputs
     config = {"forward": {**AIHWKIT_LIKE["forward"], **PERIPHERIES[name]}, "mapping": MAPPINGS[mapping]}

@@ -287,6 +287,59 @@ def _map_stat(src, idx, raw, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1
         r += cnt
 
 
+SHORT_RUNS = 16
+"""With output rows narrower than this the noise-management statistic is taken pixel by
+pixel (:func:`_map_stat_px`): one loop per tap over the whole block instead of one per
+output row and tap, whose set-up costs more than a row of 8 or 4 pixels (MobileNetV2: the
+statistic 26 % faster). The DAC gather stays per row: its loads by pixel were no faster."""
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _pixel_origins(r0, r1, p_, ow, sh, sw, wp, pix, pimg):
+    """pix[t], pimg[t]: the offset inside its padded image plane of pixel r0 + t's receptive
+    field origin (row i·sh, column k·sw) and the pixel's image."""
+    for t in range(r1 - r0):
+        r = r0 + t
+        n = r // p_
+        q = r - n * p_
+        i = q // ow
+        pix[t] = i * sh * wp + (q - i * ow) * sw
+        pimg[t] = n
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _map_stat_px(src, idx, raw, pix, pimg, q, kh, kw, dh, dw, wp, has_one, nm, bt, stat):
+    """:func:`_map_stat` for short output rows: the same maxima (of integer keys, so in any
+    order), one loop per tap over all q pixels of the block (``bt``: scratch)."""
+    if raw:  # (N, C, Hp, Wp): the tile's channel idx of image n
+        plane = src.shape[2] * src.shape[3]
+        for t in range(q):
+            bt[t] = (pimg[t] * src.shape[1] + idx) * plane + pix[t]
+    else:  # (n_maps, N, Hp, Wp): map idx of image n
+        plane = src.shape[2] * src.shape[3]
+        for t in range(q):
+            bt[t] = (idx * src.shape[1] + pimg[t]) * plane + pix[t]
+    sf = src.reshape(-1)
+    one = np.int32(0x3F800000)
+    st = stat[:q]
+    b = bt[:q]
+    for t in range(q):
+        st[t] = one if has_one else (0 if nm == S.NM_ABS_MAX else _IMIN)
+    for a in range(kh):
+        for e in range(kw):
+            off = a * dh * wp + e * dw
+            if not raw:
+                for t in range(q):
+                    st[t] = max(st[t], sf[np.uint64(b[t] + off)])
+            elif nm == S.NM_ABS_MAX:
+                for t in range(q):
+                    st[t] = max(st[t], sf[np.uint64(b[t] + off)] & _I31)
+            else:
+                for t in range(q):
+                    v = sf[np.uint64(b[t] + off)]
+                    st[t] = max(st[t], v ^ ((v >> _S31) & _I31))
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
     """:func:`_gather` with the DAC (:func:`.stages.dac`, scale ``sv`` per pixel) applied
@@ -761,10 +814,16 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
         scale = np.empty(rows, np.float32)
         f = np.empty(rows, np.float32)
         rid = np.empty(rows, np.int64)
+        short = ow < SHORT_RUNS
+        pix = np.empty(rows if short else 0, np.int64)
+        pimg = np.empty(rows if short else 0, np.int64)
+        bt = np.empty(rows if short else 0, np.int64)
         for blk in range(wk, n_blocks, workers):
             r0 = blk * rows
             r1 = min(total, r0 + rows)
             q = r1 - r0
+            if short:
+                _pixel_origins(r0, r1, p_, ow, sh, sw, wp, pix, pimg)
             if not single:
                 for o in range(oc):
                     acc[o, :q] = _F0
@@ -785,7 +844,13 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                     t0 = _tick(prof, wk, 1, t0)
                 elif tiles[ti, 7]:  # statistic from a channel map (or none needed), DAC on the way
                     stat = rowf[4].view(np.int32)
-                    if mode >= 0:
+                    if short and mode >= 0:
+                        _map_stat_px(maps, mode, False, pix, pimg, q, kh, kw, dh, dw, wp, has_one, pp.nm_type,
+                                     bt, stat)
+                    elif short and mode == MAP_DIRECT:
+                        _map_stat_px(xi, tiles[ti, 9], True, pix, pimg, q, kh, kw, dh, dw, wp, has_one,
+                                     pp.nm_type, bt, stat)
+                    elif mode >= 0:
                         _map_stat(maps, mode, False, p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
                                   r0, r1, stat)
                     elif mode == MAP_DIRECT:
