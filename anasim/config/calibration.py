@@ -83,14 +83,15 @@ class CalibrationParameters(Section):
         unit="%", valid=PERCENT)
     adc_range: bool = param(
         False,
-        "Give every analog layer its own ADC range: out_bound at the adc_percentile of |y| of "
-        "its tiles' outputs before the ADC on the calibration inputs (noise-free estimate: "
-        "DAC-scaled inputs times the tiles' current weights). Only layers whose ADC quantizes "
-        "(out_res > 0) are changed.",
+        "Give every analog layer its own ADC range: out_bound at the adc_percentile of the "
+        "largest |y| of each input vector's outputs before the ADC on the calibration inputs "
+        "(noise-free estimate: DAC-scaled inputs times the tiles' current weights; per vector "
+        "because bound management re-runs a whole vector when one output saturates), plus 4 "
+        "out_noise standard deviations. Only layers whose ADC quantizes (out_res > 0) are changed.",
         unit="flag", valid=bool)
     adc_percentile: float = param(
-        99.99, "Percentile of the tiles' |outputs| before the ADC that sets a layer's out_bound "
-               "(adc_range).", unit="%", valid=PERCENT)
+        99.99, "Percentile of the input vectors' largest |output| before the ADC that sets a "
+               "layer's out_bound (adc_range).", unit="%", valid=PERCENT)
     affine: bool = param(
         False,
         "Per-output affine correction: for each analog layer in network order, a digital scale "

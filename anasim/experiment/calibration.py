@@ -13,7 +13,7 @@ calibration batch: each analog layer, when the pass reaches it,
 
 1. (``input_range``) takes ``nm_thres`` = the ``input_percentile`` of |x| of its input,
    with constant noise management;
-2. (``adc_range``) takes ``out_bound`` = the ``adc_percentile`` of its tiles' |outputs|
+2. (``adc_range``) takes ``out_bound`` = the ``adc_percentile`` of its tiles' rows' largest |output| (+ a noise margin)
    before the ADC (the DAC-scaled inputs times the tiles' current weights, noise-free;
    at most :data:`ADC_ROWS` input vectors, an even stride through the batch);
 3. runs its tiles on the input (with 1 and 2 in place);
@@ -199,8 +199,20 @@ class _LayerPass:
                 r = np.concatenate([r, np.ones((len(r), 1), np.float32)], axis=1)
             for t in m.tiles:
                 xt = r[:, t.in_start:t.in_stop]
-                outs.append(np.abs(_dac_scaled(xt, m.periphery) @ t.weight.T).reshape(-1))
-        return float(np.percentile(np.concatenate(outs), percentile)) if outs else 0.0
+                # bound management tests a whole input vector: the largest |output| of each row
+                outs.append(np.abs(_dac_scaled(xt, m.periphery) @ t.weight.T).max(axis=1))
+        if not outs:
+            return 0.0
+        # the output noise (a chip specification, not a draw) rides on top of every output
+        margin = ADC_NOISE_MARGIN * float(self.layer.matrices[0].periphery.out_noise)
+        return float(np.percentile(np.concatenate(outs), percentile)) + margin
+
+
+ADC_NOISE_MARGIN = 4.0
+"""``adc_range`` adds this many output-noise standard deviations (``forward.out_noise``) to the
+percentile of the rows' largest noise-free |output|, so that the noise alone rarely pushes a
+row over the bound (each such row is re-run by iterative bound management at half the input,
+which doubles its output noise)."""
 
 
 class _Moments:
