@@ -163,9 +163,10 @@ class Graph:
         self._fast_free: list[tuple[str, ...]] = []
         self._fused_away: frozenset[str] = frozenset()
         fast_ir = passes.fuse_conv_epilogues(ir, keep=overrides) if device == "cpu" else ir
-        if fast_ir is not ir:
-            self._fast = tuple(next(b for b in bound if b.name == n.name) if n.name in overrides
-                               else bind(n, fast_ir) for n in fast_ir.nodes)
+        if fast_ir is not ir:  # only the fused nodes are new; the others are bound already
+            by_name = {b.name: b for b in bound}
+            self._fast = tuple(bind(n, fast_ir) if n.domain == passes.FUSED_DOMAIN else by_name[n.name]
+                               for n in fast_ir.nodes)
             self._fast_free = self._free_lists(self._fast)
             kept = {o for n in fast_ir.nodes for o in n.outputs}
             self._fused_away = frozenset(o for n in ir.nodes for o in n.outputs if o and o not in kept)

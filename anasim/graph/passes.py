@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import AnasimError, ModelLoadError
+from ..ops.epilogue import FUSED_DOMAIN
 from ..ops.registry import resolve
 from .ir import GraphIR, Node
 
@@ -379,6 +380,7 @@ def _float_version(ir: GraphIR, n: Node, constants: dict) -> list[Node] | None:
 _ACTIVATION_OPS = ("Relu", "Clip", "LeakyRelu")
 
 
+
 _F32_MAX = 3.4028234663852886e38  # Clip-1/6's default bounds (the largest float32)
 
 
@@ -475,7 +477,7 @@ def fuse_conv_epilogues(ir: GraphIR, keep=()) -> GraphIR:
         else:
             inputs = list(n.inputs)
             op = "AddActivation"
-        fused = Node(last.name, op, "anasim", inputs, list(last.outputs), attrs,
+        fused = Node(last.name, op, FUSED_DOMAIN, inputs, list(last.outputs), attrs,
                      {"fused": tuple(c.name for c in chain)})
         replaced[last.name] = fused
         absorbed.update(c.name for c in chain)
@@ -484,5 +486,5 @@ def fuse_conv_epilogues(ir: GraphIR, keep=()) -> GraphIR:
     nodes = [replaced[n.name] if n.name in replaced else n for n in ir.nodes
              if n.name in replaced or n.name not in absorbed]
     opsets = dict(ir.opsets)
-    opsets.setdefault("anasim", 1)
+    opsets.setdefault(FUSED_DOMAIN, 1)
     return dataclasses.replace(ir, nodes=nodes, opsets=opsets)

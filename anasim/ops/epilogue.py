@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["Epilogue", "ACTIVATIONS", "epilogue_codes"]
+__all__ = ["Epilogue", "ACTIVATIONS", "FUSED_DOMAIN", "activation", "epilogue_codes"]
+
+FUSED_DOMAIN = "anasim"
+"""Domain of the fused nodes (``anasim::ConvEpilogue``, ``anasim::AddActivation``) that
+:func:`anasim.graph.passes.fuse_conv_epilogues` makes."""
 
 NONE, RELU, CLIP, LEAKY_RELU = 0, 1, 2, 3
 ACTIVATIONS = {"": NONE, "Relu": RELU, "Clip": CLIP, "LeakyRelu": LEAKY_RELU}

@@ -21,7 +21,7 @@ from .conv import conv as _conv
 from .conv import conv_transpose as _conv_transpose
 from .conv_geometry import conv_geometry, conv_transpose_geometry
 from .elementwise import add as _add
-from .epilogue import Epilogue
+from .epilogue import FUSED_DOMAIN, Epilogue
 from .pool import average_pool as _average_pool
 from .pool import max_pool as _max_pool
 from .pool import pool_geometry
@@ -144,7 +144,7 @@ def conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return _conv(X, W, B, geom)
 
 
-@register("ConvEpilogue", since=1, domain="anasim")
+@register("ConvEpilogue", since=1, domain=FUSED_DOMAIN)
 def conv_epilogue(X, W, B=None, R=None, *, activation="", act_a=0.0, act_b=0.0, auto_pad="NOTSET",
                   dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     """``act(Conv(X, W, B) + R)`` in one pass over the output (the node
@@ -161,7 +161,7 @@ def conv_epilogue(X, W, B=None, R=None, *, activation="", act_a=0.0, act_b=0.0, 
     return _activation(y if R is None else _add(y, R), activation, act_a, act_b)
 
 
-@register("AddActivation", since=1, domain="anasim")
+@register("AddActivation", since=1, domain=FUSED_DOMAIN)
 def add_activation(A, B, *, activation="Relu", act_a=0.0, act_b=0.0):
     """``act(A + B)`` in one pass and one output array (the node
     :func:`anasim.graph.passes.fuse_conv_epilogues` makes of an ``Add`` and the activation
