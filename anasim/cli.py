@@ -687,6 +687,15 @@ it). --out is resumable like a sweep's; --workers and --scheduler as for a sweep
 """
 
 
+def _add_chip_options(s, config_help: str = "configuration file (.toml/.json)"):
+    """The "chip" argument group of a subcommand with its --config and --preset; returned for
+    the subcommand's own chip options."""
+    c = s.add_argument_group("chip")
+    c.add_argument("--config", metavar="CFG", help=config_help)
+    c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    return c
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anasim",
@@ -714,9 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accuracy of a model on a data set: ideal and on the analog chip over time",
                        epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("model", nargs="?", help="ONNX model (omit for the bundled Fashion-MNIST demo)")
-    c = s.add_argument_group("chip")
-    c.add_argument("--config", metavar="CFG", help="configuration file (.toml/.json)")
-    c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    c = _add_chip_options(s)
     c.add_argument("--calibrate", type=int, metavar="N",
                    help="calibrate every chip on the data's first N samples (the [calibration] methods; "
                         "anasim params calibration) and score only the others")
@@ -734,9 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("calibrate", help="program a chip, calibrate it on the data's first N samples, save it",
                        epilog=CALIBRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("model", help="ONNX model")
-    c = s.add_argument_group("chip")
-    c.add_argument("--config", metavar="CFG", help="configuration file (.toml/.json) with a [calibration] table")
-    c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    c = _add_chip_options(s, "configuration file (.toml/.json) with a [calibration] table")
     c.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a parameter, e.g. --set calibration.affine=true (repeatable)")
     c.add_argument("--seed", type=int, default=0, metavar="S", help="master seed (default 0)")
@@ -771,9 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per analog layer: accuracy with only it analog, and with all but it analog",
                        epilog=SENSITIVITY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("model", help="ONNX model")
-    c = s.add_argument_group("chip")
-    c.add_argument("--config", metavar="CFG", help="configuration file (.toml/.json)")
-    c.add_argument("--preset", metavar="NAME", help="configuration preset (default aihwkit; anasim presets)")
+    c = _add_chip_options(s)
     c.add_argument("--layer", action="append", metavar="NAME",
                    help="study only this analog layer (node name or glob; repeatable; default all)")
     c.add_argument("--mode", choices=("both", "only", "all-but"), default="both",
