@@ -4,7 +4,8 @@
 :func:`~anasim.ops.im2col.im2col`: depthwise 1-D/2-D convolutions use a direct kernel
 (:mod:`anasim.ops.depthwise`), float32 ones with enough output pixels per sample sums of
 shifted products (:mod:`anasim.ops.shifted`, no im2col matrix), 3×3 stride-1 ones with
-many channels Winograd F(2×2, 3×3) (:mod:`anasim.ops.winograd`), other 1-D/2-D ones a
+at least 32 channels Winograd F(4×4, 3×3) (:mod:`anasim.ops.winograd_f4`), and with 16–31
+channels on small maps Winograd F(2×2, 3×3) (:mod:`anasim.ops.winograd`), other 1-D/2-D ones a
 cache-blocked transposed im2col (rows
 (c, kh, kw), columns = pixels) so that ``[W | b] @ cols`` lands directly in NCHW order
 (:func:`_conv2d_gemm`), 3-D ones a plain im2col + stacked product.
@@ -32,6 +33,7 @@ from .shifted import conv2d_shifted, shifted_applies
 from .im2col import (_add_bias_inplace, _col2im_kernel, _im2col_t, cols_to_output, im2col, im2col_rows,
                      padded_input, rows_to_nchw)
 from .winograd import _conv2d_winograd, _winograd_applies
+from .winograd_f4 import conv2d_winograd_f4, f4_applies
 
 __all__ = ["conv", "conv_transpose", "warmup"]
 
@@ -47,8 +49,9 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
 
     Depthwise 1-D/2-D convolutions use a direct kernel
     (:func:`~anasim.ops.depthwise._conv2d_depthwise`), those
+    :func:`~anasim.ops.winograd_f4.f4_applies` takes Winograd F(4×4, 3×3), those
     :func:`~anasim.ops.shifted.shifted_applies` takes shifted products, 3×3 stride-1 ones
-    with at least ``_WINO_MIN_CHANNELS`` input channels Winograd
+    with at least ``_WINO_MIN_CHANNELS`` input channels Winograd F(2×2, 3×3)
     (:func:`~anasim.ops.winograd._conv2d_winograd`), other 1-D/2-D ones :func:`_conv2d_gemm`; 3-D
     convolutions a plain im2col + stacked product.
     """
@@ -61,6 +64,8 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
         b = _bias_or_zeros(b, geom.out_channels, dtype)
     if g > 1 and g == geom.in_channels and geom.n_spatial <= 2:  # depthwise: direct kernel
         return _conv2d_depthwise(np.ascontiguousarray(x), w, b, geom, epilogue).reshape(out_shape)
+    if f4_applies(geom, dtype):
+        return conv2d_winograd_f4(x, w, b, geom, epilogue)
     if shifted_applies(geom, dtype):
         return conv2d_shifted(x, w, b, geom, epilogue).reshape(out_shape)
     if _winograd_applies(geom):
@@ -209,6 +214,9 @@ def warmup(dtype=np.float32) -> None:
     epilogue.warmup()
     shifted.warmup()
     rng = np.random.default_rng(0)
+    x32 = rng.standard_normal((2, 32, 4, 4)).astype(dtype)  # Winograd F(4×4, 3×3)
+    w32 = rng.standard_normal((4, 32, 3, 3)).astype(dtype)
+    conv(x32, w32, None, conv_geometry(x32.shape, w32.shape, pads=[1, 1, 1, 1]))
     x = rng.standard_normal((2, 16, 6, 6)).astype(dtype)
     for w_shape, kw in [((4, 16, 3, 3), dict(pads=[1, 1, 1, 1])),            # Winograd
                         ((4, 16, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),  # im2col + GEMM
