@@ -214,16 +214,25 @@ def run_chunks(n_chunks: int, make_state, do_chunk) -> None:
 
     Each worker makes its own ``state`` (scratch buffers) once and takes chunk indices
     from a shared counter, so a worker slowed down by other processes takes fewer chunks
-    instead of stalling a barrier. BLAS runs single-threaded meanwhile. Without BLAS
-    thread control (non-OpenBLAS NumPy) the chunks run in the calling thread and BLAS
-    parallelizes each product instead. Results do not depend on the thread count.
+    instead of stalling a barrier. BLAS runs single-threaded meanwhile, and also with one
+    worker thread (``numba.set_num_threads(1)`` means one core; OpenBLAS's own threads
+    split a product differently, which on some CPUs, e.g. AMD Zen, changes the last bit of
+    sums). A single chunk with several threads lets BLAS parallelise that product. Without
+    BLAS thread control (non-OpenBLAS NumPy) the chunks run in the calling thread and BLAS
+    parallelizes each product instead. Results do not depend on the thread count, except
+    in the last bit for a single-chunk product on such CPUs.
     """
     global _POOL, _POOL_SIZE
     n = min(num_threads(), n_chunks)
     if n <= 1 or not Blas.available():
         state = make_state()
-        for i in range(n_chunks):
-            do_chunk(state, i)
+        if num_threads() <= 1 and Blas.available():
+            with Blas.single_threaded():
+                for i in range(n_chunks):
+                    do_chunk(state, i)
+        else:
+            for i in range(n_chunks):
+                do_chunk(state, i)
         return
     if _POOL is None or _POOL_SIZE < n:
         _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="anasim")

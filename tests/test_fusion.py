@@ -201,10 +201,17 @@ def test_shifted_products_do_not_depend_on_threads_or_bands(monkeypatch):
     monkeypatch.setattr(cg, "_CHUNK_MAX_BYTES", 4096)  # bands of a few rows each
     monkeypatch.setattr(cg, "_CHUNK_MIN_BYTES", 4096)
     banded = shifted.conv2d_shifted(x, w, None, geom)
-    np.testing.assert_array_equal(banded, ref)
+    # Other bands are other sgemm shapes: OpenBLAS's small-matrix kernels (DYNAMIC_ARCH
+    # builds on AMD Zen, for one) sum those in another order, so across band sizes the
+    # outputs agree to float32 rounding, not bit for bit. The bands are fixed by the
+    # shapes alone; across thread counts the outputs are identical.
+    scale = np.abs(ref).max()
+    assert np.abs(banded - ref).max() <= 1e-6 * scale
     from anasim import threads
 
     monkeypatch.setattr(threads, "num_threads", lambda: 1)  # every band in the calling thread
+    np.testing.assert_array_equal(shifted.conv2d_shifted(x, w, None, geom), banded)
+    monkeypatch.undo()
     np.testing.assert_array_equal(shifted.conv2d_shifted(x, w, None, geom), ref)
 
 
