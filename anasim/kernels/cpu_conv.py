@@ -287,6 +287,10 @@ def _map_stat(src, idx, raw, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1
         r += cnt
 
 
+SMALL_DOT = 64
+"""One-output tiles with at most this many inputs are summed in the kernel, not by sgemm
+(see :func:`_gemm`)."""
+
 SHORT_RUNS = 16
 """With output rows narrower than this the noise-management statistic is taken pixel by
 pixel (:func:`_map_stat_px`): one loop per tap over the whole block instead of one per
@@ -526,7 +530,21 @@ def _after_dac(xt, nk, q, pp, rnd, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gemm(w, nout, nk, x, q, y):
-    """y[0:nout, 0:q] = w (nout × nk, row-major) @ x[0:nk, 0:q] (sgemm, leading dims of the arrays)."""
+    """y[0:nout, 0:q] = w (nout × nk, row-major) @ x[0:nk, 0:q] (sgemm, leading dims of the arrays).
+
+    A one-output tile (a depthwise channel, a one-output group) with at most
+    ``SMALL_DOT`` inputs is summed here in input order, vectorised over the pixels: sgemm's
+    call overhead on a 1 × nk product is larger than the product."""
+    if nout == 1 and nk <= SMALL_DOT:
+        yr = y[0, :q]
+        for t in range(q):
+            yr[t] = _F0
+        for j in range(nk):
+            wj = w[j]
+            xr = x[j, :q]
+            for t in range(q):
+                yr[t] += wj * xr[t]
+        return
     _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, nout, q, nk, _F1, w.ctypes, nk, x.ctypes, x.shape[1],
            _F0, y.ctypes, y.shape[1])
 
