@@ -214,23 +214,23 @@ def run_chunks(n_chunks: int, make_state, do_chunk) -> None:
 
     Each worker makes its own ``state`` (scratch buffers) once and takes chunk indices
     from a shared counter, so a worker slowed down by other processes takes fewer chunks
-    instead of stalling a barrier. BLAS runs single-threaded meanwhile, and also with one
-    worker thread (``numba.set_num_threads(1)`` means one core; OpenBLAS's own threads
-    split a product differently, which on some CPUs, e.g. AMD Zen, changes the last bit of
-    sums). A single chunk with several threads lets BLAS parallelise that product. Without
-    BLAS thread control (non-OpenBLAS NumPy) the chunks run in the calling thread and BLAS
-    parallelizes each product instead. Results do not depend on the thread count, except
-    in the last bit for a single-chunk product on such CPUs.
+    instead of stalling a barrier. BLAS runs single-threaded, also when the chunks run in
+    the calling thread (one worker thread, or a single chunk): OpenBLAS's own threads split
+    a product differently, which on some CPUs (AMD Zen, for one) changes the last bit of
+    sums, and ``numba.set_num_threads(1)`` means one core. Without BLAS thread control
+    (non-OpenBLAS NumPy) the chunks run in the calling thread and BLAS parallelizes each
+    product instead. Results do not depend on the thread count.
     """
     global _POOL, _POOL_SIZE
     n = min(num_threads(), n_chunks)
-    if n <= 1 or not Blas.available():
+    if not Blas.available():
         state = make_state()
-        if num_threads() <= 1 and Blas.available():
-            with Blas.single_threaded():
-                for i in range(n_chunks):
-                    do_chunk(state, i)
-        else:
+        for i in range(n_chunks):
+            do_chunk(state, i)
+        return
+    if n <= 1:
+        with Blas.single_threaded():
+            state = make_state()
             for i in range(n_chunks):
                 do_chunk(state, i)
         return
@@ -258,11 +258,6 @@ def run_chunks(n_chunks: int, make_state, do_chunk) -> None:
 
 
 def run_blocks(n_blocks: int, make_state, do_block) -> None:
-    """:func:`run_chunks` for blocks whose BLAS products are small (the analog layers'
-    row blocks): BLAS stays single-threaded also when the blocks run in the calling
-    thread (one worker), where its own threads would only add overhead."""
-    if min(num_threads(), n_blocks) <= 1 and Blas.available():
-        with Blas.single_threaded():
-            run_chunks(n_blocks, make_state, do_block)
-    else:
-        run_chunks(n_blocks, make_state, do_block)
+    """:func:`run_chunks` for the analog layers' row blocks (the same rules: single-threaded
+    BLAS in every block)."""
+    run_chunks(n_blocks, make_state, do_block)
