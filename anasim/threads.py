@@ -12,7 +12,7 @@ all cores) -- is the number of cores anasim keeps busy. It governs:
   installed (extra ``threads``); otherwise only in processes started later, through
   ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ... (:data:`BLAS_ENV`),
   which BLAS reads when it is loaded.
-* **The Python worker threads of the convolutions** (:func:`run_chunks`, :func:`run_blocks`:
+* **The Python worker threads of the convolutions** (:func:`run_chunks`:
   the blocks of the ideal convolutions, pooling, the analog layers' row blocks): as many as
   Numba's thread count (:func:`num_threads`), as are the chunks of the fused analog
   convolution (on Numba's threads). BLAS runs single-threaded inside them (:class:`Blas`),
@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from .errors import ConfigError
 
 __all__ = ["ENV", "BLAS_ENV", "apply_env_defaults", "resolve_threads", "set_threads", "worker_env",
-           "num_threads", "run_chunks", "run_blocks"]
+           "num_threads", "run_chunks"]
 
 ENV = "ANASIM_NUM_THREADS"
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
@@ -256,8 +256,3 @@ def run_chunks(n_chunks: int, make_state, do_chunk) -> None:
         for f in [_POOL.submit(worker, k) for k in range(n)]:
             f.result()
 
-
-def run_blocks(n_blocks: int, make_state, do_block) -> None:
-    """:func:`run_chunks` for the analog layers' row blocks (the same rules: single-threaded
-    BLAS in every block)."""
-    run_chunks(n_blocks, make_state, do_block)

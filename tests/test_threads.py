@@ -103,7 +103,7 @@ NOISY = {"forward": {"inp_res": 254, "out_res": 254, "out_bound": 10.0, "out_noi
 
 
 def test_conv_results_identical_on_one_and_two_worker_threads(request, counting_pool):
-    """The Python worker-thread paths (run_chunks / run_blocks): the digital convolutions
+    """The Python worker-thread paths (run_chunks): the digital convolutions
     (Winograd, im2col + GEMM, grouped, depthwise, 1-D) and an analog network's blocked and
     grouped convolution layers give the same bits on 1 and on 2 worker threads, and the
     2-thread runs do share their blocks out among 2 workers."""

@@ -13,7 +13,7 @@ the layer's (digital by default) bias, any other Gemm ``C`` is added after the t
 
 Speed: an ungrouped 1-D/2-D convolution on CPU tiles never builds its whole im2col
 matrix. It runs in blocks of rows sized to stay in a core's cache (``_BLOCK_BYTES``),
-on the convolution's worker threads (:func:`~anasim.threads.run_blocks`): im2col rows
+on the convolution's worker threads (:func:`~anasim.threads.run_chunks`): im2col rows
 of the block from a zero-padded copy of the input, the tiles with the single-threaded
 periphery kernels (:data:`~anasim.analog.tile.SERIAL`), then bias and NCHW layout
 straight into the output. Row ids are those of the whole batch, so the result is the
@@ -42,7 +42,7 @@ from ..graph.context import RunContext
 from ..graph.ir import RECURRENT_OPS, GraphIR, Node
 from ..ops.conv_geometry import conv_geometry
 from ..ops.im2col import cols_to_output, im2col, im2col_rows, padded_input, rows_to_nchw
-from ..threads import num_threads, run_blocks
+from ..threads import num_threads, run_chunks
 from .calibration import LayerCalibration, apply_affine
 from .fused import FusedConv, fused_available
 from .tile import SERIAL, AnalogMatrix, Periphery
@@ -51,7 +51,7 @@ _BLOCK_BYTES = 4 << 20
 """Working set of one block of convolution rows (im2col rows, prepared inputs, outputs).
 A few MB: smaller blocks fit L2 better but pay the per-block Python work more often
 (measured on 2 MB-L2 cores: 4 MB best, 1 MB about 30 % slower). Blocks run on the worker
-threads of :func:`~anasim.threads.run_blocks`."""
+threads of :func:`~anasim.threads.run_chunks`."""
 _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 256, 32768
 
 
@@ -156,7 +156,7 @@ class AnalogLayer:
 
     def _rows_blocked(self, ctx: RunContext, m: AnalogMatrix, rows: np.ndarray, row_ids: np.ndarray) -> np.ndarray:
         """:meth:`AnalogMatrix.forward` on blocks of rows shared out among the worker threads
-        (:func:`~anasim.threads.run_blocks`: single-threaded BLAS and the serial periphery
+        (:func:`~anasim.threads.run_chunks`: single-threaded BLAS and the serial periphery
         kernels per block), so that BLAS's own threads and Numba's never compete for the
         cores. Every row's numbers are its own (row ids), so the blocking changes nothing
         but the BLAS kernel OpenBLAS picks for a product's size."""
@@ -177,7 +177,7 @@ class AnalogLayer:
             m.forward_into(x[r0:r1], ids[r0:r1], repetition, acc[r0:r1], SERIAL)
 
         if n:
-            run_blocks(n_blocks, lambda: None, do_block)
+            run_chunks(n_blocks, lambda: None, do_block)
         if m.bias is not None:
             acc += m.bias
         return acc
@@ -268,7 +268,7 @@ class AnalogLayer:
             rows_to_nchw(acc, np.zeros(ocg, np.float32) if m.bias is None else m.bias, tmp, 0)
             out[:, g * ocg:(g + 1) * ocg] = tmp
 
-        run_blocks(len(self.matrices), lambda: None, do_group)
+        run_chunks(len(self.matrices), lambda: None, do_group)
         return out.reshape((n, geom.out_channels) + geom.out_shape)
 
     def _conv_blocked(self, ctx: RunContext, x: np.ndarray, geom) -> np.ndarray:
@@ -311,7 +311,7 @@ class AnalogLayer:
             m.forward_into(c, np.arange(first + r0, first + r1, dtype=np.int64), repetition, a, SERIAL)
             rows_to_nchw(a, bias, out, r0)
 
-        run_blocks(n_blocks, make_state, do_block)
+        run_chunks(n_blocks, make_state, do_block)
         return out.reshape((n, oc) + geom.out_shape)
 
     # ------------------------------------------------------------------ recurrent layers
