@@ -103,10 +103,10 @@ def main() -> int:
     shown = [s for s in range(len(stages)) if totals[s] > 0]
     print(f"\nslowest {ARGS.top} analog layers (ms/img, share of the layer's time per stage):")
     head = " ".join(f"{stages[s][:11]:>11s}" for s in shown)
-    print(f"{'ms/img':>7s} {'layer':<48s} {head}")
+    print(f"{'ms/img':>7s} {'layer':<60s} {head}")
     for t, layer, split in sorted(rows, key=lambda r: -r[0])[:ARGS.top]:
         parts = " ".join(f"{100 * split[s] / t:10.0f}%" if t else f"{'':>11s}" for s in shown)
-        print(f"{t * per_img:7.3f} {layer.describe()[:48]:<48s} {parts}")
+        print(f"{t * per_img:7.3f} {layer.describe()[-60:]:<60s} {parts}")
     print("\nstages over all fused convolutions (ms/img, share of the analog layers' time):")
     for s in shown:
         print(f"  {stages[s]:<32s} {totals[s] * per_img:7.3f}  {100 * totals[s] / analog:5.1f} %")

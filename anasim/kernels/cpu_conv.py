@@ -374,6 +374,92 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, sq, short, pix, pimg,
+             base, y, pw):
+    """A one-output tile in one pass: y[0, t] = Σ_j w[j] · x̃_j and (``sq``, PCM read noise)
+    pw[0, t] = Σ_j |w[j]| · x̃_j² with x̃_j = :func:`.stages.dac` of the tile's input j of
+    pixel r0 + t, without writing x̃: the numbers of :func:`_gather_dac`, :func:`_after_dac`
+    and :func:`_gemm` (the same float32 operations, sums in input order from 0). Pixels
+    one output row at a time, or (``short`` rows) all of the block per input through
+    their offsets ``base`` (scratch, from ``pix``/``pimg`` of :func:`_pixel_origins`)."""
+    nk = offs.size
+    q = r1 - r0
+    yr = y[0, :q]
+    pr = pw[0, :q] if sq else pw[0, :0]
+    for t in range(q):
+        yr[t] = _F0
+    if sq:
+        for t in range(q):
+            pr[t] = _F0
+    if short:
+        b = base[:q]
+        for t in range(q):
+            b[t] = pimg[t] * img + pix[t]
+        s = sv[:q]
+        for j in range(nk):
+            o = offs[j]
+            wj = w[j]
+            if o < 0:
+                if sq:
+                    awj = aw[j]
+                    for t in range(q):
+                        v = S.dac(_F1, s[t], res, bound)
+                        yr[t] += wj * v
+                        pr[t] += awj * (v * v)
+                else:
+                    for t in range(q):
+                        yr[t] += wj * S.dac(_F1, s[t], res, bound)
+            elif sq:
+                awj = aw[j]
+                for t in range(q):
+                    v = S.dac(xf[np.uint64(b[t] + o)], s[t], res, bound)
+                    yr[t] += wj * v
+                    pr[t] += awj * (v * v)
+            else:
+                for t in range(q):
+                    yr[t] += wj * S.dac(xf[np.uint64(b[t] + o)], s[t], res, bound)
+        return
+    bb = 0
+    r = r0
+    while r < r1:
+        n, i, k0, cnt = _run_at(r, r1, p_, ow)
+        at = n * img + i * sh * wp + k0 * sw
+        s = sv[bb:bb + cnt]
+        yc = yr[bb:bb + cnt]
+        pc = pr[bb:bb + cnt] if sq else pr
+        for j in range(nk):
+            o = offs[j]
+            wj = w[j]
+            awj = aw[j] if sq else _F0
+            if o < 0:
+                for t in range(cnt):
+                    v = S.dac(_F1, s[t], res, bound)
+                    yc[t] += wj * v
+                    if sq:
+                        pc[t] += awj * (v * v)
+                continue
+            src = xf[at + o:at + o + (cnt - 1) * sw + 1]
+            if sw == 1 and sq:
+                for t in range(cnt):
+                    v = S.dac(src[t], s[t], res, bound)
+                    yc[t] += wj * v
+                    pc[t] += awj * (v * v)
+            elif sw == 1:
+                for t in range(cnt):
+                    yc[t] += wj * S.dac(src[t], s[t], res, bound)
+            elif sq:
+                for t in range(cnt):
+                    v = S.dac(src[t * sw], s[t], res, bound)
+                    yc[t] += wj * v
+                    pc[t] += awj * (v * v)
+            else:
+                for t in range(cnt):
+                    yc[t] += wj * S.dac(src[t * sw], s[t], res, bound)
+        bb += cnt
+        r += cnt
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _buffers(nk, nout, q, pp, noise_rows):
     """Scratch of one pass over ``q`` pixels of a tile with ``nk`` inputs, ``nout`` outputs."""
     want_sq = pp.wn_type == S.WN_PCM_READ
@@ -836,6 +922,8 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
         pix = np.empty(rows if short else 0, np.int64)
         pimg = np.empty(rows if short else 0, np.int64)
         bt = np.empty(rows if short else 0, np.int64)
+        one_pass = (pp.inp_noise <= _F0 and not pp.inp_sto_round and pp.ir_drop <= _F0
+                    and pp.wn_type != S.WN_ADDITIVE)
         for blk in range(wk, n_blocks, workers):
             r0 = blk * rows
             r1 = min(total, r0 + rows)
@@ -854,6 +942,13 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                 has_one = toffs[nk - 1] < 0
                 key = keys[ti]
                 mode = tiles[ti, 8]
+                w = wflat[w_off:w_off + nout * nk]
+                aw = awflat[w_off:w_off + nout * nk] if awflat.size else awflat
+                nl_vec = vecs[2, v_off:v_off + nout]
+                noise_vec = vecs[3, v_off:v_off + nout]
+                adc_off = vecs[4, v_off:v_off + nout]
+                adc_gain = vecs[5, v_off:v_off + nout]
+                done = False
                 t0 = _now(prof)
                 if tiles[ti, 7] and mode == MAP_GENERIC:  # a new input chunk: gather, then prepare
                     _gather(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, xt)
@@ -878,21 +973,27 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                         _key_to_float(pp.nm_type, stat, q)
                     nskip = _input_scales(q, pp, _F1, rowf, rowi)
                     t0 = _tick(prof, wk, 0, t0)
-                    _gather_dac(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, rowf[1], pp.inp_step,
-                                pp.inp_bound, xt)
-                    t0 = _tick(prof, wk, 1, t0)
-                    _after_dac(xt, nk, q, pp, 0, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp, rowf,
-                               rowi, xn64)
-                    t0 = _tick(prof, wk, 2, t0)
-                w = wflat[w_off:w_off + nout * nk]
-                aw = awflat[w_off:w_off + nout * nk] if awflat.size else awflat
-                nl_vec = vecs[2, v_off:v_off + nout]
-                noise_vec = vecs[3, v_off:v_off + nout]
-                adc_off = vecs[4, v_off:v_off + nout]
-                adc_gain = vecs[5, v_off:v_off + nout]
-                nfail = _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec,
-                                      nlf[ti], noise_on, noise_vec, rid, 0, key, y, cur, irm, pw, zb,
-                                      ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain, inl)
+                    if one_pass and nout == 1 and mode == MAP_DIRECT and (ti + 1 == n_tiles or tiles[ti + 1, 7]):
+                        # a depthwise channel: DAC, MVM and the PCM read-noise product in one pass
+                        _dac_dot(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, rowf[1], pp.inp_step, pp.inp_bound,
+                                 w, aw, pp.wn_type == S.WN_PCM_READ, short, pix, pimg, bt, y, pw)
+                        t0 = _tick(prof, wk, 3, t0)
+                        nfail = _finalize(y, 1, q, pp, nl_on, nl_vec, nlf[ti], noise_on, noise_vec, _F0, cur, irm,
+                                          pw, rid, 0, key, zb, ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain,
+                                          inl)
+                        _tick(prof, wk, 4, t0)
+                        done = True
+                    else:
+                        _gather_dac(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, rowf[1], pp.inp_step,
+                                    pp.inp_bound, xt)
+                        t0 = _tick(prof, wk, 1, t0)
+                        _after_dac(xt, nk, q, pp, 0, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp, rowf,
+                                   rowi, xn64)
+                        t0 = _tick(prof, wk, 2, t0)
+                if not done:
+                    nfail = _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec,
+                                          nlf[ti], noise_on, noise_vec, rid, 0, key, y, cur, irm, pw, zb,
+                                          ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain, inl)
                 t0 = _now(prof)
                 for t in range(q):
                     scale[t] = rowf[0, t]
