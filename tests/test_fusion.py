@@ -260,3 +260,47 @@ def test_depthwise_channels_last_equals_the_direct_sums():
             ref += w[(slice(None), 0) + tap].reshape((1, c) + (1,) * nsp) * xp[(slice(None), slice(None)) + sl]
         np.testing.assert_allclose(y, np.maximum(ref + r, 0), rtol=1e-5, atol=1e-5)
         cases += 1
+
+
+def test_depthwise_3x3_equals_the_ordered_sums_bit_for_bit():
+    """3×3 depthwise convolutions (phase planes for large maps, channels-last for small
+    ones; any stride, dilation and padding) give exactly the float32 sums in the order of
+    the generic kernel -- bias, then the taps in (row, column) order -- with the epilogue,
+    and the same numbers as the generic kernel."""
+    from anasim.ops import depthwise
+
+    rng = np.random.default_rng(11)
+    cases = 0
+    routes = set()
+    while cases < 120:
+        c = int(rng.integers(1, 20))
+        st = [int(rng.integers(1, 4)) for _ in range(2)]
+        dl = [int(rng.integers(1, 3)) for _ in range(2)]
+        pads = [int(rng.integers(0, 3)) for _ in range(4)]
+        ins = [int(rng.integers(1, 24)) for _ in range(2)]
+        x = rng.standard_normal((int(rng.integers(1, 4)), c, *ins)).astype(np.float32)
+        w = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(c).astype(np.float32)
+        try:
+            geom = conv_geometry(x.shape, w.shape, group=c, pads=pads, strides=st, dilations=dl)
+        except ValueError:
+            continue
+        shape = (x.shape[0], c) + tuple(geom.out_shape)
+        routes.add(int(np.prod(geom.out_shape)) > depthwise._CL_MAX_PIXELS)
+        r = rng.standard_normal(shape).astype(np.float32)
+        y = depthwise._conv2d_depthwise(x, w, b, geom, Epilogue(r, "Relu")).reshape(shape)
+        xp = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+        ref = np.zeros(shape, np.float32) + b.reshape(1, c, 1, 1)
+        for tap in np.ndindex(3, 3):
+            sl = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dl, geom.out_shape, st))
+            ref = ref + w[:, 0, tap[0], tap[1]].reshape(1, c, 1, 1) * xp[(slice(None), slice(None)) + sl]
+        np.testing.assert_array_equal(y, np.maximum(ref + r, np.float32(0)))
+        if int(np.prod(geom.out_shape)) > depthwise._CL_MAX_PIXELS:
+            try:
+                depthwise._PHASE_3X3 = False
+                generic = depthwise._conv2d_depthwise(x, w, b, geom, Epilogue(r, "Relu")).reshape(shape)
+            finally:
+                depthwise._PHASE_3X3 = True
+            np.testing.assert_array_equal(y, generic)
+        cases += 1
+    assert routes == {False, True}  # both kernels were exercised
