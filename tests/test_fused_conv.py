@@ -300,3 +300,58 @@ def test_activation_folded_into_the_layer_gives_the_same_numbers(act, monkeypatc
     plain = anasim.analog(g, AIHWKIT_LIKE, seed=1)
     assert all(la.epilogue is None for la in plain.layers)
     np.testing.assert_array_equal(folded(x), plain(x))
+
+
+def _residual_model(swap):
+    """x -> conv1 -> Relu = a1; conv2(a1) + a1 -> Relu = a2; a2 + conv3(a2) = y (Add's inputs
+    in the other order when ``swap``)."""
+    rng = np.random.default_rng(14)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 8])
+    inits = [numpy_helper.from_array((rng.standard_normal((6, 3, 3, 3)) * 0.5).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((6, 6, 3, 3)) * 0.3).astype(np.float32), "w2"),
+             numpy_helper.from_array((rng.standard_normal((6, 6, 3, 3)) * 0.3).astype(np.float32), "w3"),
+             numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b2")]
+
+    def add(a, b, out, name):
+        return helper.make_node("Add", [b, a] if swap else [a, b], [out], name=name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["a1"], name="act1"),
+             helper.make_node("Conv", ["a1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             add("c2", "a1", "s2", "add2"),
+             helper.make_node("Relu", ["s2"], ["a2"], name="act2"),
+             helper.make_node("Conv", ["a2", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+             add("c3", "a2", "y", "add3")]
+    g = helper.make_graph(nodes, "residual", [x], [y], inits)
+    return anasim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("mapping", [{}, {"max_input_size": 20, "max_output_size": 4}])
+def test_residual_add_folded_into_the_layer_gives_the_same_numbers(swap, mapping, monkeypatch):
+    """A residual Add (and the Relu after it) that alone consumes a fused convolution's
+    output is applied by the kernel, on the single-tile store and on the multi-tile
+    accumulator path alike: the outputs are those of the unfolded graph, bit for bit."""
+    from anasim.analog import simulator
+
+    g = _residual_model(swap)
+    x = np.random.default_rng(15).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    cfg = dict(AIHWKIT_LIKE, mapping=mapping)
+    folded = anasim.analog(g, cfg, seed=2)
+    assert [(la.residual, la.epilogue) for la in folded.layers] == [
+        ("", (0.0, np.inf)), ("a1", (0.0, np.inf)), ("a2", None)]
+    monkeypatch.setattr(simulator, "fold_activations", lambda ir, layers: {})
+    plain = anasim.analog(g, cfg, seed=2)
+    assert all(not la.residual and la.epilogue is None for la in plain.layers)
+    np.testing.assert_array_equal(folded(x), plain(x))
+    # calibration runs the layers raw, the Add and the Relu digital: the same fits, then the
+    # affine correction applied before the folded residual: the same numbers again
+    from anasim.experiment.calibration import calibrate
+
+    params = {"affine": True, "input_range": True}
+    cal_f, cal_p = calibrate(folded, x, params), calibrate(plain, x, params)
+    for name in ("conv1", "conv2", "conv3"):
+        assert cal_f.layers[name].scale is not None
+        np.testing.assert_array_equal(cal_f.layers[name].scale, cal_p.layers[name].scale)
+    np.testing.assert_array_equal(folded(x), plain(x))

@@ -29,6 +29,7 @@ _MIN_BLOCK, _MAX_BLOCK = 64, 4096
 _CHUNKS_PER_THREAD = 1
 """Chunks of blocks per worker thread (Numba's prange deals them out statically)."""
 _NO_PROFILE = np.zeros((0, 0), np.int64)
+_NO_RESIDUAL = np.zeros((0, 0, 0), np.float32)
 _KEYS = ("inp_noise", "out_noise", "w_noise", "inp_sto_round", "out_sto_round")
 
 
@@ -197,13 +198,17 @@ class FusedConv:
         return max(1, -(-total // n_blocks))
 
     def run(self, x: np.ndarray, geom, first: int, repetition: int, profile: dict | None = None,
-            name: str = "", epilogue: tuple | None = None) -> tuple[np.ndarray, int]:
+            name: str = "", epilogue: tuple | None = None,
+            residual: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """The layer's output (N, OC, *out_shape) for the float32 input ``x`` and the number
         of its values that are NaN or infinite; ``first`` is the global row id of the
         batch's first pixel. ``profile``: where to add the kernel's cycles per worker and
         stage (``profile[name]``) and the host-side seconds (``profile[(name, "host")]``),
-        see :attr:`anasim.graph.context.RunContext.profile`. ``epilogue``: (lo, hi), clip
-        the outputs to [lo, hi] on the way out (a Relu or Clip folded into the layer)."""
+        see :attr:`anasim.graph.context.RunContext.profile`. ``residual``: an array of the
+        output's shape added to the outputs on the way out (an Add folded into the layer;
+        float32, C-contiguous); ``epilogue``: (lo, hi), then clip them to [lo, hi] (a Relu
+        or Clip folded into the layer). The count of NaN or infinite values is of the
+        layer's own outputs, before the residual."""
         n, oc = x.shape[0], geom.out_channels
         out = np.empty((n, oc, geom.n_pixels), np.float32)
         total = n * geom.n_pixels
@@ -226,8 +231,9 @@ class FusedConv:
                 cycles = profile.setdefault(name, np.zeros((chunks, len(cpu_conv.STAGES)), np.int64))
             args = (xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
                     awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias,
-                    (np.float32(-np.inf), np.float32(np.inf)) if epilogue is None else
-                    (np.float32(epilogue[0]), np.float32(epilogue[1])), out,
+                    (np.float32(-np.inf if epilogue is None else epilogue[0]),
+                     np.float32(np.inf if epilogue is None else epilogue[1]),
+                     _NO_RESIDUAL if residual is None else residual.reshape(out.shape)), out,
                     np.int64(first), np.int64(rows), np.int64(chunks),
                     all(len(m.tiles) == m.n_out_chunks for m in self.matrices), cycles, self.matrices[0].inl)
             with Blas.single_threaded():  # each chunk calls sgemm on its own thread

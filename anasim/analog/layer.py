@@ -79,6 +79,11 @@ class AnalogLayer:
     """(lo, hi): the layer's outputs are clipped to [lo, hi] -- the Relu or Clip that
     followed it in the graph, folded into the layer by the simulator (see
     ``simulator.fold_activations``); None: the layer's own output."""
+    residual: str = ""
+    """Name of a value of the output's shape added to the layer's outputs before the
+    epilogue -- the ``Add`` that followed it in the graph, folded into the layer by the
+    simulator (see ``simulator.fold_activations``); the executor passes it after the
+    node's own inputs (:attr:`extra_inputs`). '': none."""
     calibration: LayerCalibration = field(default_factory=LayerCalibration, repr=False)
     """What calibration set for this layer (:mod:`.calibration`); set it with
     :meth:`set_calibration`."""
@@ -182,27 +187,37 @@ class AnalogLayer:
             acc += m.bias
         return acc
 
+    @property
+    def extra_inputs(self) -> tuple[str, ...]:
+        """Values the executor passes after the node's own inputs: the folded residual."""
+        return (self.residual,) if self.residual else ()
+
     def __call__(self, *inputs, context: RunContext, raw: bool = False):
         """The node's output for its inputs (the executor calls it in place of the node);
         ``context`` says which samples these are (row ids) and which repetition.
-        ``raw``: the tiles' output before the calibration's affine correction and the
-        folded activation (what calibration fits)."""
+        ``raw``: the tiles' output before the calibration's affine correction, the folded
+        residual and the folded activation (what calibration fits; the residual is then
+        not among the inputs)."""
         if self.op_type in RECURRENT_OPS:
             return self._recurrent(context, inputs)
         if not isinstance(inputs[0], np.ndarray) and _on_device(inputs[0]):
             return self._call_device(context, inputs[0])
         affine = None if raw else self.calibration.affine
         epilogue = None if raw else self.epilogue
+        residual = inputs[-1] if self.residual and not raw else None
         bad = None  # number of NaN/infinite outputs, when the path counted them
+        fuse = False  # whether the kernel may apply the residual and the epilogue
         if self.op_type == "Conv":
-            y = self._conv(context, inputs[0], epilogue if affine is None else None)
+            fuse = affine is None and (residual is None or (
+                isinstance(residual, np.ndarray) and residual.dtype == np.float32 and residual.flags.c_contiguous))
+            y = self._conv(context, inputs[0], epilogue if fuse else None, residual if fuse else None)
             if isinstance(y, tuple):
                 y, bad = y
         elif self.op_type == "Gemm":
             y = self._gemm(context, inputs[0])
         else:
             y = self._matmul(context, inputs[0])
-        clipped = bad is not None and affine is None  # the fused kernel applied the epilogue
+        clipped = bad is not None and fuse  # the fused kernel applied the residual and the epilogue
         if bad is None:
             bad = 0 if np.isfinite(y).all() else int((~np.isfinite(y)).sum())
         if bad:
@@ -213,20 +228,26 @@ class AnalogLayer:
                 "(e.g. a zero bound or an extreme noise scale).")
         if affine is not None:
             y = apply_affine(y, affine[0], affine[1], self.channel_axis)
+        if residual is not None and not clipped:
+            y = y + residual
         if epilogue is not None and not clipped:
             y = np.minimum(np.maximum(y, np.float32(epilogue[0])), np.float32(epilogue[1]))
         return y
 
-    def _conv(self, ctx: RunContext, x: np.ndarray, epilogue: tuple | None = None):
+    def _conv(self, ctx: RunContext, x: np.ndarray, epilogue: tuple | None = None,
+              residual: np.ndarray | None = None):
         """The convolution's output; on the fused kernel (output, count of NaN/infinite
-        outputs) -- the kernel counts them on the way, so :meth:`__call__` need not."""
+        outputs) -- the kernel counts them on the way, so :meth:`__call__` need not -- with
+        ``residual`` added and ``epilogue`` applied (both or neither: a residual of another
+        shape is left to the caller)."""
         a = self.attrs
         geom = conv_geometry(x.shape, self.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
                              a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
-        if geom.n_spatial <= 2 and self._fused is not None:
+        if geom.n_spatial <= 2 and self._fused is not None and (
+                residual is None or residual.shape == (x.shape[0], geom.out_channels) + tuple(geom.out_shape)):
             return self._fused.run(np.ascontiguousarray(x, dtype=np.float32), geom,
                                    ctx.sample_offset * geom.n_pixels, ctx.repetition,
-                                   ctx.profile, self.name, epilogue)
+                                   ctx.profile, self.name, epilogue, residual)
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
             return self._conv_blocked(ctx, np.ascontiguousarray(x, dtype=np.float32), geom)
         if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:

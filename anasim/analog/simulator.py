@@ -577,13 +577,21 @@ def _pass_through(x, *_bounds, context=None):
     return x
 
 
+def _pass_second(_r, y, context=None):
+    """A folded ``Add(r, y)`` whose second input is the layer's output (already the sum)."""
+    return y
+
+
 def fold_activations(ir, layers) -> dict:
-    """Fold each Relu or Clip that alone consumes a fused analog convolution's output into
-    that layer (:attr:`AnalogLayer.epilogue`: the kernel clips its outputs on the way out,
-    saving a pass over the activations); returns the overrides that turn the folded nodes
-    into pass-throughs. The numbers do not change: clipping ``acc + bias`` in the kernel is
-    what the digital op does to the layer's output. Only float Clip bounds that are
-    constants (attributes, or initializers from opset 11) are folded."""
+    """Fold into each fused analog convolution the element-wise ops that alone consume its
+    output: a residual ``Add`` of a value computed before the layer (:attr:`AnalogLayer.residual`),
+    then a Relu or Clip (:attr:`AnalogLayer.epilogue`). The kernel adds and clips its
+    outputs on the way out, saving passes over the activations; returns the overrides that
+    turn the folded nodes into pass-throughs. The numbers do not change: ``acc + bias``,
+    plus the residual, clipped in the kernel is what the digital ops do to the layer's
+    output (one float addition, commutative). Only float Clip bounds that are constants
+    (attributes, or initializers from opset 11) are folded; a value that is a graph
+    output or has other consumers ends a chain."""
     consumers: dict[str, list] = {}
     for node in ir.nodes:
         for name in node.inputs:
@@ -591,20 +599,38 @@ def fold_activations(ir, layers) -> dict:
                 consumers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in ir.outputs}
     by_name = {n.name: n for n in ir.nodes}
+    position = {n.name: k for k, n in enumerate(ir.nodes)}
+    produced_at = {o: k for k, n in enumerate(ir.nodes) for o in n.outputs if o}
+
+    def sole_user(value):
+        users = consumers.get(value, [])
+        if value in graph_outputs or len(users) != 1 or not users[0].name or users[0].name in folded:
+            return None
+        user = users[0]
+        return user if user.domain in ("", "ai.onnx") and user.inputs.count(value) == 1 else None
+
     folded = {}
     for layer in layers:
         node = by_name.get(layer.name)
         if node is None or layer.op_type != "Conv" or layer._fused is None or not node.outputs:
             continue
         out = node.outputs[0]
-        users = consumers.get(out, [])
-        if out in graph_outputs or len(users) != 1 or users[0].inputs[0] != out or not users[0].name:
-            continue
-        act = users[0]
-        bounds = activation_bounds(ir, act)
-        if bounds is not None:
-            layer.epilogue = bounds
-            folded[act.name] = _pass_through
+        nxt = sole_user(out)
+        if nxt is not None and nxt.op_type == "Add" and len(nxt.inputs) == 2 and not nxt.attrs:
+            k = nxt.inputs.index(out)
+            r = nxt.inputs[1 - k]
+            ready = r in ir.constants or any(v.name == r for v in ir.inputs) or (
+                produced_at.get(r, len(ir.nodes)) < position[node.name])
+            if r and ready and r not in ir.constants:
+                layer.residual = r
+                folded[nxt.name] = _pass_through if k == 0 else _pass_second
+                out = nxt.outputs[0]
+                nxt = sole_user(out)
+        if nxt is not None and nxt.inputs[0] == out:
+            bounds = activation_bounds(ir, nxt)
+            if bounds is not None:
+                layer.epilogue = bounds
+                folded[nxt.name] = _pass_through
     return folded
 
 

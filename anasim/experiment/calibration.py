@@ -167,7 +167,7 @@ class _LayerPass:
             cal.scale, cal.offset = fit_affine(y, y_ideal, layer.channel_axis, p.affine_min_r2)
             layer.set_calibration(cal)
             y = apply_affine(y, cal.scale, cal.offset, layer.channel_axis)
-        if layer.epilogue is not None:
+        if layer.epilogue is not None and not layer.residual:  # a folded Add (and what follows) runs digitally here
             y = np.minimum(np.maximum(y, np.float32(layer.epilogue[0])), np.float32(layer.epilogue[1]))
         return y
 

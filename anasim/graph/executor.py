@@ -141,14 +141,21 @@ class Graph:
         if unknown:
             raise KeyError(f"overrides for unknown nodes: {sorted(unknown)}")
         bound = []
+        known = set(ir.constants) | {v.name for v in ir.inputs}  # values available so far
         for node in ir.nodes:
             if node.name in overrides:  # resolved for validation; the override runs
                 b = bind(node, ir)
-                b = BoundNode(b.name, b.op_type, b.inputs, b.outputs, overrides[node.name], device == "cuda",
+                fn = overrides[node.name]
+                extra = tuple(getattr(fn, "extra_inputs", ()))
+                missing = [v for v in extra if v not in known]
+                if missing:
+                    raise KeyError(f"override of {node.name!r} reads values not computed before it: {missing}")
+                b = BoundNode(b.name, b.op_type, b.inputs + extra, b.outputs, fn, device == "cuda",
                               takes_context=True)
             else:
                 b = bind(node, ir, device)
             bound.append(b)
+            known.update(node.outputs)
         self.nodes: tuple[BoundNode, ...] = tuple(bound)
         self._overrides = overrides
         if self.host_nodes:
@@ -206,7 +213,11 @@ class Graph:
         return [n.name for n in self.nodes if not n.on_device]
 
     def with_overrides(self, overrides: Mapping[str, Callable]) -> "Graph":
-        """A copy of this graph in which the named nodes run ``overrides[name]`` instead."""
+        """A copy of this graph in which the named nodes run ``overrides[name]`` instead.
+
+        An override is called as ``fn(*inputs, context=RunContext)`` with the node's inputs,
+        followed by the values named in its ``extra_inputs`` attribute if it has one (they
+        must be computed before the node: a folded residual)."""
         merged = dict(self._overrides)
         merged.update(overrides)
         return Graph(self.ir, merged, self.device, unfolded=self.unfolded, _variants=self._variants)

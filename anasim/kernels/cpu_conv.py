@@ -822,13 +822,15 @@ def _image_run(r, p_, left):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, hi):
+def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, hi, res):
     """out[n, out0 + i, p] = ((y[i, t] · out_scale/scale[t]) · ms[i]) · post[i] + bias[out0 + i]
     for the rows r = r0 + t = n·P + p: :func:`_accumulate` and :func:`_layout` in one pass,
-    for outputs that one tile computes alone (the same numbers: 0 + v is v), then clipped
-    to [lo, hi] (a Relu/Clip that follows the layer; ±inf: none). Returns the number of
-    NaN or infinite values computed (before the clip)."""
+    for outputs that one tile computes alone (the same numbers: 0 + v is v), then the
+    residual ``res[n, out0 + i, p]`` added (a following Add; ``res`` empty: none) and the
+    sum clipped to [lo, hi] (a Relu/Clip after the layer or the Add; ±inf: none). Returns
+    the number of NaN or infinite values the tile computed (before the residual)."""
     p_ = out.shape[2]
+    has_res = res.shape[0] > 0
     for t in range(q):
         f[t] = out_scale / scale[t]
     bad = 0
@@ -843,6 +845,13 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, h
             m = ms[i]
             pst = post[i]
             bb = bias[out0 + i]
+            if has_res:
+                rr = res[n, out0 + i, p0:p0 + cnt]
+                for t in range(cnt):
+                    v = ((yr[t] * fq[t]) * m) * pst + bb
+                    bad += not np.isfinite(v)
+                    dst[t] = min(max(v + rr[t], lo), hi)
+                continue
             for t in range(cnt):
                 v = ((yr[t] * fq[t]) * m) * pst + bb
                 bad += not np.isfinite(v)
@@ -853,11 +862,12 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, h
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _layout(acc, q, bias, out, r0, lo, hi):
-    """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q, clipped
-    to [lo, hi] (see :func:`_store`); returns the number of NaN or infinite values (before
-    the clip)."""
+def _layout(acc, q, bias, out, r0, lo, hi, res):
+    """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q, plus the
+    residual and clipped to [lo, hi] (see :func:`_store`); returns the number of NaN or
+    infinite values (before the residual)."""
     oc, p_ = out.shape[1], out.shape[2]
+    has_res = res.shape[0] > 0
     bad = 0
     b = 0
     r = r0
@@ -867,6 +877,13 @@ def _layout(acc, q, bias, out, r0, lo, hi):
             dst = out[n, o, p0:p0 + cnt]
             src = acc[o, b:b + cnt]
             bb = bias[o]
+            if has_res:
+                rr = res[n, o, p0:p0 + cnt]
+                for t in range(cnt):
+                    v = src[t] + bb
+                    bad += not np.isfinite(v)
+                    dst[t] = min(max(v + rr[t], lo), hi)
+                continue
             for t in range(cnt):
                 v = src[t] + bb
                 bad += not np.isfinite(v)
@@ -884,8 +901,9 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
     on any threads; it runs without the GIL).
 
     ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
-    ``epilogue`` = (lo, hi): the outputs are clipped to [lo, hi] (a following Relu or Clip
-    folded into the layer; (-inf, inf): none);
+    ``epilogue`` = (lo, hi, res): the residual ``res`` (N, OC, P) is added to the outputs
+    (a following Add folded into the layer; an empty array: none), then they are clipped to
+    [lo, hi] (a following Relu or Clip; (-inf, inf): none);
     ``maps``: the channel maps of :func:`channel_maps` the tiles refer to; ``first``:
     global row id of row 0; ``rows``: pixels per block; ``workers``: the number of chunks
     (blocks are dealt out in turn); ``single``: every output comes from one tile (one
@@ -895,7 +913,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
     tile description. Returns the number of NaN or infinite outputs it wrote.
     """
     kh, kw, sh, sw, dh, dw, ow = geom
-    lo, hi = epilogue
+    lo, hi, res = epilogue
     wp = xp.shape[3]
     xi = xp.view(np.int32)
     n, oc, p_ = out.shape
@@ -1004,14 +1022,14 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                     t0 = _tick(prof, wk, 6, t0)
                 if single:
                     bad += _store(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
-                                      vecs[1, v_off:v_off + nout], bias, out, out0, r0, f, lo, hi)
+                                      vecs[1, v_off:v_off + nout], bias, out, out0, r0, f, lo, hi, res)
                 else:
                     _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
                                 vecs[1, v_off:v_off + nout], acc, out0, f)
                 _tick(prof, wk, 7, t0)
             if not single:
                 t0 = _now(prof)
-                bad += _layout(acc, q, bias, out, r0, lo, hi)
+                bad += _layout(acc, q, bias, out, r0, lo, hi, res)
                 _tick(prof, wk, 7, t0)
     return bad
 
