@@ -48,11 +48,13 @@ def fused_available(matrices) -> bool:
 _SCRATCH = threading.local()
 
 
-def _padded(x: np.ndarray, geom):
-    """The input zero-padded as (N, C, Hp, Wp) (1-D: a unit row axis) and the 2-D kernel
+def _padded(x: np.ndarray, geom, ranges: np.ndarray, nm: int):
+    """The input zero-padded as (N, C, Hp, Wp) (1-D: a unit row axis), the channel maps of
+    ``ranges`` (:func:`~anasim.kernels.cpu_conv.channel_maps`) and the 2-D kernel
     parameters (kh, kw, sh, sw, dh, dw, ow). Without padding, ``x`` itself; else written
     in parallel into a buffer this thread reuses from layer to layer (fresh pages for
-    every layer's padded copy cost more than the copy)."""
+    every layer's padded copy cost more than the copy), the maps of each image taken
+    from its padded planes on the way when there are images enough for the threads."""
     n, c = x.shape[:2]
     pad = 2 - geom.n_spatial
     if geom.n_spatial == 1:
@@ -63,15 +65,24 @@ def _padded(x: np.ndarray, geom):
     hp = max(h + ph, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
     params = (kh, kw, sh, sw, dh, dw, ow)
+    maps = np.empty((len(ranges), n, hp, wp), np.int32)
     if (hp, wp) == (h, w) and not (ph or pw):
-        return np.ascontiguousarray(x), params
+        xp = np.ascontiguousarray(x)
+        if len(ranges):
+            cpu_conv.channel_maps(xp, ranges, nm, maps)
+        return xp, maps, params
     size = n * c * hp * wp
     buf = getattr(_SCRATCH, "pad", None)
     if buf is None or buf.size < size:
         buf = _SCRATCH.pad = np.empty(size, np.float32)
     xp = buf[:size].reshape(n, c, hp, wp)
-    cpu_conv.pad_input(x, np.int64(ph), np.int64(pw), xp)
-    return xp, params
+    if len(ranges) and n >= num_threads():
+        cpu_conv.pad_and_maps(x, np.int64(ph), np.int64(pw), xp, ranges, nm, maps)
+    else:
+        cpu_conv.pad_input(x, np.int64(ph), np.int64(pw), xp)
+        if len(ranges):
+            cpu_conv.channel_maps(xp, ranges, nm, maps)
+    return xp, maps, params
 
 
 class FusedConv:
@@ -215,16 +226,13 @@ class FusedConv:
         bad = 0
         if total:
             t0 = time.perf_counter()
-            xp, (kh, kw, sh, sw, dh, dw, ow) = _padded(x, geom)
+            tiles, ranges = self._tile_modes(geom)
+            xp, maps, (kh, kw, sh, sw, dh, dw, ow) = _padded(x, geom, ranges, self.params.nm_type)
             wflat, awflat, vecs, nlf, keys = self._pack(repetition)
             offs = self._column_offsets(geom, xp.shape[2], xp.shape[3])
             workers = max(1, num_threads())
             rows = self.block_rows(total, workers)
             chunks = _CHUNKS_PER_THREAD * workers
-            tiles, ranges = self._tile_modes(geom)
-            maps = np.empty((len(ranges), n) + xp.shape[2:], np.int32)
-            if len(ranges):
-                cpu_conv.channel_maps(xp, ranges, self.params.nm_type, maps)
             cycles = _NO_PROFILE
             if profile is not None:
                 profile[(name, "host")] = profile.get((name, "host"), 0.0) + time.perf_counter() - t0

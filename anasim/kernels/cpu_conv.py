@@ -61,7 +61,7 @@ from . import stages as S
 from .blas import SGEMM_NAME, sgemm_type
 from .cpu import _random_block
 
-__all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "available", "STAGES",
+__all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "pad_and_maps", "available", "STAGES",
            "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
@@ -186,17 +186,14 @@ def _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, q, xt):
             xt[j, t] = _F1 if o < 0 else xf[base + o]
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def pad_input(x, ph, pw, xp):
-    """xp = x zero-padded: x[:, :, :hh, :ww] at (ph, pw) of xp (N, C, Hp, Wp), with hh, ww
-    what fits (rows and columns past every tap are dropped), zeros elsewhere; parallel
-    over (image, channel)."""
-    n, c = x.shape[0], x.shape[1]
+@njit(nogil=True, cache=True, error_model="numpy")
+def _pad_planes(x, a, c_lo, c_hi, ph, pw, xp):
+    """xp[a, c] = x[a, c, :hh, :ww] zero-padded at (ph, pw) for channels c_lo..c_hi of image
+    ``a`` (hh, ww: what fits; rows and columns past every tap are dropped)."""
     hp, wp = xp.shape[2], xp.shape[3]
     hh = min(x.shape[2], hp - ph)
     ww = min(x.shape[3], wp - pw)
-    for k in prange(n * c):
-        a, b = k // c, k % c
+    for b in range(c_lo, c_hi):
         dst = xp[a, b]
         src = x[a, b]
         for i in range(hp):
@@ -213,6 +210,28 @@ def pad_input(x, ph, pw, xp):
                 inner[j] = sr[j]
             for j in range(pw + ww, wp):
                 row[j] = _F0
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def pad_input(x, ph, pw, xp):
+    """xp = x zero-padded: x[:, :, :hh, :ww] at (ph, pw) of xp (N, C, Hp, Wp), with hh, ww
+    what fits (rows and columns past every tap are dropped), zeros elsewhere; parallel
+    over (image, channel)."""
+    n, c = x.shape[0], x.shape[1]
+    for k in prange(n * c):
+        _pad_planes(x, k // c, k % c, k % c + 1, ph, pw, xp)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def pad_and_maps(x, ph, pw, xp, ranges, nm, maps):
+    """:func:`pad_input` and :func:`channel_maps` in one pass, parallel over the images:
+    each image's maps are taken from its padded planes just written (still in cache)
+    instead of a second pass over the whole padded input."""
+    n, c = x.shape[0], x.shape[1]
+    for a in prange(n):
+        _pad_planes(x, a, 0, c, ph, pw, xp)
+        for m in range(ranges.shape[0]):
+            _channel_map(xp, a, ranges[m, 0], ranges[m, 1], nm, maps[m, a])
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
