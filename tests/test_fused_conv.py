@@ -355,3 +355,44 @@ def test_residual_add_folded_into_the_layer_gives_the_same_numbers(swap, mapping
         assert cal_f.layers[name].scale is not None
         np.testing.assert_array_equal(cal_f.layers[name].scale, cal_p.layers[name].scale)
     np.testing.assert_array_equal(folded(x), plain(x))
+
+
+@pytest.mark.parametrize("nm", ["abs_max", "max"])
+@pytest.mark.parametrize("case", [
+    dict(c=5, oc=5, kernel=[3, 3], group=5, pads=[1, 1, 1, 1], width=40),                  # wide rows
+    dict(c=5, oc=5, kernel=[3, 3], group=5, pads=[1, 1, 1, 1], width=6),                   # short rows
+    dict(c=4, oc=4, kernel=[3, 3], group=4, pads=[1, 1, 1, 1], strides=[2, 2], width=40),
+    dict(c=4, oc=4, kernel=[3, 3], group=4, pads=[2, 2, 2, 2], dilations=[2, 2], width=8),
+    dict(c=3, oc=3, kernel=[2, 3], group=3, pads=[0, 1, 1, 0], strides=[1, 2], width=9),
+    dict(c=3, oc=3, kernel=[5], group=3, pads=[2, 1], strides=[2]),                       # 1-D
+])
+def test_one_channel_tiles_equal_the_generic_route_bit_for_bit(case, nm, monkeypatch):
+    """Depthwise tiles (one input channel each) take their noise-management statistic
+    separably from the input itself and do DAC, MVM and the PCM read-noise product in one
+    pass; the generic route (gather, then the statistic of the gathered inputs, then the
+    product) gives the same numbers bit for bit, with and without an analog bias, through
+    bound-management re-runs."""
+    from anasim.analog.fused import FusedConv
+
+    g = _conv_model(**case)
+    shape = (6, case["c"], 9, case.get("width", 8)) if len(case["kernel"]) == 2 else (6, case["c"], 11)
+    x = np.random.default_rng(16).standard_normal(shape).astype(np.float32) * 2
+    x[0, 0, :3] = 0.0
+    fw = {**AIHWKIT_LIKE["forward"], "noise_management": nm, "out_bound": 3.0, "w_noise": 0.02,
+          "w_noise_type": "pcm_read"}
+    for mapping in ({}, {"digital_bias": False}):
+        cfg = {"forward": fw, "mapping": mapping}
+        got = anasim.analog(g, cfg, seed=5)(x)
+        with monkeypatch.context() as mp:
+            orig = FusedConv._tile_modes
+
+            def generic(self, geom):
+                tiles, ranges = orig(self, geom)
+                assert (tiles[:, 8] == cpu_conv.MAP_DIRECT).all()  # the route under test
+                tiles = tiles.copy()
+                tiles[:, 8] = cpu_conv.MAP_GENERIC
+                return tiles, ranges
+
+            mp.setattr(FusedConv, "_tile_modes", generic)
+            ref = anasim.analog(g, cfg, seed=5)(x)
+        np.testing.assert_array_equal(got, ref)

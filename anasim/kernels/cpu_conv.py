@@ -45,7 +45,8 @@ last two read only when ``pp.adc_on``, with the INL table ``inl`` of
 the Philox keys (inp_noise, out_noise, w_noise, inp_sto_round, out_sto_round); ``mode``
 the index of the tile's channel map (``maps``, made by :func:`channel_maps` for the channel
 ranges the tiles cover), :data:`MAP_DIRECT` when the tile's inputs are one channel
-(``channel``; depthwise: the input itself is the map), :data:`MAP_NONE` when the statistic
+(``channel``; depthwise: the input itself is the map, its statistic taken separably by
+:func:`_direct_stat`), :data:`MAP_NONE` when the statistic
 is not needed (noise management none or constant) or :data:`MAP_GENERIC`.
 """
 
@@ -264,11 +265,10 @@ def channel_maps(xp, ranges, nm, maps):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _map_stat(src, idx, raw, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, stat):
-    """stat[t] = max of channel map ``idx`` of ``src`` (maps, (n_maps, N, Hp, Wp)) over the
+def _map_stat(maps, idx, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, stat):
+    """stat[t] = max of channel map ``idx`` of ``maps`` (n_maps, N, Hp, Wp) over the
     receptive field of pixel r0 + t (and the key of 1.0 when the tile has an analog bias's
-    constant input). ``raw``: ``src`` is the input's float32 bits (N, C, Hp, Wp) and the
-    map is its channel ``idx`` (a depthwise tile), turned into keys on the way."""
+    constant input). One-channel tiles take :func:`_direct_stat`."""
     b = 0
     r = r0
     one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
@@ -278,32 +278,120 @@ def _map_stat(src, idx, raw, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1
         for t in range(cnt):
             st[t] = one if has_one else (0 if nm == S.NM_ABS_MAX else _IMIN)
         for a in range(kh):
-            h = i * sh + a * dh
-            if raw:
-                row = src[n, idx, h]
-            else:
-                row = src[idx, n, h]
+            row = maps[idx, n, i * sh + a * dh]
             for e in range(kw):
                 c0 = k0 * sw + e * dw
                 seg = row[c0:c0 + (cnt - 1) * sw + 1]
-                if not raw and sw == 1:
+                if sw == 1:
                     for t in range(cnt):
                         st[t] = max(st[t], seg[t])
-                elif not raw:
-                    for t in range(cnt):
-                        st[t] = max(st[t], seg[t * sw])
-                elif nm == S.NM_ABS_MAX and sw == 1:
-                    for t in range(cnt):
-                        st[t] = max(st[t], seg[t] & _I31)
-                elif nm == S.NM_ABS_MAX:
-                    for t in range(cnt):
-                        st[t] = max(st[t], seg[t * sw] & _I31)
                 else:
                     for t in range(cnt):
-                        v = seg[t * sw]
-                        st[t] = max(st[t], v ^ ((v >> _S31) & _I31))
+                        st[t] = max(st[t], seg[t * sw])
         b += cnt
         r += cnt
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _direct_stat(xi, c, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, hm, stat):
+    """:func:`_map_stat` of a one-channel tile (the padded input's channel ``c`` is its own
+    map, ``xi`` its float32 bits (N, C, Hp, Wp)), separably: for each image the block
+    touches, the max over the kernel's columns of every padded row its output rows read
+    (``hm``: scratch (Hp, ow)), then the max of those over the kernel's rows for each
+    pixel -- contiguous loops, each row maximum shared by the output rows that read it.
+    The same maxima of integer keys (exact, in any order) as :func:`_map_stat`."""
+    one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
+    init = np.int32(0) if nm == S.NM_ABS_MAX else _IMIN
+    b = 0
+    r = r0
+    while r < r1:
+        n = r // p_
+        q0 = r - n * p_
+        end = min(r1, (n + 1) * p_)
+        i0 = q0 // ow
+        i1 = (end - 1 - n * p_) // ow
+        h0 = i0 * sh
+        plane = xi[n, c]
+        if sh == 1 and sw == 1:  # flat over whole rows: long loops (the extra columns are dropped)
+            b = _direct_stat_flat(plane, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow, ow, kh, kw, dh, dw,
+                                  has_one, nm, hm, stat, b)
+            r = end
+            continue
+        for h in range(h0, i1 * sh + (kh - 1) * dh + 1):
+            dst = hm[(h - h0) * ow:(h - h0 + 1) * ow]
+            row = plane[h]
+            for k in range(ow):
+                dst[k] = init
+            for e in range(kw):
+                seg = row[e * dw:e * dw + (ow - 1) * sw + 1]
+                if nm == S.NM_ABS_MAX and sw == 1:
+                    for k in range(ow):
+                        dst[k] = max(dst[k], seg[k] & _I31)
+                elif nm == S.NM_ABS_MAX:
+                    for k in range(ow):
+                        dst[k] = max(dst[k], seg[k * sw] & _I31)
+                else:
+                    for k in range(ow):
+                        v = seg[k * sw]
+                        dst[k] = max(dst[k], v ^ ((v >> _S31) & _I31))
+        for i in range(i0, i1 + 1):
+            klo = q0 - i0 * ow if i == i0 else 0
+            khi = (end - n * p_) - i * ow if i == i1 else ow
+            st = stat[b:b + khi - klo]
+            for k in range(khi - klo):
+                st[k] = one if has_one else init
+            for a in range(kh):
+                src = hm[(i * sh + a * dh - h0) * ow + klo:(i * sh + a * dh - h0) * ow + khi]
+                for k in range(khi - klo):
+                    st[k] = max(st[k], src[k])
+            b += khi - klo
+        r = end
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _direct_stat_flat(plane, i0, i1, k_first, k_last, ow, kh, kw, dh, dw, has_one, nm, hm, stat, b):
+    """:func:`_direct_stat` for unit strides, output rows i0..i1 of one image plane (from
+    column ``k_first`` of row i0 to ``k_last`` of row i1): the column maximum over the
+    plane's rows taken flat (one loop per tap over all rows; positions past a row's last
+    output column are computed and dropped), then the row maximum the same way into the
+    second half of ``hm``, then the pixels copied out in block order from ``stat[b]``;
+    returns the next free position of ``stat``."""
+    wp = plane.shape[1]
+    pf = plane.reshape(-1)
+    n_out = (i1 - i0 + 1) * wp  # flat positions of the output rows, at the plane's pitch
+    n_in = n_out + (kh - 1) * dh * wp  # ... and of the rows they read
+    base = i0 * wp
+    hmf = hm[:n_in]
+    vf = hm[n_in:n_in + n_out]
+    init = np.int32(0) if nm == S.NM_ABS_MAX else _IMIN
+    for j in range(n_in):
+        hmf[j] = init
+    for e in range(kw):
+        m = min(n_in, pf.size - base - e * dw)  # the last row's extra positions may run off the plane
+        seg = pf[base + e * dw:base + e * dw + m]
+        if nm == S.NM_ABS_MAX:
+            for j in range(m):
+                hmf[j] = max(hmf[j], seg[j] & _I31)
+        else:
+            for j in range(m):
+                v = seg[j]
+                hmf[j] = max(hmf[j], v ^ ((v >> _S31) & _I31))
+    one = np.int32(0x3F800000)
+    for j in range(n_out):
+        vf[j] = one if has_one else init
+    for a in range(kh):
+        src = hmf[a * dh * wp:a * dh * wp + n_out]
+        for j in range(n_out):
+            vf[j] = max(vf[j], src[j])
+    for i in range(i0, i1 + 1):
+        klo = k_first if i == i0 else 0
+        khi = k_last if i == i1 else ow
+        src = vf[(i - i0) * wp + klo:(i - i0) * wp + khi]
+        dst = stat[b:b + khi - klo]
+        for k in range(khi - klo):
+            dst[k] = src[k]
+        b += khi - klo
+    return b
 
 
 SMALL_DOT = 64
@@ -331,18 +419,13 @@ def _pixel_origins(r0, r1, p_, ow, sh, sw, wp, pix, pimg):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _map_stat_px(src, idx, raw, pix, pimg, q, kh, kw, dh, dw, wp, has_one, nm, bt, stat):
+def _map_stat_px(maps, idx, pix, pimg, q, kh, kw, dh, dw, wp, has_one, nm, bt, stat):
     """:func:`_map_stat` for short output rows: the same maxima (of integer keys, so in any
     order), one loop per tap over all q pixels of the block (``bt``: scratch)."""
-    if raw:  # (N, C, Hp, Wp): the tile's channel idx of image n
-        plane = src.shape[2] * src.shape[3]
-        for t in range(q):
-            bt[t] = (pimg[t] * src.shape[1] + idx) * plane + pix[t]
-    else:  # (n_maps, N, Hp, Wp): map idx of image n
-        plane = src.shape[2] * src.shape[3]
-        for t in range(q):
-            bt[t] = (idx * src.shape[1] + pimg[t]) * plane + pix[t]
-    sf = src.reshape(-1)
+    plane = maps.shape[2] * maps.shape[3]
+    for t in range(q):
+        bt[t] = (idx * maps.shape[1] + pimg[t]) * plane + pix[t]
+    sf = maps.reshape(-1)
     one = np.int32(0x3F800000)
     st = stat[:q]
     b = bt[:q]
@@ -351,16 +434,8 @@ def _map_stat_px(src, idx, raw, pix, pimg, q, kh, kw, dh, dw, wp, has_one, nm, b
     for a in range(kh):
         for e in range(kw):
             off = a * dh * wp + e * dw
-            if not raw:
-                for t in range(q):
-                    st[t] = max(st[t], sf[np.uint64(b[t] + off)])
-            elif nm == S.NM_ABS_MAX:
-                for t in range(q):
-                    st[t] = max(st[t], sf[np.uint64(b[t] + off)] & _I31)
-            else:
-                for t in range(q):
-                    v = sf[np.uint64(b[t] + off)]
-                    st[t] = max(st[t], v ^ ((v >> _S31) & _I31))
+            for t in range(q):
+                st[t] = max(st[t], sf[np.uint64(b[t] + off)])
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -959,6 +1034,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
         pix = np.empty(rows if short else 0, np.int64)
         pimg = np.empty(rows if short else 0, np.int64)
         bt = np.empty(rows if short else 0, np.int64)
+        hm = np.empty(2 * xp.shape[2] * max(xp.shape[3], ow), np.int32)  # maxima of one-channel tiles
         one_pass = (pp.inp_noise <= _F0 and not pp.inp_sto_round and pp.ir_drop <= _F0
                     and pp.wn_type != S.WN_ADDITIVE)
         for blk in range(wk, n_blocks, workers):
@@ -995,17 +1071,14 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                 elif tiles[ti, 7]:  # statistic from a channel map (or none needed), DAC on the way
                     stat = rowf[4].view(np.int32)
                     if short and mode >= 0:
-                        _map_stat_px(maps, mode, False, pix, pimg, q, kh, kw, dh, dw, wp, has_one, pp.nm_type,
+                        _map_stat_px(maps, mode, pix, pimg, q, kh, kw, dh, dw, wp, has_one, pp.nm_type,
                                      bt, stat)
-                    elif short and mode == MAP_DIRECT:
-                        _map_stat_px(xi, tiles[ti, 9], True, pix, pimg, q, kh, kw, dh, dw, wp, has_one,
-                                     pp.nm_type, bt, stat)
+                    elif mode == MAP_DIRECT:  # a one-channel tile: the separable maximum
+                        _direct_stat(xi, tiles[ti, 9], p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
+                                     r0, r1, hm, stat)
                     elif mode >= 0:
-                        _map_stat(maps, mode, False, p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
+                        _map_stat(maps, mode, p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
                                   r0, r1, stat)
-                    elif mode == MAP_DIRECT:
-                        _map_stat(xi, tiles[ti, 9], True, p_, ow, sh, sw, kh, kw, dh, dw, has_one,
-                                  pp.nm_type, r0, r1, stat)
                     if mode != MAP_NONE:
                         _key_to_float(pp.nm_type, stat, q)
                     nskip = _input_scales(q, pp, _F1, rowf, rowi)
