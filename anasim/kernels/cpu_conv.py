@@ -468,14 +468,81 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound, w, aw, sq, flat, yr, pr):
+    """:func:`_dac_dot` with unit strides for output rows i0..i1 of one image (from column
+    ``k_first`` of row i0 to ``k_last`` of row i1; ``at``: offset of row i0's origin in
+    ``xf``): the pixels' scales spread at the plane's pitch ``wp``, then every input one
+    contiguous loop over whole rows (the positions past a row's last output column are
+    computed and dropped), then the outputs copied back in block order. The same float32
+    operations in the same order per pixel."""
+    n_out = (i1 - i0 + 1) * wp
+    s = flat[0, :n_out]
+    ya = flat[1, :n_out]
+    pa = flat[2, :n_out]
+    for j in range(n_out):
+        s[j] = _F0
+        ya[j] = _F0
+        pa[j] = _F0
+    b = 0
+    for i in range(i0, i1 + 1):
+        klo = k_first if i == i0 else 0
+        khi = k_last if i == i1 else ow
+        dst = s[(i - i0) * wp + klo:(i - i0) * wp + khi]
+        src = sv[b:b + khi - klo]
+        for k in range(khi - klo):
+            dst[k] = src[k]
+        b += khi - klo
+    for j in range(offs.size):
+        o = offs[j]
+        wj = w[j]
+        if o < 0:
+            if sq:
+                awj = aw[j]
+                for t in range(n_out):
+                    v = S.dac(_F1, s[t], res, bound)
+                    ya[t] += wj * v
+                    pa[t] += awj * (v * v)
+            else:
+                for t in range(n_out):
+                    ya[t] += wj * S.dac(_F1, s[t], res, bound)
+            continue
+        m = min(n_out, xf.size - (at + o))  # the last row's dropped positions may run off the input
+        src = xf[at + o:at + o + m]
+        if sq:
+            awj = aw[j]
+            for t in range(m):
+                v = S.dac(src[t], s[t], res, bound)
+                ya[t] += wj * v
+                pa[t] += awj * (v * v)
+        else:
+            for t in range(m):
+                ya[t] += wj * S.dac(src[t], s[t], res, bound)
+    b = 0
+    for i in range(i0, i1 + 1):
+        klo = k_first if i == i0 else 0
+        khi = k_last if i == i1 else ow
+        src = ya[(i - i0) * wp + klo:(i - i0) * wp + khi]
+        dst = yr[b:b + khi - klo]
+        for k in range(khi - klo):
+            dst[k] = src[k]
+        if sq:
+            src = pa[(i - i0) * wp + klo:(i - i0) * wp + khi]
+            dst = pr[b:b + khi - klo]
+            for k in range(khi - klo):
+                dst[k] = src[k]
+        b += khi - klo
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, sq, short, pix, pimg,
-             base, y, pw):
+             base, flat, y, pw):
     """A one-output tile in one pass: y[0, t] = Σ_j w[j] · x̃_j and (``sq``, PCM read noise)
     pw[0, t] = Σ_j |w[j]| · x̃_j² with x̃_j = :func:`.stages.dac` of the tile's input j of
     pixel r0 + t, without writing x̃: the numbers of :func:`_gather_dac`, :func:`_after_dac`
     and :func:`_gemm` (the same float32 operations, sums in input order from 0). Pixels
-    one output row at a time, or (``short`` rows) all of the block per input through
-    their offsets ``base`` (scratch, from ``pix``/``pimg`` of :func:`_pixel_origins`)."""
+    one output row at a time, or (``short`` rows) with unit strides image by image over
+    whole rows (:func:`_dac_dot_flat`, scratch ``flat``), else all of the block per input
+    through their offsets ``base`` (scratch, from ``pix``/``pimg`` of :func:`_pixel_origins`)."""
     nk = offs.size
     q = r1 - r0
     yr = y[0, :q]
@@ -485,6 +552,21 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
     if sq:
         for t in range(q):
             pr[t] = _F0
+    if short and sh == 1 and sw == 1:  # image by image, flat over whole rows (contiguous loads)
+        bb = 0
+        r = r0
+        while r < r1:
+            n = r // p_
+            q0 = r - n * p_
+            end = min(r1, (n + 1) * p_)
+            i0 = q0 // ow
+            i1 = (end - 1 - n * p_) // ow
+            _dac_dot_flat(xf, n * img + i0 * wp, wp, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow, ow, offs,
+                          sv[bb:bb + end - r], res, bound, w, aw, sq, flat, yr[bb:bb + end - r],
+                          pr[bb:bb + end - r] if sq else pr)
+            bb += end - r
+            r = end
+        return
     if short:
         b = base[:q]
         for t in range(q):
@@ -1035,6 +1117,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
         pimg = np.empty(rows if short else 0, np.int64)
         bt = np.empty(rows if short else 0, np.int64)
         hm = np.empty(2 * xp.shape[2] * max(xp.shape[3], ow), np.int32)  # maxima of one-channel tiles
+        flat = np.empty((3, xp.shape[2] * xp.shape[3] if short else 0), np.float32)  # their flat rows
         one_pass = (pp.inp_noise <= _F0 and not pp.inp_sto_round and pp.ir_drop <= _F0
                     and pp.wn_type != S.WN_ADDITIVE)
         for blk in range(wk, n_blocks, workers):
@@ -1086,7 +1169,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                     if one_pass and nout == 1 and mode == MAP_DIRECT and (ti + 1 == n_tiles or tiles[ti + 1, 7]):
                         # a depthwise channel: DAC, MVM and the PCM read-noise product in one pass
                         _dac_dot(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, rowf[1], pp.inp_step, pp.inp_bound,
-                                 w, aw, pp.wn_type == S.WN_PCM_READ, short, pix, pimg, bt, y, pw)
+                                 w, aw, pp.wn_type == S.WN_PCM_READ, short, pix, pimg, bt, flat, y, pw)
                         t0 = _tick(prof, wk, 3, t0)
                         nfail = _finalize(y, 1, q, pp, nl_on, nl_vec, nlf[ti], noise_on, noise_vec, _F0, cur, irm,
                                           pw, rid, 0, key, zb, ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain,
