@@ -3,7 +3,7 @@
 Usage::
 
     python bench/ideal.py [--threads 2] [--batch 128] [--runs 7] [--models resnet20 resnet18]
-                          [--shared ../shared] [--profile]
+                          [--shared ../shared] [--profile] [--ort-spin]
 
 For each model: both runtimes run the same preprocessed batch of real test images, a
 warm-up run each, then ``--runs`` alternating timed runs; prints the median time per
@@ -13,6 +13,8 @@ image for each, their ratio (anasim / onnxruntime; the target is <= 1.5), the ma
 ``--cold-start`` the first call's time in fresh processes with an empty and with a filled
 Numba cache (:mod:`coldstart`).
 The load average is printed because other processes on the machine distort the ratio.
+onnxruntime's idle threads do not spin (as in bench/analog.py; ``--ort-spin`` restores its
+default, under which the interleaved runtimes slow each other down).
 
 Threads: BLAS (OpenBLAS/MKL/OpenMP) thread counts are read from environment variables
 when NumPy loads, so this script sets them before importing NumPy; Numba's thread
@@ -35,6 +37,10 @@ _ap.add_argument("--shared", default=None, help="path of the shared/ folder (def
 _ap.add_argument("--profile", action="store_true", help="also print anasim's time per op type")
 _ap.add_argument("--cold-start", action="store_true",
                  help="also time the first call in fresh processes with an empty and a filled Numba cache")
+_ap.add_argument("--ort-spin", action="store_true",
+                 help="let onnxruntime's idle threads spin (its default; interleaved with anasim, its "
+                      "threads and Numba's then take CPU from each other: onnxruntime measured up to 1.7x "
+                      "slower than alone)")
 _ap.add_argument("--heap-malloc", action="store_true",
                  help="re-run with glibc's mmap allocation off (MALLOC_MMAP_MAX_=0, no trimming), so "
                       "large arrays reuse freed heap memory instead of page-faulting fresh pages")
@@ -123,6 +129,8 @@ def bench(name: str) -> float:
     so = ort.SessionOptions()
     so.intra_op_num_threads = ARGS.threads
     so.inter_op_num_threads = 1
+    if not ARGS.ort_spin:  # as bench/analog.py: idle threads would spin into the other runtime's runs
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     in_name = sess.get_inputs()[0].name
     graph = anasim.load(path)
