@@ -304,3 +304,26 @@ def test_depthwise_3x3_equals_the_ordered_sums_bit_for_bit():
             np.testing.assert_array_equal(y, generic)
         cases += 1
     assert routes == {False, True}  # both kernels were exercised
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (8, 8), (1, 7), (20, 16)])
+@pytest.mark.parametrize("group", [1, 2])
+def test_pointwise_conv_batched_and_in_place(hw, group):
+    """1×1 stride-1 unpadded convolutions: small maps several samples per product, large
+    ones written by sgemm straight into the output; with bias, residual and activation
+    applied as the unfused ops would, to float32 rounding of the sums."""
+    from anasim.ops import shifted
+
+    rng = np.random.default_rng(21)
+    n, c, oc = 37, 12, 10
+    x = rng.standard_normal((n, c) + hw).astype(np.float32)
+    w = rng.standard_normal((oc, c // group, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32)
+    r = rng.standard_normal((n, oc) + hw).astype(np.float32)
+    geom = conv_geometry(x.shape, w.shape, group=group)
+    assert shifted.shifted_applies(geom, np.float32)
+    y = shifted.conv2d_shifted(x, w, b, geom, Epilogue(r, "Relu"))
+    xg = x.reshape(n, group, c // group, -1).astype(np.float64)
+    wg = w.reshape(group, oc // group, c // group).astype(np.float64)
+    ref = np.einsum("goc,ngcp->ngop", wg, xg).reshape((n, oc) + hw) + b.reshape(1, oc, 1, 1) + r
+    np.testing.assert_allclose(y, np.maximum(ref, 0), rtol=1e-5, atol=1e-5)

@@ -11,7 +11,10 @@ at rows ``i·sh + r`` and columns ``j·sw + e``. Tap (a, b) reads plane
 with X_tap a strided view (leading dimension: one channel's planes) — K = C per product,
 kh·kw products. Each output row carries ``wq - ow`` extra columns (the plane's width is
 ``ow + (kw-1)·dw / sw``) that are computed and dropped. A 1×1, stride-1, unpadded
-convolution reads the input itself (no copy). Bias, the residual and the activation
+convolution reads the input itself (no copy) and sgemm writes the output itself (the
+epilogue then runs in place); on maps under :data:`SHIFTED_MIN_PIXELS` pixels several
+samples share one product (their inputs packed side by side: N = samples × pixels; on
+MobileNetV2's 4×4 and 8×8 maps 1.6-2.7× faster than one product per sample). Bias, the residual and the activation
 (:class:`~anasim.ops.epilogue.Epilogue`) are applied while the band is copied to NCHW.
 
 Blocks (one sample, or a band of output rows of one) run on the worker threads
@@ -132,6 +135,69 @@ def _store(y, bias, out, s, i0, i1, oh, wq, ow, res, has_res, kind, a, b):
                 dst[j] = activation(v, kind, a, b)
 
 
+@njit(nogil=True, cache=True, error_model="numpy")
+def _pointwise_block(x, s0, s1, wk, g, cg, ocg, xc, y):
+    """Y (OC × m·P) of samples s0..s1 (m of them) of a 1×1, stride-1, unpadded convolution:
+    their inputs packed side by side (``xc`` (C, m·P)), one sgemm per group with N = m·P."""
+    c_ = x.shape[1]
+    p_ = x.shape[2] * x.shape[3]
+    m = s1 - s0
+    for s in range(s0, s1):
+        for c in range(c_):
+            src = x[s, c].reshape(-1)
+            dst = xc[c, (s - s0) * p_:(s - s0 + 1) * p_]
+            for j in range(p_):
+                dst[j] = src[j]
+    for gi in range(g):
+        _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, ocg, m * p_, cg, _F1, wk[0, gi * ocg:].ctypes, cg,
+               xc[gi * cg:].ctypes, xc.shape[1], _F0, y[gi * ocg:].ctypes, y.shape[1])
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _pointwise_store(y, bias, out, s0, s1, p_, res, has_res, kind, a, b):
+    """Samples s0..s1 of the output (flat NCHW, P = ``p_`` pixels per plane) = act(y + bias
+    (+ residual)) from :func:`_pointwise_block`'s Y."""
+    oc = bias.shape[0]
+    for s in range(s0, s1):
+        for o in range(oc):
+            bo = bias[o]
+            src = y[o, (s - s0) * p_:(s - s0 + 1) * p_]
+            ob = (s * oc + o) * p_
+            dst = out[ob:ob + p_]
+            r = res[ob:ob + p_] if has_res else src
+            for j in range(p_):
+                v = src[j] + bo
+                if has_res:
+                    v = v + r[j]
+                dst[j] = activation(v, kind, a, b)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _pointwise_band(x, s, i0, i1, wk, g, cg, ocg, out, bias, res, has_res, kind, a, b):
+    """Output rows i0..i1 of sample s of a 1×1, stride-1, unpadded convolution written by
+    sgemm straight into ``out`` (flat NCHW; its rows of a channel are the product's rows),
+    then act(· + bias (+ residual)) in place while they are in cache."""
+    oc = bias.shape[0]
+    p_ = x.shape[2] * x.shape[3]
+    ow = x.shape[3]
+    nq = (i1 - i0) * ow
+    xs = x[s].reshape(-1)
+    base = s * oc * p_ + i0 * ow
+    for gi in range(g):
+        _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, ocg, nq, cg, _F1, wk[0, gi * ocg:].ctypes, cg,
+               xs[gi * cg * p_ + i0 * ow:].ctypes, p_, _F0, out[base + gi * ocg * p_:].ctypes, p_)
+    for o in range(oc):
+        bo = bias[o]
+        ob = base + o * p_
+        dst = out[ob:ob + nq]
+        r = res[ob:ob + nq] if has_res else dst
+        for j in range(nq):
+            v = dst[j] + bo
+            if has_res:
+                v = v + r[j]
+            dst[j] = activation(v, kind, a, b)
+
+
 SHIFTED_MIN_PIXELS = 256
 """Output pixels per sample from which the shifted products are used: below it one
 sample's products are too short for sgemm (N = pixels), and the batched im2col product
@@ -140,13 +206,23 @@ SHIFTED_MAX_WINOGRAD_CHANNELS = 32
 """Convolutions Winograd can take (3×3, stride 1) go to Winograd above this many input channels."""
 
 
+def _pointwise(geom: ConvGeometry) -> bool:
+    """1×1, stride 1, unpadded: the input itself is the product's right-hand matrix."""
+    return (all(k == 1 for k in geom.kernel) and all(st == 1 for st in geom.strides)
+            and not any(geom.pads_begin) and not any(geom.pads_end)
+            and tuple(geom.out_shape) == tuple(geom.in_shape))
+
+
 def shifted_applies(geom: ConvGeometry, dtype) -> bool:
     """Whether :func:`anasim.ops.conv.conv` takes :func:`conv2d_shifted` for this convolution:
     float32, 1-D/2-D, at least 4 input channels per group (thinner products do not suit
-    sgemm), at least :data:`SHIFTED_MIN_PIXELS` output pixels per sample, and, for a
-    convolution Winograd can take, at most :data:`SHIFTED_MAX_WINOGRAD_CHANNELS` input channels."""
+    sgemm), at least :data:`SHIFTED_MIN_PIXELS` output pixels per sample or a pointwise
+    (1×1, stride 1, unpadded) convolution (whose small maps are batched, several samples per
+    product), and, for a convolution Winograd can take, at most
+    :data:`SHIFTED_MAX_WINOGRAD_CHANNELS` input channels."""
     if not (available() and np.dtype(dtype) == np.float32 and geom.n_spatial in (1, 2)
-            and geom.in_channels // geom.group >= 4 and geom.n_pixels >= SHIFTED_MIN_PIXELS):
+            and geom.in_channels // geom.group >= 4
+            and (geom.n_pixels >= SHIFTED_MIN_PIXELS or _pointwise(geom))):
         return False
     return not (_winograd_applies(geom) and geom.in_channels > SHIFTED_MAX_WINOGRAD_CHANNELS)
 
@@ -180,6 +256,22 @@ def conv2d_shifted(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: Con
     kind, ea, eb, res = epilogue_codes(epilogue)
     of = out.reshape(-1)
     rf = of if res is None else res.reshape(-1)
+    if direct and oh * ow < SHIFTED_MIN_PIXELS:  # small maps: several samples per product
+        p_ = oh * ow
+        per = max(1, min(n, _chunk_bytes(wk.nbytes) // ((c + oc) * p_ * 4)))
+        blocks = -(-n // per)
+
+        def make_block_state():
+            return np.empty((c, per * p_), np.float32), np.empty((oc, per * p_), np.float32)
+
+        def do_block(state, k):
+            xc, y = state
+            s0, s1 = k * per, min(n, (k + 1) * per)
+            _pointwise_block(x, s0, s1, wk, g, cg, ocg, xc, y)
+            _pointwise_store(y, bias, of, s0, s1, p_, rf, res is not None, kind, ea, eb)
+
+        run_chunks(blocks, make_block_state, do_block)
+        return out if geom.n_spatial == 2 else out.reshape((n, oc, ow))
     # bands of output rows sized so that one band's inputs and outputs stay in cache
     per_row = (c * sh * sw + oc) * wq * 4
     budget = _chunk_bytes(wk.nbytes)
@@ -188,13 +280,16 @@ def conv2d_shifted(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: Con
 
     def make_state():  # the phase planes of one band (+ slack: the last tap's extra columns)
         xq = np.zeros(1 if direct else c * sh * sw * (rb + eh) * wq + wq, np.float32)
-        return xq, np.empty((oc, rb * wq), np.float32)
+        return xq, np.empty((0 if direct else oc, rb * wq), np.float32)
 
     def do_chunk(state, k):
         xq, y = state
         s, j = divmod(k, bands)
         i0 = j * rb
         i1 = min(oh, i0 + rb)
+        if direct:
+            _pointwise_band(x, s, i0, i1, wk, g, cg, ocg, of, bias, rf, res is not None, kind, ea, eb)
+            return
         _band(x, s, i0, i1, wk, taps, used, g, cg, ocg, rb + eh, eh, wq, sh, sw, ph, pw, direct, xq, y)
         _store(y, bias, of, s, i0, i1, oh, wq, ow, rf, res is not None, kind, ea, eb)
 
@@ -212,3 +307,6 @@ def warmup() -> None:
     for kw in (dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2]), {}):
         w = np.ones((4, 4, 3, 3) if "pads" in kw else (4, 4, 1, 1), np.float32)
         conv2d_shifted(x, w, None, conv_geometry(x.shape, w.shape, **kw))
+    x16 = np.ones((1, 4, 16, 16), np.float32)  # a pointwise convolution on a large map (one sample per band)
+    w1 = np.ones((4, 4, 1, 1), np.float32)
+    conv2d_shifted(x16, w1, None, conv_geometry(x16.shape, w1.shape))
