@@ -22,9 +22,12 @@ from .tile import AnalogMatrix
 
 __all__ = ["FusedConv", "fused_available"]
 
-_BLOCK_BYTES = 1 << 20
-"""Working set of one block of pixels (gathered inputs, by-products, outputs, accumulator):
-about half a core's L2 cache."""
+_BLOCK_BYTES = 4 << 20
+"""Working set of one block of pixels (gathered inputs, by-products, outputs, accumulator).
+Larger blocks amortise what each tile does once per block (sgemm packs the tile's weights,
+the per-tile set-up of one-channel tiles) against L2 misses; measured (batch 128, 2 threads,
+Zen 4 with 1 MiB L2): 1 -> 4 MiB took ResNet-18 aihwkit 10.44 -> 9.90 ms/img and
+MobileNetV2 8.71 -> 8.10, ResNet-20 unchanged. The numbers do not depend on it."""
 _MIN_BLOCK, _MAX_BLOCK = 64, 4096
 _CHUNKS_PER_THREAD = 1
 """Chunks of blocks per worker thread (Numba's prange deals them out statically)."""
