@@ -225,6 +225,37 @@ def test_onnx_model_roundtrip_unchanged():
     assert onnx.load_from_string(_model(nodes, inits)).graph.node[0].op_type == "Conv"
 
 
+def _random_depthwise(rng, nsp, kernel=None, max_in=12):
+    """A random depthwise convolution: (x, w, b, geometry, pads, strides, dilations), or None
+    when the drawn geometry has no output."""
+    c = int(rng.integers(1, 40 if kernel is None else 20))
+    k = [int(rng.integers(1, 6)) for _ in range(nsp)] if kernel is None else kernel
+    st = [int(rng.integers(1, 4)) for _ in range(nsp)]
+    dl = [int(rng.integers(1, 3)) for _ in range(nsp)]
+    pads = [int(rng.integers(0, 3)) for _ in range(2 * nsp)]
+    ins = [int(rng.integers(1, max_in)) for _ in range(nsp)]
+    x = rng.standard_normal((int(rng.integers(1, 4)), c, *ins)).astype(np.float32)
+    w = rng.standard_normal((c, 1, *k)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    try:
+        geom = conv_geometry(x.shape, w.shape, group=c, pads=pads, strides=st, dilations=dl)
+    except ValueError:
+        return None
+    return x, w, b, geom, pads, st, dl
+
+
+def _ordered_depthwise_sums(x, w, b, geom, pads, st, dl):
+    """bias + Σ taps w·x in (row, column) order, in float32: the depthwise kernels' sums."""
+    nsp, c = len(st), x.shape[1]
+    shape = (x.shape[0], c) + tuple(geom.out_shape)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nsp]) for i in range(nsp)])
+    ref = np.zeros(shape, np.float32) + b.reshape((1, c) + (1,) * nsp)
+    for tap in np.ndindex(*w.shape[2:]):
+        sl = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dl, geom.out_shape, st))
+        ref = ref + w[(slice(None), 0) + tap].reshape((1, c) + (1,) * nsp) * xp[(slice(None), slice(None)) + sl]
+    return ref
+
+
 def test_depthwise_channels_last_equals_the_direct_sums():
     """Small-plane depthwise convolutions run channels-last; the numbers are the plain
     multiply-add sums for every geometry, with the epilogue applied."""
@@ -233,32 +264,14 @@ def test_depthwise_channels_last_equals_the_direct_sums():
     rng = np.random.default_rng(5)
     cases = 0
     while cases < 80:
-        nsp = int(rng.integers(1, 3))
-        c = int(rng.integers(1, 40))
-        k = [int(rng.integers(1, 6)) for _ in range(nsp)]
-        st = [int(rng.integers(1, 4)) for _ in range(nsp)]
-        dl = [int(rng.integers(1, 3)) for _ in range(nsp)]
-        pads = [int(rng.integers(0, 3)) for _ in range(2 * nsp)]
-        ins = [int(rng.integers(1, 12)) for _ in range(nsp)]
-        x = rng.standard_normal((int(rng.integers(1, 4)), c, *ins)).astype(np.float32)
-        w = rng.standard_normal((c, 1, *k)).astype(np.float32)
-        b = rng.standard_normal(c).astype(np.float32)
-        try:
-            geom = conv_geometry(x.shape, w.shape, group=c, pads=pads, strides=st, dilations=dl)
-        except ValueError:
+        drawn = _random_depthwise(rng, int(rng.integers(1, 3)))
+        if drawn is None or int(np.prod(drawn[3].out_shape)) > depthwise._CL_MAX_PIXELS:
             continue
-        shape = (x.shape[0], c) + tuple(geom.out_shape)
-        if int(np.prod(geom.out_shape)) > depthwise._CL_MAX_PIXELS:
-            continue
+        x, w, b, geom = drawn[:4]
+        shape = (x.shape[0], x.shape[1]) + tuple(geom.out_shape)
         r = rng.standard_normal(shape).astype(np.float32)
         y = depthwise._conv2d_depthwise(x, w, b, geom, Epilogue(r, "Relu")).reshape(shape)
-        xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nsp]) for i in range(nsp)])
-        ref = np.zeros(shape, np.float32) + b.reshape((1, c) + (1,) * nsp)
-        for tap in np.ndindex(*k):
-            sl = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
-                       for t, d, o, s in zip(tap, dl, geom.out_shape, st))
-            ref += w[(slice(None), 0) + tap].reshape((1, c) + (1,) * nsp) * xp[(slice(None), slice(None)) + sl]
-        np.testing.assert_allclose(y, np.maximum(ref + r, 0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y, np.maximum(_ordered_depthwise_sums(*drawn) + r, 0), rtol=1e-5, atol=1e-5)
         cases += 1
 
 
@@ -273,29 +286,17 @@ def test_depthwise_3x3_equals_the_ordered_sums_bit_for_bit():
     cases = 0
     routes = set()
     while cases < 120:
-        c = int(rng.integers(1, 20))
-        st = [int(rng.integers(1, 4)) for _ in range(2)]
-        dl = [int(rng.integers(1, 3)) for _ in range(2)]
-        pads = [int(rng.integers(0, 3)) for _ in range(4)]
-        ins = [int(rng.integers(1, 24)) for _ in range(2)]
-        x = rng.standard_normal((int(rng.integers(1, 4)), c, *ins)).astype(np.float32)
-        w = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
-        b = rng.standard_normal(c).astype(np.float32)
-        try:
-            geom = conv_geometry(x.shape, w.shape, group=c, pads=pads, strides=st, dilations=dl)
-        except ValueError:
+        drawn = _random_depthwise(rng, 2, kernel=[3, 3], max_in=24)
+        if drawn is None:
             continue
-        shape = (x.shape[0], c) + tuple(geom.out_shape)
-        routes.add(int(np.prod(geom.out_shape)) > depthwise._CL_MAX_PIXELS)
+        x, w, b, geom = drawn[:4]
+        shape = (x.shape[0], x.shape[1]) + tuple(geom.out_shape)
+        large = int(np.prod(geom.out_shape)) > depthwise._CL_MAX_PIXELS
+        routes.add(large)
         r = rng.standard_normal(shape).astype(np.float32)
         y = depthwise._conv2d_depthwise(x, w, b, geom, Epilogue(r, "Relu")).reshape(shape)
-        xp = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
-        ref = np.zeros(shape, np.float32) + b.reshape(1, c, 1, 1)
-        for tap in np.ndindex(3, 3):
-            sl = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, o, s in zip(tap, dl, geom.out_shape, st))
-            ref = ref + w[:, 0, tap[0], tap[1]].reshape(1, c, 1, 1) * xp[(slice(None), slice(None)) + sl]
-        np.testing.assert_array_equal(y, np.maximum(ref + r, np.float32(0)))
-        if int(np.prod(geom.out_shape)) > depthwise._CL_MAX_PIXELS:
+        np.testing.assert_array_equal(y, np.maximum(_ordered_depthwise_sums(*drawn) + r, np.float32(0)))
+        if large:
             try:
                 depthwise._PHASE_3X3 = False
                 generic = depthwise._conv2d_depthwise(x, w, b, geom, Epilogue(r, "Relu")).reshape(shape)

@@ -113,6 +113,16 @@ def _band(x, s, i0, i1, wk, taps, used, g, cg, ocg, hq, eh, wq, sh, sw, ph, pw, 
                    flat[off:].ctypes, chan, _F0 if k == 0 else _F1, y[gi * ocg:].ctypes, y.shape[1])
 
 
+@njit(inline="always")
+def _finish(src, dst, r, n, bo, has_res, kind, a, b):
+    """dst[j] = act(src[j] + bo (+ r[j])) for j < n (``src`` may be ``dst``)."""
+    for j in range(n):  # LLVM unswitches the loop on has_res and kind
+        v = src[j] + bo
+        if has_res:
+            v = v + r[j]
+        dst[j] = activation(v, kind, a, b)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _store(y, bias, out, s, i0, i1, oh, wq, ow, res, has_res, kind, a, b):
     """Output rows i0..i1 of sample s = act(y + bias (+ residual)), dropping the extra
@@ -127,12 +137,7 @@ def _store(y, bias, out, s, i0, i1, oh, wq, ow, res, has_res, kind, a, b):
             src = yf[yo:yo + ow]
             ob = ((s * oc + o) * oh + i0 + i) * ow
             dst = out[ob:ob + ow]
-            r = res[ob:ob + ow] if has_res else src
-            for j in range(ow):  # LLVM unswitches the loop on has_res and kind
-                v = src[j] + bo
-                if has_res:
-                    v = v + r[j]
-                dst[j] = activation(v, kind, a, b)
+            _finish(src, dst, res[ob:ob + ow] if has_res else src, ow, bo, has_res, kind, a, b)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -164,12 +169,7 @@ def _pointwise_store(y, bias, out, s0, s1, p_, res, has_res, kind, a, b):
             src = y[o, (s - s0) * p_:(s - s0 + 1) * p_]
             ob = (s * oc + o) * p_
             dst = out[ob:ob + p_]
-            r = res[ob:ob + p_] if has_res else src
-            for j in range(p_):
-                v = src[j] + bo
-                if has_res:
-                    v = v + r[j]
-                dst[j] = activation(v, kind, a, b)
+            _finish(src, dst, res[ob:ob + p_] if has_res else src, p_, bo, has_res, kind, a, b)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -187,15 +187,9 @@ def _pointwise_band(x, s, i0, i1, wk, g, cg, ocg, out, bias, res, has_res, kind,
         _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, ocg, nq, cg, _F1, wk[0, gi * ocg:].ctypes, cg,
                xs[gi * cg * p_ + i0 * ow:].ctypes, p_, _F0, out[base + gi * ocg * p_:].ctypes, p_)
     for o in range(oc):
-        bo = bias[o]
         ob = base + o * p_
         dst = out[ob:ob + nq]
-        r = res[ob:ob + nq] if has_res else dst
-        for j in range(nq):
-            v = dst[j] + bo
-            if has_res:
-                v = v + r[j]
-            dst[j] = activation(v, kind, a, b)
+        _finish(dst, dst, res[ob:ob + nq] if has_res else dst, nq, bias[o], has_res, kind, a, b)
 
 
 SHIFTED_MIN_PIXELS = 256
