@@ -292,52 +292,6 @@ def _map_stat(maps, idx, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, st
         r += cnt
 
 
-@njit(inline="always", error_model="numpy")
-def _image_rows(r, r1, p_, ow):
-    """The part of pixels r..r1 in the image of pixel r: image n, the end of the part, its
-    first and last output rows i0, i1, and the first column in row i0 and one past the
-    last in row i1 (P pixels per image, ``ow`` per output row)."""
-    n = r // p_
-    q0 = r - n * p_
-    end = min(r1, (n + 1) * p_)
-    i0 = q0 // ow
-    i1 = (end - 1 - n * p_) // ow
-    return n, end, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow
-
-
-@njit(inline="always", error_model="numpy")
-def _row_span(i, i0, i1, k_first, k_last, ow):
-    """Columns [klo, khi) of output row i among rows i0..i1 (see :func:`_image_rows`)."""
-    return (k_first if i == i0 else 0), (k_last if i == i1 else ow)
-
-
-@njit(inline="always", error_model="numpy")
-def _from_pitch(a, wp, i0, i1, k_first, k_last, ow, out, b):
-    """out[b:] = the pixels of output rows i0..i1 (see :func:`_image_rows`) held in ``a`` at
-    row pitch ``wp``, in block order; returns the position after them."""
-    for i in range(i0, i1 + 1):
-        klo, khi = _row_span(i, i0, i1, k_first, k_last, ow)
-        src = a[(i - i0) * wp + klo:(i - i0) * wp + khi]
-        dst = out[b:b + khi - klo]
-        for k in range(khi - klo):
-            dst[k] = src[k]
-        b += khi - klo
-    return b
-
-
-@njit(inline="always", error_model="numpy")
-def _to_pitch(v, wp, i0, i1, k_first, k_last, ow, a):
-    """The inverse of :func:`_from_pitch`: the block-order values ``v`` into ``a`` at pitch ``wp``."""
-    b = 0
-    for i in range(i0, i1 + 1):
-        klo, khi = _row_span(i, i0, i1, k_first, k_last, ow)
-        dst = a[(i - i0) * wp + klo:(i - i0) * wp + khi]
-        src = v[b:b + khi - klo]
-        for k in range(khi - klo):
-            dst[k] = src[k]
-        b += khi - klo
-
-
 @njit(nogil=True, cache=True, error_model="numpy")
 def _direct_stat(xi, c, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, hm, stat):
     """:func:`_map_stat` of a one-channel tile (the padded input's channel ``c`` is its own
@@ -351,11 +305,16 @@ def _direct_stat(xi, c, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, hm,
     b = 0
     r = r0
     while r < r1:
-        n, end, i0, i1, k_first, k_last = _image_rows(r, r1, p_, ow)
+        n = r // p_
+        q0 = r - n * p_
+        end = min(r1, (n + 1) * p_)
+        i0 = q0 // ow
+        i1 = (end - 1 - n * p_) // ow
         h0 = i0 * sh
         plane = xi[n, c]
         if sh == 1 and sw == 1:  # flat over whole rows: long loops (the extra columns are dropped)
-            b = _direct_stat_flat(plane, i0, i1, k_first, k_last, ow, kh, kw, dh, dw, has_one, nm, hm, stat, b)
+            b = _direct_stat_flat(plane, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow, ow, kh, kw, dh, dw,
+                                  has_one, nm, hm, stat, b)
             r = end
             continue
         for h in range(h0, i1 * sh + (kh - 1) * dh + 1):
@@ -376,7 +335,8 @@ def _direct_stat(xi, c, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, hm,
                         v = seg[k * sw]
                         dst[k] = max(dst[k], v ^ ((v >> _S31) & _I31))
         for i in range(i0, i1 + 1):
-            klo, khi = _row_span(i, i0, i1, k_first, k_last, ow)
+            klo = q0 - i0 * ow if i == i0 else 0
+            khi = (end - n * p_) - i * ow if i == i1 else ow
             st = stat[b:b + khi - klo]
             for k in range(khi - klo):
                 st[k] = one if has_one else init
@@ -423,7 +383,15 @@ def _direct_stat_flat(plane, i0, i1, k_first, k_last, ow, kh, kw, dh, dw, has_on
         src = hmf[a * dh * wp:a * dh * wp + n_out]
         for j in range(n_out):
             vf[j] = max(vf[j], src[j])
-    return _from_pitch(vf, wp, i0, i1, k_first, k_last, ow, stat, b)
+    for i in range(i0, i1 + 1):
+        klo = k_first if i == i0 else 0
+        khi = k_last if i == i1 else ow
+        src = vf[(i - i0) * wp + klo:(i - i0) * wp + khi]
+        dst = stat[b:b + khi - klo]
+        for k in range(khi - klo):
+            dst[k] = src[k]
+        b += khi - klo
+    return b
 
 
 SMALL_DOT = 64
@@ -499,42 +467,6 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
         r += cnt
 
 
-@njit(inline="always", error_model="numpy")
-def _tap_const(n, s, res, bound, wj, awj, sq, ya, pa):
-    """One input of a one-output tile that is the analog bias's constant 1, for n pixels:
-    ya[t] += wj · x̃ and (``sq``) pa[t] += awj · x̃² with x̃ = DAC(1) at scale s[t]."""
-    if sq:
-        for t in range(n):
-            v = S.dac(_F1, s[t], res, bound)
-            ya[t] += wj * v
-            pa[t] += awj * (v * v)
-    else:
-        for t in range(n):
-            ya[t] += wj * S.dac(_F1, s[t], res, bound)
-
-
-@njit(inline="always", error_model="numpy")
-def _tap_row(src, step, n, s, res, bound, wj, awj, sq, ya, pa):
-    """:func:`_tap_const` for an input read from ``src`` every ``step`` values (one loop per
-    case, so that the unit-step ones vectorise)."""
-    if step == 1 and sq:
-        for t in range(n):
-            v = S.dac(src[t], s[t], res, bound)
-            ya[t] += wj * v
-            pa[t] += awj * (v * v)
-    elif step == 1:
-        for t in range(n):
-            ya[t] += wj * S.dac(src[t], s[t], res, bound)
-    elif sq:
-        for t in range(n):
-            v = S.dac(src[t * step], s[t], res, bound)
-            ya[t] += wj * v
-            pa[t] += awj * (v * v)
-    else:
-        for t in range(n):
-            ya[t] += wj * S.dac(src[t * step], s[t], res, bound)
-
-
 @njit(nogil=True, cache=True, error_model="numpy")
 def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound, w, aw, sq, flat, yr, pr):
     """:func:`_dac_dot` with unit strides for output rows i0..i1 of one image (from column
@@ -551,18 +483,54 @@ def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound,
         s[j] = _F0
         ya[j] = _F0
         pa[j] = _F0
-    _to_pitch(sv, wp, i0, i1, k_first, k_last, ow, s)
+    b = 0
+    for i in range(i0, i1 + 1):
+        klo = k_first if i == i0 else 0
+        khi = k_last if i == i1 else ow
+        dst = s[(i - i0) * wp + klo:(i - i0) * wp + khi]
+        src = sv[b:b + khi - klo]
+        for k in range(khi - klo):
+            dst[k] = src[k]
+        b += khi - klo
     for j in range(offs.size):
         o = offs[j]
-        awj = aw[j] if sq else _F0
+        wj = w[j]
         if o < 0:
-            _tap_const(n_out, s, res, bound, w[j], awj, sq, ya, pa)
+            if sq:
+                awj = aw[j]
+                for t in range(n_out):
+                    v = S.dac(_F1, s[t], res, bound)
+                    ya[t] += wj * v
+                    pa[t] += awj * (v * v)
+            else:
+                for t in range(n_out):
+                    ya[t] += wj * S.dac(_F1, s[t], res, bound)
             continue
         m = min(n_out, xf.size - (at + o))  # the last row's dropped positions may run off the input
-        _tap_row(xf[at + o:at + o + m], 1, m, s, res, bound, w[j], awj, sq, ya, pa)
-    _from_pitch(ya, wp, i0, i1, k_first, k_last, ow, yr, 0)
-    if sq:
-        _from_pitch(pa, wp, i0, i1, k_first, k_last, ow, pr, 0)
+        src = xf[at + o:at + o + m]
+        if sq:
+            awj = aw[j]
+            for t in range(m):
+                v = S.dac(src[t], s[t], res, bound)
+                ya[t] += wj * v
+                pa[t] += awj * (v * v)
+        else:
+            for t in range(m):
+                ya[t] += wj * S.dac(src[t], s[t], res, bound)
+    b = 0
+    for i in range(i0, i1 + 1):
+        klo = k_first if i == i0 else 0
+        khi = k_last if i == i1 else ow
+        src = ya[(i - i0) * wp + klo:(i - i0) * wp + khi]
+        dst = yr[b:b + khi - klo]
+        for k in range(khi - klo):
+            dst[k] = src[k]
+        if sq:
+            src = pa[(i - i0) * wp + klo:(i - i0) * wp + khi]
+            dst = pr[b:b + khi - klo]
+            for k in range(khi - klo):
+                dst[k] = src[k]
+        b += khi - klo
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -588,8 +556,12 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
         bb = 0
         r = r0
         while r < r1:
-            n, end, i0, i1, k_first, k_last = _image_rows(r, r1, p_, ow)
-            _dac_dot_flat(xf, n * img + i0 * wp, wp, i0, i1, k_first, k_last, ow, offs,
+            n = r // p_
+            q0 = r - n * p_
+            end = min(r1, (n + 1) * p_)
+            i0 = q0 // ow
+            i1 = (end - 1 - n * p_) // ow
+            _dac_dot_flat(xf, n * img + i0 * wp, wp, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow, ow, offs,
                           sv[bb:bb + end - r], res, bound, w, aw, sq, flat, yr[bb:bb + end - r],
                           pr[bb:bb + end - r] if sq else pr)
             bb += end - r
@@ -604,7 +576,15 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
             o = offs[j]
             wj = w[j]
             if o < 0:
-                _tap_const(q, s, res, bound, wj, aw[j] if sq else _F0, sq, yr, pr)
+                if sq:
+                    awj = aw[j]
+                    for t in range(q):
+                        v = S.dac(_F1, s[t], res, bound)
+                        yr[t] += wj * v
+                        pr[t] += awj * (v * v)
+                else:
+                    for t in range(q):
+                        yr[t] += wj * S.dac(_F1, s[t], res, bound)
             elif sq:
                 awj = aw[j]
                 for t in range(q):
@@ -625,11 +605,32 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
         pc = pr[bb:bb + cnt] if sq else pr
         for j in range(nk):
             o = offs[j]
+            wj = w[j]
             awj = aw[j] if sq else _F0
             if o < 0:
-                _tap_const(cnt, s, res, bound, w[j], awj, sq, yc, pc)
+                for t in range(cnt):
+                    v = S.dac(_F1, s[t], res, bound)
+                    yc[t] += wj * v
+                    if sq:
+                        pc[t] += awj * (v * v)
+                continue
+            src = xf[at + o:at + o + (cnt - 1) * sw + 1]
+            if sw == 1 and sq:
+                for t in range(cnt):
+                    v = S.dac(src[t], s[t], res, bound)
+                    yc[t] += wj * v
+                    pc[t] += awj * (v * v)
+            elif sw == 1:
+                for t in range(cnt):
+                    yc[t] += wj * S.dac(src[t], s[t], res, bound)
+            elif sq:
+                for t in range(cnt):
+                    v = S.dac(src[t * sw], s[t], res, bound)
+                    yc[t] += wj * v
+                    pc[t] += awj * (v * v)
             else:
-                _tap_row(xf[at + o:at + o + (cnt - 1) * sw + 1], sw, cnt, s, res, bound, w[j], awj, sq, yc, pc)
+                for t in range(cnt):
+                    yc[t] += wj * S.dac(src[t * sw], s[t], res, bound)
         bb += cnt
         r += cnt
 
