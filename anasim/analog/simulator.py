@@ -29,7 +29,7 @@ from ..errors import ConfigError, InputError
 from ..graph.context import SAMPLE_OFFSET_LIMIT, RunContext
 from ..kernels.rng import check_seed
 from ..graph.executor import Graph, check_device
-from ..graph.passes import activation_bounds, quantized_as_float
+from ..graph.passes import activation_bounds, quantized_as_float, sole_consumer
 from .calibration import BatchNormOverride, LayerCalibration, clipped_target
 from .layer import AnalogLayer, layer_matrix
 from .state import ADC_ARRAYS, BATCHNORM, CALIBRATION_SAMPLES, META, STATE, TILE_ARRAYS, calibration_prefix, escape_name, tile_prefix, unescape_name
@@ -592,22 +592,15 @@ def fold_activations(ir, layers) -> dict:
     output (one float addition, commutative). Only float Clip bounds that are constants
     (attributes, or initializers from opset 11) are folded; a value that is a graph
     output or has other consumers ends a chain."""
-    consumers: dict[str, list] = {}
-    for node in ir.nodes:
-        for name in node.inputs:
-            if name:
-                consumers.setdefault(name, []).append(node)
+    consumers = ir.consumers()
     graph_outputs = {o.name for o in ir.outputs}
     by_name = {n.name: n for n in ir.nodes}
-    position = {n.name: k for k, n in enumerate(ir.nodes)}
     produced_at = {o: k for k, n in enumerate(ir.nodes) for o in n.outputs if o}
+    produced_at.update({v.name: -1 for v in ir.inputs})
 
     def sole_user(value):
-        users = consumers.get(value, [])
-        if value in graph_outputs or len(users) != 1 or not users[0].name or users[0].name in folded:
-            return None
-        user = users[0]
-        return user if user.domain in ("", "ai.onnx") and user.inputs.count(value) == 1 else None
+        user = sole_consumer(value, consumers, graph_outputs)
+        return None if user is None or not user.name or user.name in folded else user
 
     folded = {}
     for layer in layers:
@@ -619,9 +612,7 @@ def fold_activations(ir, layers) -> dict:
         if nxt is not None and nxt.op_type == "Add" and len(nxt.inputs) == 2 and not nxt.attrs:
             k = nxt.inputs.index(out)
             r = nxt.inputs[1 - k]
-            ready = r in ir.constants or any(v.name == r for v in ir.inputs) or (
-                produced_at.get(r, len(ir.nodes)) < position[node.name])
-            if r and ready and r not in ir.constants:
+            if produced_at.get(r, len(ir.nodes)) < produced_at[out]:  # computed before the layer (not a constant)
                 layer.residual = r
                 folded[nxt.name] = _pass_through if k == 0 else _pass_second
                 out = nxt.outputs[0]

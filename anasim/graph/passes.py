@@ -419,6 +419,17 @@ def _activation_params(ir: GraphIR, n: Node) -> tuple[float, float] | None:
     return activation_bounds(ir, n)
 
 
+def sole_consumer(value: str, consumers: dict, graph_outputs) -> Node | None:
+    """The one standard-domain node that reads ``value`` (once), or None when the value is
+    a graph output or has no or several readers: where an element-wise op can be folded
+    into the op that produces ``value`` (``consumers``: :meth:`GraphIR.consumers`)."""
+    users = consumers.get(value, []) if value else []
+    if not value or value in graph_outputs or len(users) != 1:
+        return None
+    user = users[0]
+    return user if user.domain in ("", "ai.onnx") and user.inputs.count(value) == 1 else None
+
+
 def fuse_conv_epilogues(ir: GraphIR, keep=()) -> GraphIR:
     """A new IR (``ir`` unchanged) in which ``Conv → [Add] → [Relu | Clip | LeakyRelu]``
     chains are single ``anasim::ConvEpilogue`` nodes (:func:`anasim.ops.nn.conv_epilogue`),
@@ -437,13 +448,9 @@ def fuse_conv_epilogues(ir: GraphIR, keep=()) -> GraphIR:
     outputs = {o.name for o in ir.outputs}
     consumers = ir.consumers()
 
-    def sole_consumer(n: Node) -> Node | None:
-        out = n.outputs[0] if len(n.outputs) == 1 else ""
-        users = consumers.get(out, []) if out else []
-        if not out or out in outputs or len(users) != 1 or users[0].name in keep or users[0].name in absorbed:
-            return None
-        user = users[0]
-        return user if user.domain in ("", "ai.onnx") and user.inputs.count(out) == 1 else None
+    def next_in_chain(n: Node) -> Node | None:
+        user = sole_consumer(n.outputs[0] if len(n.outputs) == 1 else "", consumers, outputs)
+        return None if user is None or user.name in keep or user.name in absorbed else user
 
     replaced: dict[str, Node] = {}  # name of a chain's last node -> the fused node
     absorbed: set[str] = set()
@@ -454,11 +461,11 @@ def fuse_conv_epilogues(ir: GraphIR, keep=()) -> GraphIR:
         if not is_conv and n.op_type != "Add":
             continue
         chain, residual, act, params = [n], "", None, (0.0, 0.0)
-        nxt = sole_consumer(n)
+        nxt = next_in_chain(n)
         if is_conv and nxt is not None and nxt.op_type == "Add" and len(nxt.inputs) == 2 and not nxt.attrs:
             residual = nxt.inputs[1] if nxt.inputs[0] == n.outputs[0] else nxt.inputs[0]
             chain.append(nxt)
-            nxt = sole_consumer(nxt)
+            nxt = next_in_chain(nxt)
         if nxt is not None and nxt.op_type in _ACTIVATION_OPS:
             params = _activation_params(ir, nxt)
             if params is not None:
