@@ -116,11 +116,31 @@ def _round_keys(k0, k1, keys):
 
 @njit(inline="always", error_model="numpy")
 def _philox_round(c0, c1, c2, c3, k0, k1):
-    """One Philox-4x32 round on uint32 words (every intermediate truncated to 32 bits)."""
-    p0 = np.uint64(c0) * _M0_32
-    p1 = np.uint64(c2) * _M1_32
-    return (np.uint32(np.uint32(p1 >> _S32) ^ c1 ^ k0), np.uint32(p1),
-            np.uint32(np.uint32(p0 >> _S32) ^ c3 ^ k1), np.uint32(p0))
+    """One Philox-4x32 round on 32-bit words held in uint64 lanes. Only the low 32 bits of
+    each word are meaningful: the products take them (``& _MASK32``, which becomes the
+    32 x 32 -> 64 bit vpmuludq with no masking instruction), and whatever the xors leave
+    above them never reaches a product or an output word (:func:`_philox10` truncates)."""
+    p0 = (c0 & _MASK32) * _M0_32
+    p1 = (c2 & _MASK32) * _M1_32
+    return (p1 >> _S32) ^ c1 ^ k0, p1, (p0 >> _S32) ^ c3 ^ k1, p0
+
+
+@njit(inline="always", error_model="numpy")
+def _philox10(c0, c1, c2, c3, ka, kb):
+    """The ten rounds of Philox-4x32-10 with round keys ``ka[r], kb[r]`` (uint64 tuples of
+    the Weyl sequence), written out so that they stay in registers."""
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[0], kb[0])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[1], kb[1])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[2], kb[2])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[3], kb[3])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[4], kb[4])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[5], kb[5])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[6], kb[6])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[7], kb[7])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[8], kb[8])
+    c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, ka[9], kb[9])
+    return (np.uint32(c0 & _MASK32), np.uint32(c1 & _MASK32), np.uint32(c2 & _MASK32),
+            np.uint32(c3 & _MASK32))
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -128,31 +148,36 @@ def _philox_rows(blk, rnd, row_ids, r0, r1, keys, w0, w1, w2, w3):
     """The four words of the Philox-4x32-10 block ``(blk, rnd, row lo, row hi)`` of every row
     r0..r1 into w0..w3[0:r1-r0] -- :func:`anasim.kernels.rng.philox4x32_10`, with the ten
     rounds written out and held in registers, so that the loop over rows vectorises (the
-    32 × 32 -> 64 bit products as vpmuludq); about 0.6 ns per word on AVX2 lanes."""
-    a0, a1, a2, a3, a4 = keys[0, 0], keys[0, 1], keys[0, 2], keys[0, 3], keys[0, 4]
-    a5, a6, a7, a8, a9 = keys[0, 5], keys[0, 6], keys[0, 7], keys[0, 8], keys[0, 9]
-    b0, b1, b2, b3, b4 = keys[1, 0], keys[1, 1], keys[1, 2], keys[1, 3], keys[1, 4]
-    b5, b6, b7, b8, b9 = keys[1, 5], keys[1, 6], keys[1, 7], keys[1, 8], keys[1, 9]
-    cb = np.uint32(blk)
-    cr = np.uint32(np.uint64(rnd) & _MASK32)
+    32 x 32 -> 64 bit products as vpmuludq). Each iteration runs two rows, one from each
+    half of the range: two independent chains of dependent multiplies that the core
+    overlaps (measured on Zen 3 / AVX2, interleaved: 5.0 -> 3.8 ns per block)."""
+    ka = (np.uint64(keys[0, 0]), np.uint64(keys[0, 1]), np.uint64(keys[0, 2]), np.uint64(keys[0, 3]),
+          np.uint64(keys[0, 4]), np.uint64(keys[0, 5]), np.uint64(keys[0, 6]), np.uint64(keys[0, 7]),
+          np.uint64(keys[0, 8]), np.uint64(keys[0, 9]))
+    kb = (np.uint64(keys[1, 0]), np.uint64(keys[1, 1]), np.uint64(keys[1, 2]), np.uint64(keys[1, 3]),
+          np.uint64(keys[1, 4]), np.uint64(keys[1, 5]), np.uint64(keys[1, 6]), np.uint64(keys[1, 7]),
+          np.uint64(keys[1, 8]), np.uint64(keys[1, 9]))
+    cb = np.uint64(blk) & _MASK32
+    cr = np.uint64(rnd) & _MASK32
     rows = row_ids[r0:r1]
-    for i in range(r1 - r0):
-        row = np.uint64(rows[i])
-        c0, c1, c2, c3 = cb, cr, np.uint32(row & _MASK32), np.uint32(row >> _S32)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a0, b0)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a1, b1)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a2, b2)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a3, b3)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a4, b4)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a5, b5)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a6, b6)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a7, b7)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a8, b8)
-        c0, c1, c2, c3 = _philox_round(c0, c1, c2, c3, a9, b9)
-        w0[i] = c0
-        w1[i] = c1
-        w2[i] = c2
-        w3[i] = c3
+    m = r1 - r0
+    h = m >> 1
+    for i in range(h):
+        ra = np.uint64(rows[i])
+        rb = np.uint64(rows[h + i])
+        a0, a1, a2, a3 = _philox10(cb, cr, ra, ra >> _S32, ka, kb)
+        b0, b1, b2, b3 = _philox10(cb, cr, rb, rb >> _S32, ka, kb)
+        w0[i] = a0
+        w1[i] = a1
+        w2[i] = a2
+        w3[i] = a3
+        w0[h + i] = b0
+        w1[h + i] = b1
+        w2[h + i] = b2
+        w3[h + i] = b3
+    for i in range(2 * h, m):
+        ra = np.uint64(rows[i])
+        w0[i], w1[i], w2[i], w3[i] = _philox10(cb, cr, ra, ra >> _S32, ka, kb)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
