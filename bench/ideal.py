@@ -9,7 +9,8 @@ For each model: both runtimes run the same preprocessed batch of real test image
 warm-up run each, then ``--runs`` alternating timed runs; prints the median time per
 image for each, their ratio (anasim / onnxruntime; the target is <= 1.5), the max
 |difference| of the logits relative to their scale, and the process's peak RSS.
-``--profile`` adds anasim's time per op type (summed over nodes, one extra run);
+``--profile`` adds anasim's time per op type (summed over the nodes as they run, fused ones
+included; one extra run);
 ``--cold-start`` the first call's time in fresh processes with an empty and with a filled
 Numba cache (:mod:`coldstart`).
 The load average is printed because other processes on the machine distort the ratio.
@@ -56,7 +57,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMB
 
 import resource  # noqa: E402
 import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numba  # noqa: E402
@@ -99,27 +99,19 @@ def peak_rss_mib() -> float:
 
 
 def profile(graph, x: np.ndarray) -> None:
-    """One run with every node timed; prints the time per op type."""
-    totals: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    nodes = graph.nodes
+    """One run with every node timed by the executor, as it runs (fused nodes included);
+    prints the time per op type."""
+    from anasim.graph.context import RunContext
 
-    def timed(fn, op):
-        def run(*args, context=None):  # overrides are called with the run context; ideal ops take none
-            t = time.perf_counter()
-            out = fn(*args)
-            totals[op] += time.perf_counter() - t
-            counts[op] += 1
-            return out
-        return run
-
-    g2 = graph.with_overrides({n.name: timed(n.fn, n.op_type) for n in nodes if n.name})
+    prof: dict = {}
     t0 = time.perf_counter()
-    g2(x)
+    graph.run({graph.inputs[0].name: x}, context=RunContext(profile=prof))
     total = time.perf_counter() - t0
     print(f"    profile: {total * 1e3:.1f} ms per batch")
-    for op, t in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"      {op:>20s} x{counts[op]:<3d} {t * 1e3:8.2f} ms  {100 * t / total:5.1f} %")
+    ops = sorted(((k[1], v) for k, v in prof.items() if isinstance(k, tuple) and k[0] == "op"),
+                 key=lambda kv: -kv[1][0])
+    for op, (t, count) in ops:
+        print(f"      {op:>20s} x{count:<3d} {t * 1e3:8.2f} ms  {100 * t / total:5.1f} %")
 
 
 def bench(name: str) -> float:

@@ -328,3 +328,23 @@ def test_pointwise_conv_batched_and_in_place(hw, group):
     wg = w.reshape(group, oc // group, c // group).astype(np.float64)
     ref = np.einsum("goc,ngcp->ngop", wg, xg).reshape((n, oc) + hw) + b.reshape(1, oc, 1, 1) + r
     np.testing.assert_allclose(y, np.maximum(ref, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_run_context_profile_times_the_nodes_as_they_run():
+    """A run with ``RunContext(profile=dict)`` adds (seconds, count) per op type of the nodes
+    the executor actually runs: the fused ConvEpilogue, not the Conv and Relu it replaced;
+    the numbers are those of a run without the profile."""
+    from anasim.graph.context import RunContext
+
+    nodes = [_conv("c1", "x", "h"), helper.make_node("Relu", ["h"], ["a"], name="r1"),
+             _conv("c2", "a", "g", w="w2"), helper.make_node("Sigmoid", ["g"], ["y"], name="s")]
+    graph = anasim.load(_model(nodes, _conv_inits()))
+    x = RNG.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    prof: dict = {}
+    out = graph.run({"x": x}, context=RunContext(profile=prof))["y"]
+    ops = {k[1]: v for k, v in prof.items() if k[0] == "op"}
+    assert {op: count for op, (_, count) in ops.items()} == {"ConvEpilogue": 1, "Conv": 1, "Sigmoid": 1}
+    assert all(t > 0 for t, _ in ops.values())
+    graph.run({"x": x}, context=RunContext(profile=prof))
+    assert prof[("op", "ConvEpilogue")][1] == 2  # added to, not replaced
+    np.testing.assert_array_equal(out, graph.run({"x": x})["y"])

@@ -33,8 +33,10 @@ class RunContext:
     profile: dict | None = None
     """When a dict: every fused analog convolution adds the CPU cycles of its stages to
     ``profile[layer name]`` ((chunks, len(cpu_conv.STAGES)) int64, see ``bench/profile.py``)
-    and the seconds of its host-side preparation to ``profile[(layer name, "host")]``.
-    The dict is the caller's; the run only adds to it."""
+    and the seconds of its host-side preparation to ``profile[(layer name, "host")]``;
+    the executor adds the seconds and the count of the nodes it runs, per op type, to
+    ``profile[("op", op type)]`` = (seconds, count) -- the nodes as they run, fused ones
+    (``ConvEpilogue``, ...) included. The dict is the caller's; the run only adds to it."""
 
     def shifted(self, n: int) -> "RunContext":
         """The context of the samples that start ``n`` places after this one's first."""

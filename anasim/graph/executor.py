@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 import sys
 import warnings
 from dataclasses import dataclass
@@ -341,8 +342,10 @@ class Graph:
         wanted = set(want)  # kept even where an intermediate value could be freed
         if self._fast and not trace and stop_after < 0 and self._fused_away.isdisjoint(want):
             nodes, free_after = self._fast, self._fast_free  # same numbers, fewer passes
+        prof = context.profile
         for k, node in enumerate(nodes):
             args = [values[i] if i else None for i in node.inputs]
+            t0 = time.perf_counter() if prof is not None else 0.0
             try:
                 result = node.fn(*args, context=context) if node.takes_context else node.fn(*args)
             except AnasimError:
@@ -353,6 +356,10 @@ class Graph:
                     f"Node {node.name!r} ({node.op_type}) failed on input shapes {shapes}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
+            if prof is not None:
+                key = ("op", node.op_type)
+                seconds, count = prof.get(key, (0.0, 0))
+                prof[key] = (seconds + time.perf_counter() - t0, count + 1)
             if not isinstance(result, tuple):
                 result = (result,)
             for name, val in zip(node.outputs, result):
