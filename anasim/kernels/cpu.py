@@ -53,6 +53,7 @@ from .rng import (
     _A0, _A1, _A2, _A3, _A4, _A5, _B0, _B1, _B2, _B3, _B4, _M0, _M1, _MASK32, _P_LOW, _S32,
     _TWO_M24, _TWO_M32, _W0, _W1, _tail,
 )
+from .simd import wide_vectors
 
 __all__ = [
     "NM_NONE", "NM_ABS_MAX", "NM_MAX", "NM_CONSTANT",
@@ -151,6 +152,7 @@ def _philox_rows(blk, rnd, row_ids, r0, r1, keys, w0, w1, w2, w3):
     32 x 32 -> 64 bit products as vpmuludq). Each iteration runs two rows, one from each
     half of the range: two independent chains of dependent multiplies that the core
     overlaps (measured on Zen 3 / AVX2, interleaved: 5.0 -> 3.8 ns per block)."""
+    wide_vectors()
     ka = (np.uint64(keys[0, 0]), np.uint64(keys[0, 1]), np.uint64(keys[0, 2]), np.uint64(keys[0, 3]),
           np.uint64(keys[0, 4]), np.uint64(keys[0, 5]), np.uint64(keys[0, 6]), np.uint64(keys[0, 7]),
           np.uint64(keys[0, 8]), np.uint64(keys[0, 9]))
@@ -185,6 +187,7 @@ def _words_to_values(cw, m, normal, o, cand):
     """o[i] (float32) = the normal (or uniform) of word cw[i], i < m: for normals the central
     rational function for every word, then the tails (about 5 %) of candidates gathered
     branch-free by an integer test that covers both tails with a margin."""
+    wide_vectors()
     if not normal:
         for i in range(m):
             o[i] = np.float32(np.float32(cw[i] >> np.uint32(8)) * _TWO_M24)
@@ -294,6 +297,7 @@ def _row_norms(xt, xnorm, r0, r1):
 @njit(cache=True, error_model="numpy")
 def _prepare_scratch(k, use_u, use_g):
     """Scratch of one block of ``_ROWS`` rows for :func:`_prepare_rows`."""
+    wide_vectors()
     nb = (k + 3) >> 2
     bits = np.empty(1, np.int32)  # to reinterpret an int32 bit pattern as float32
     ws = np.empty((5, _ROWS * nb if (use_u or use_g) else 0), np.uint64)
@@ -310,6 +314,7 @@ def _prepare_rows(
     xt, scale, skip, xnorm, xsq, xabs, xir, r0, r1, bits, ws, tmp, ub, gb,
 ):
     """Rows r0..r1 (at most ``_ROWS``) of :func:`_prepare_input`."""
+    wide_vectors()
     k = xt.shape[1]
     nm_on = nm_type != NM_NONE
     kf = np.float32(k)
@@ -380,6 +385,7 @@ def _prepare_input(
     kn0, kn1, ks0, ks1, want_norm, want_sq, want_ir,
     xt, scale, skip, xnorm, xsq, xabs, xir,
 ):
+    wide_vectors()
     m, k = xt.shape
     use_u = res > _F0 and sto_round
     use_g = inp_noise > _F0
@@ -401,6 +407,7 @@ def _prepare_input_serial(
     xt, scale, skip, xnorm, xsq, xabs, xir,
 ):
     """:func:`_prepare_input` in the calling thread (no GIL): for worker threads."""
+    wide_vectors()
     m, k = xt.shape
     use_u = res > _F0 and sto_round
     use_g = inp_noise > _F0
@@ -418,6 +425,7 @@ def _prepare_input_serial(
 @njit(cache=True, error_model="numpy")
 def _finalize_scratch(n, need):
     """Scratch of one block of ``_ROWS`` rows for :func:`_finalize_rows`."""
+    wide_vectors()
     nb = (n + 3) >> 2
     ws = np.empty((5, _ROWS * nb if need else 0), np.uint64)
     tmp = np.empty(ws.shape[1], np.float64)
@@ -435,6 +443,7 @@ def _finalize_rows(
     adc_on, adc_off, adc_gain, inl,
 ):
     """Rows r0..r1 (at most ``_ROWS``) of :func:`_finalize_output`."""
+    wide_vectors()
     n = y.shape[1]
     n_inl = inl.shape[1]
     use_w = wn_type != WN_NONE
@@ -518,6 +527,7 @@ def _finalize_output(
     kn0, kn1, kw0, kw1, ks0, ks1, fail,
     accumulate, scale, out_scale, ms, post, acc, c0, adc_on, adc_off, adc_gain, inl,
 ):
+    wide_vectors()
     m, n = y.shape
     need = wn_type != WN_NONE or noise_on or (res > _F0 and sto_round)
     for blk in prange((m + _ROWS - 1) // _ROWS):
@@ -543,6 +553,7 @@ def _finalize_output_serial(
     accumulate, scale, out_scale, ms, post, acc, c0, adc_on, adc_off, adc_gain, inl,
 ):
     """:func:`_finalize_output` in the calling thread (no GIL): for worker threads."""
+    wide_vectors()
     m, n = y.shape
     need = wn_type != WN_NONE or noise_on or (res > _F0 and sto_round)
     ws, tmp, zb = _finalize_scratch(n, need)
@@ -561,6 +572,7 @@ def _finalize_output_serial(
 
 @njit(cache=True, error_model="numpy")
 def _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r):
+    wide_vectors()
     n = y.shape[1]
     f = out_scale / scale[r]
     yr = y[r]
@@ -571,6 +583,7 @@ def _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _accumulate_output(y, scale, out_scale, ms, post, acc, c0):
+    wide_vectors()
     for r in prange(y.shape[0]):
         _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r)
 
@@ -578,6 +591,7 @@ def _accumulate_output(y, scale, out_scale, ms, post, acc, c0):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate_output_serial(y, scale, out_scale, ms, post, acc, c0):
     """:func:`_accumulate_output` in the calling thread (no GIL)."""
+    wide_vectors()
     for r in range(y.shape[0]):
         _accumulate_row(y, scale, out_scale, ms, post, acc, c0, r)
 
@@ -592,6 +606,7 @@ def _input_cycle_row(xt, res, drive, cycle, bits, n_cycles, twos, out, r):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _input_cycle(xt, res, drive, cycle, bits, n_cycles, twos, out):
+    wide_vectors()
     for r in prange(xt.shape[0]):
         _input_cycle_row(xt, res, drive, cycle, bits, n_cycles, twos, out, r)
 
@@ -599,6 +614,7 @@ def _input_cycle(xt, res, drive, cycle, bits, n_cycles, twos, out):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _input_cycle_serial(xt, res, drive, cycle, bits, n_cycles, twos, out):
     """:func:`_input_cycle` in the calling thread (no GIL)."""
+    wide_vectors()
     for r in range(xt.shape[0]):
         _input_cycle_row(xt, res, drive, cycle, bits, n_cycles, twos, out, r)
 

@@ -61,6 +61,7 @@ from numba.extending import intrinsic
 from . import stages as S
 from .blas import SGEMM_NAME, sgemm_type
 from .cpu import _random_block
+from .simd import wide_vectors
 
 __all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "pad_and_maps", "available", "STAGES",
            "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
@@ -110,6 +111,7 @@ def _tick(prof, wk, stage, t0):
 
 @njit(cache=True)
 def _read_cycles():
+    wide_vectors()
     return _cycles()
 
 
@@ -132,6 +134,7 @@ def available() -> bool:
 @njit(nogil=True, cache=True, error_model="numpy")
 def _random_cols(rid, q, n, rnd, k0, k1, normal, ws, tmp, out):
     """out[0:n, 0:q] = normals (uniforms) of elements 0..n-1 of the rows ``rid[0:q]``."""
+    wide_vectors()
     _random_block(rid, 0, q, n, rnd, k0, k1, normal, ws, tmp, out, True)
 
 
@@ -176,6 +179,7 @@ def _gather(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, xt):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, q, xt):
     """xt[j, t] = input of tile column j of im2col row ``rows[t]`` (the re-run pixels)."""
+    wide_vectors()
     for t in range(q):
         r = rows[t]
         n = r // p_
@@ -191,6 +195,7 @@ def _gather_rows(xf, img, wp, p_, ow, sh, sw, offs, rows, q, xt):
 def _pad_planes(x, a, c_lo, c_hi, ph, pw, xp):
     """xp[a, c] = x[a, c, :hh, :ww] zero-padded at (ph, pw) for channels c_lo..c_hi of image
     ``a`` (hh, ww: what fits; rows and columns past every tap are dropped)."""
+    wide_vectors()
     hp, wp = xp.shape[2], xp.shape[3]
     hh = min(x.shape[2], hp - ph)
     ww = min(x.shape[3], wp - pw)
@@ -218,6 +223,7 @@ def pad_input(x, ph, pw, xp):
     """xp = x zero-padded: x[:, :, :hh, :ww] at (ph, pw) of xp (N, C, Hp, Wp), with hh, ww
     what fits (rows and columns past every tap are dropped), zeros elsewhere; parallel
     over (image, channel)."""
+    wide_vectors()
     n, c = x.shape[0], x.shape[1]
     for k in prange(n * c):
         _pad_planes(x, k // c, k % c, k % c + 1, ph, pw, xp)
@@ -228,6 +234,7 @@ def pad_and_maps(x, ph, pw, xp, ranges, nm, maps):
     """:func:`pad_input` and :func:`channel_maps` in one pass, parallel over the images:
     each image's maps are taken from its padded planes just written (still in cache)
     instead of a second pass over the whole padded input."""
+    wide_vectors()
     n, c = x.shape[0], x.shape[1]
     for a in prange(n):
         _pad_planes(x, a, 0, c, ph, pw, xp)
@@ -240,6 +247,7 @@ def _channel_map(xp, n, c_lo, c_hi, nm, out):
     """out[h, w] = the noise-management key (see :func:`_block_stat`) of max over channels
     c_lo..c_hi of image ``n`` of the padded input at (h, w): the statistic of a pixel is
     then the max of this map over its receptive field (exactly the max over its inputs)."""
+    wide_vectors()
     hp, wp = xp.shape[2], xp.shape[3]
     of = out.reshape(-1)
     for i in range(hp * wp):
@@ -258,6 +266,7 @@ def _channel_map(xp, n, c_lo, c_hi, nm, out):
 @njit(parallel=True, cache=True, error_model="numpy")
 def channel_maps(xp, ranges, nm, maps):
     """:func:`_channel_map` of every (channel range, image), in parallel."""
+    wide_vectors()
     n = xp.shape[0]
     for k in prange(ranges.shape[0] * n):
         m, i = k // n, k % n
@@ -300,6 +309,7 @@ def _direct_stat(xi, c, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, hm,
     (``hm``: scratch (Hp, ow)), then the max of those over the kernel's rows for each
     pixel -- contiguous loops, each row maximum shared by the output rows that read it.
     The same maxima of integer keys (exact, in any order) as :func:`_map_stat`."""
+    wide_vectors()
     one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
     init = np.int32(0) if nm == S.NM_ABS_MAX else _IMIN
     b = 0
@@ -356,6 +366,7 @@ def _direct_stat_flat(plane, i0, i1, k_first, k_last, ow, kh, kw, dh, dw, has_on
     output column are computed and dropped), then the row maximum the same way into the
     second half of ``hm``, then the pixels copied out in block order from ``stat[b]``;
     returns the next free position of ``stat``."""
+    wide_vectors()
     wp = plane.shape[1]
     pf = plane.reshape(-1)
     n_out = (i1 - i0 + 1) * wp  # flat positions of the output rows, at the plane's pitch
@@ -409,6 +420,7 @@ statistic 26 % faster). The DAC gather stays per row: its loads by pixel were no
 def _pixel_origins(r0, r1, p_, ow, sh, sw, wp, pix, pimg):
     """pix[t], pimg[t]: the offset inside its padded image plane of pixel r0 + t's receptive
     field origin (row i·sh, column k·sw) and the pixel's image."""
+    wide_vectors()
     for t in range(r1 - r0):
         r = r0 + t
         n = r // p_
@@ -422,6 +434,7 @@ def _pixel_origins(r0, r1, p_, ow, sh, sw, wp, pix, pimg):
 def _map_stat_px(maps, idx, pix, pimg, q, kh, kw, dh, dw, wp, has_one, nm, bt, stat):
     """:func:`_map_stat` for short output rows: the same maxima (of integer keys, so in any
     order), one loop per tap over all q pixels of the block (``bt``: scratch)."""
+    wide_vectors()
     plane = maps.shape[2] * maps.shape[3]
     for t in range(q):
         bt[t] = (idx * maps.shape[1] + pimg[t]) * plane + pix[t]
@@ -475,6 +488,7 @@ def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound,
     contiguous loop over whole rows (the positions past a row's last output column are
     computed and dropped), then the outputs copied back in block order. The same float32
     operations in the same order per pixel."""
+    wide_vectors()
     n_out = (i1 - i0 + 1) * wp
     s = flat[0, :n_out]
     ya = flat[1, :n_out]
@@ -638,6 +652,7 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
 @njit(nogil=True, cache=True, error_model="numpy")
 def _buffers(nk, nout, q, pp, noise_rows):
     """Scratch of one pass over ``q`` pixels of a tile with ``nk`` inputs, ``nout`` outputs."""
+    wide_vectors()
     want_sq = pp.wn_type == S.WN_PCM_READ
     want_ir = pp.ir_drop > _F0
     xt = np.empty((nk, q), np.float32)
@@ -663,6 +678,7 @@ def _block_stat(xt, nk, q, nm, stat):
     """stat[t] = the noise-management statistic of pixel t over its inputs xt[:, t] as an
     int32 key: the bit pattern of max |x| (abs_max; bit patterns of |x| order like |x|) or
     the order-preserving key of max x (max); see :func:`_key_to_float`."""
+    wide_vectors()
     xti = xt.view(np.int32)
     if nm == S.NM_ABS_MAX:
         for t in range(q):
@@ -684,6 +700,7 @@ def _block_stat(xt, nk, q, nm, stat):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _key_to_float(nm, stat, q):
     """The keys of :func:`_block_stat` back to float32 bit patterns, in place."""
+    wide_vectors()
     if nm == S.NM_MAX:
         for t in range(q):
             a = stat[t]
@@ -695,6 +712,7 @@ def _input_scales(q, pp, red, rowf, rowi):
     """rowf[0] = the applied input scale s = 1/α/red (1 for skipped pixels), rowf[1] = the
     scale the DAC multiplies by (0 for skipped pixels), rowi[0] = skip (aihwkit's short
     cut: the output is exactly 0), from the statistic in rowf[4]; returns the skip count."""
+    wide_vectors()
     nm = pp.nm_type
     fstat = rowf[4, :q]
     scale = rowf[0, :q]
@@ -720,6 +738,7 @@ def _input_scales(q, pp, red, rowf, rowi):
 def _condition(xt, nk, q, pp, red, rnd, rid, key, xsq, xabs, xir, rin, ws, tmp, rowf, rowi, xn64):
     """Noise management, DAC, input noise and by-products of the pixels 0..q of ``xt`` in place
     (see :func:`_input_scales` and :func:`_after_dac` for what is written besides ``xt``)."""
+    wide_vectors()
     stat = rowf[4].view(np.int32)
     _block_stat(xt, nk, q, pp.nm_type, stat)
     _key_to_float(pp.nm_type, stat, q)
@@ -746,6 +765,7 @@ def _after_dac(xt, nk, q, pp, rnd, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp
     """After the DAC: skipped pixels' inputs to 0, input noise, and the by-products the
     output-referred non-idealities need: rowf[2] = ‖x̃‖₂ (additive weight noise), xsq = x̃²
     (PCM read noise), xabs = |x̃| and xir = IR-weighted x̃ (IR drop)."""
+    wide_vectors()
     skip = rowi[0]
     if nskip:
         for j in range(nk):
@@ -797,6 +817,7 @@ def _gemm(w, nout, nk, x, q, y):
     A one-output tile (a depthwise channel, a one-output group) with at most
     ``SMALL_DOT`` inputs is summed here in input order, vectorised over the pixels: sgemm's
     call overhead on a 1 × nk product is larger than the product."""
+    wide_vectors()
     if nout == 1 and nk <= SMALL_DOT:
         yr = y[0, :q]
         for t in range(q):
@@ -816,6 +837,7 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
               rid, rnd, key, zb, ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain, inl):
     """Output stages of the pixels 0..q of ``y`` (nout × q) in place; returns the number
     of pixels that failed the bound test (rowi[1]). ``prof``: see :func:`analog_conv`."""
+    wide_vectors()
     if pp.ir_drop > _F0:
         for i in range(nout):
             yr = y[i, :q]
@@ -914,6 +936,7 @@ def _mvm_finalize(w, aw, nout, nk, q, xt, xsq, xabs, xir, pp, nl_on, nl_vec, nlf
                   noise_vec, rid, rnd, key, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, prof, wk,
                   adc_off, adc_gain, inl):
     """The MVM (and the products the IR drop and PCM read noise need), then :func:`_finalize`."""
+    wide_vectors()
     t0 = _now(prof)
     _gemm(w, nout, nk, xt, q, y)
     a_scale = _F0
@@ -936,6 +959,7 @@ def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on,
     """Iterative bound management: run the failed pixels of the block again at reduction
     2, 4, … (their own inputs, round ``rnd`` of the random streams) until none fails or
     the stop rule holds; their outputs and input scales replace those of the first pass."""
+    wide_vectors()
     fail = rowi[1]
     idx = np.empty(q, np.int64)
     m = 0
@@ -976,6 +1000,7 @@ def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on,
 @njit(nogil=True, cache=True, error_model="numpy")
 def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
     """acc[out0 + i, t] += ((y[i, t] · out_scale/scale[t]) · ms[i]) · post[i]."""
+    wide_vectors()
     for t in range(q):
         f[t] = out_scale / scale[t]
     fq = f[:q]
@@ -1005,6 +1030,7 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, h
     residual ``res[n, out0 + i, p]`` added (a following Add; ``res`` empty: none) and the
     sum clipped to [lo, hi] (a Relu/Clip after the layer or the Add; ±inf: none). Returns
     the number of NaN or infinite values the tile computed (before the residual)."""
+    wide_vectors()
     p_ = out.shape[2]
     has_res = res.shape[0] > 0
     for t in range(q):
@@ -1042,6 +1068,7 @@ def _layout(acc, q, bias, out, r0, lo, hi, res):
     """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q, plus the
     residual and clipped to [lo, hi] (see :func:`_store`); returns the number of NaN or
     infinite values (before the residual)."""
+    wide_vectors()
     oc, p_ = out.shape[1], out.shape[2]
     has_res = res.shape[0] > 0
     bad = 0
@@ -1088,6 +1115,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
     stage's CPU cycles to, or an empty array (no timing). See the module docstring for the
     tile description. Returns the number of NaN or infinite outputs it wrote.
     """
+    wide_vectors()
     kh, kw, sh, sw, dh, dw, ow = geom
     lo, hi, res = epilogue
     wp = xp.shape[3]
@@ -1215,6 +1243,7 @@ def analog_conv_parallel(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, 
     """:func:`analog_conv` for every chunk, on Numba's threads (``prange``; the body is
     only the call, so that the parallel region compiles quickly). Returns the number of
     NaN or infinite outputs."""
+    wide_vectors()
     counts = np.zeros(chunks, np.int64)
     for c in prange(chunks):
         counts[c] = analog_conv(c, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
