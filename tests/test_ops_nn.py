@@ -480,3 +480,21 @@ def test_registered_versions():
     for op in ["Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "LRN",
                "InstanceNormalization", "GlobalAveragePool", "GlobalMaxPool", "PRelu", "Tanh"]:
         resolve("", op, 21)
+
+
+@pytest.mark.parametrize("shape", [(128, 40, 4, 4), (3, 5, 7), (2, 3, 1, 1), (1, 9, 13, 11), (5, 3, 2, 3, 2)])
+def test_global_average_pool_is_the_rounded_float64_mean(shape):
+    """float32: each plane summed in float64 and rounded once (chunks of eight planes,
+    leftover planes, every rank); float64 inputs keep NumPy's mean; NaN and inf propagate."""
+    from anasim.ops.nn import global_average_pool
+
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 4, shape)).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 3)] = [np.nan, np.inf, -np.inf][: min(3, x.size)]
+    y = global_average_pool(x)
+    assert y.shape == shape[:2] + (1,) * (len(shape) - 2) and y.dtype == np.float32
+    ref = x.reshape(shape[0], shape[1], -1).astype(np.float64).mean(-1).astype(np.float32)
+    np.testing.assert_array_equal(y.reshape(ref.shape), ref)
+    x64 = x.astype(np.float64)
+    np.testing.assert_array_equal(global_average_pool(x64).reshape(ref.shape),
+                                  x64.reshape(ref.shape + (-1,)).mean(-1))

@@ -329,10 +329,50 @@ def average_pool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
     return _average_pool(X, geom, count_include_pad=count_include_pad)
 
 
+@njit(nogil=True, cache=True)
+def _plane_means(xf, r0, r1, p, out):
+    """out[r] = the mean of plane r (the ``p`` values of ``xf`` from r·p) for r0 <= r < r1:
+    a float64 sum in element order, divided and rounded once; eight planes at a time, so
+    that their sums' dependency chains overlap (NumPy's mean over a short last axis pays
+    its reduction set-up per plane: 11x onnxruntime's time on MobileNetV2's 4x4 maps)."""
+    up = np.uint64(p)
+    r = r0
+    while r + 8 <= r1:
+        b = np.uint64(r) * up
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        for k in range(up):
+            s0 += xf[b + k]
+            s1 += xf[b + up + k]
+            s2 += xf[b + np.uint64(2) * up + k]
+            s3 += xf[b + np.uint64(3) * up + k]
+            s4 += xf[b + np.uint64(4) * up + k]
+            s5 += xf[b + np.uint64(5) * up + k]
+            s6 += xf[b + np.uint64(6) * up + k]
+            s7 += xf[b + np.uint64(7) * up + k]
+        out[r], out[r + 1], out[r + 2], out[r + 3] = s0 / p, s1 / p, s2 / p, s3 / p
+        out[r + 4], out[r + 5], out[r + 6], out[r + 7] = s4 / p, s5 / p, s6 / p, s7 / p
+        r += 8
+    for q in range(r, r1):
+        b = np.uint64(q) * up
+        s = 0.0
+        for k in range(up):
+            s += xf[b + k]
+        out[q] = s / p
+
+
 @register("GlobalAveragePool", since=1)
 def global_average_pool(X):
     n, c = X.shape[:2]
-    y = np.ascontiguousarray(X).reshape(n, c, -1).mean(axis=2, dtype=X.dtype)
+    x3 = np.ascontiguousarray(X).reshape(n, c, -1)
+    if X.dtype != np.float32 or x3.shape[2] == 0:
+        y = x3.mean(axis=2, dtype=X.dtype)
+    else:  # float32: each plane summed in float64 (as accurate as NumPy's pairwise sum, or more)
+        rows, p = n * c, x3.shape[2]
+        y = np.empty((n, c), np.float32)
+        xf, yf = x3.reshape(-1), y.reshape(-1)
+        per = max(8, (_BLOCK // p) & ~7)
+        run_chunks(-(-rows // per), lambda: None,
+                   lambda _s, i: _plane_means(xf, i * per, min(rows, (i + 1) * per), p, yf))
     return y.reshape((n, c) + (1,) * (X.ndim - 2))
 
 
