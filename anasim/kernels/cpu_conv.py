@@ -63,6 +63,8 @@ from .blas import SGEMM_NAME, sgemm_type
 from .cpu import _random_block
 from .simd import wide_vectors
 
+_U = np.uint64
+
 __all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "pad_and_maps", "available", "STAGES",
            "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
@@ -454,28 +456,35 @@ def _map_stat_px(maps, idx, pix, pimg, q, kh, kw, dh, dw, wp, has_one, nm, bt, s
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
     """:func:`_gather` with the DAC (:func:`.stages.dac`, scale ``sv`` per pixel) applied
-    on the way: one pass from the padded input to the tile's prepared inputs."""
+    on the way: one pass from the padded input to the tile's prepared inputs. Flat uint64
+    indices, no array views inside the loops over runs and inputs: a view there costs two
+    reference-count calls per (run, input), as much as the run's conversions on rows of
+    8 to 32 pixels."""
     nk = offs.size
+    ld = _U(xt.shape[1])
+    xtf = xt.reshape(-1)
     b = 0
     r = r0
     while r < r1:
         n, i, k0, cnt = _run_at(r, r1, p_, ow)
         base = n * img + i * sh * wp + k0 * sw
-        s = sv[b:b + cnt]
+        ub = _U(b)
+        uc = _U(cnt)
         for j in range(nk):
             o = offs[j]
-            dst = xt[j, b:b + cnt]
+            d = _U(j) * ld + ub
             if o < 0:
-                for t in range(cnt):
-                    dst[t] = S.dac(_F1, s[t], res, bound)
+                for t in range(uc):
+                    xtf[d + t] = S.dac(_F1, sv[ub + t], res, bound)
             elif sw == 1:
-                src = xf[base + o:base + o + cnt]
-                for t in range(cnt):
-                    dst[t] = S.dac(src[t], s[t], res, bound)
+                src = _U(base + o)
+                for t in range(uc):
+                    xtf[d + t] = S.dac(xf[src + t], sv[ub + t], res, bound)
             else:
-                src = xf[base + o:base + o + (cnt - 1) * sw + 1]
-                for t in range(cnt):
-                    dst[t] = S.dac(src[t * sw], s[t], res, bound)
+                src = _U(base + o)
+                usw = _U(sw)
+                for t in range(uc):
+                    xtf[d + t] = S.dac(xf[src + t * usw], sv[ub + t], res, bound)
         b += cnt
         r += cnt
 
