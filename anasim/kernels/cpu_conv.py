@@ -283,22 +283,25 @@ def _map_stat(maps, idx, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, st
     b = 0
     r = r0
     one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
-    while r < r1:
+    hp, wp = maps.shape[2], maps.shape[3]
+    mf = maps.reshape(-1)
+    usw = _U(sw)
+    while r < r1:  # flat uint64 indices: no array views per run and tap (reference counts)
         n, i, k0, cnt = _run_at(r, r1, p_, ow)
-        st = stat[b:b + cnt]
-        for t in range(cnt):
-            st[t] = one if has_one else (0 if nm == S.NM_ABS_MAX else _IMIN)
+        ub = _U(b)
+        uc = _U(cnt)
+        for t in range(uc):
+            stat[ub + t] = one if has_one else (0 if nm == S.NM_ABS_MAX else _IMIN)
         for a in range(kh):
-            row = maps[idx, n, i * sh + a * dh]
+            row = ((idx * maps.shape[1] + n) * hp + i * sh + a * dh) * wp
             for e in range(kw):
-                c0 = k0 * sw + e * dw
-                seg = row[c0:c0 + (cnt - 1) * sw + 1]
+                seg = _U(row + k0 * sw + e * dw)
                 if sw == 1:
-                    for t in range(cnt):
-                        st[t] = max(st[t], seg[t])
+                    for t in range(uc):
+                        stat[ub + t] = max(stat[ub + t], mf[seg + t])
                 else:
-                    for t in range(cnt):
-                        st[t] = max(st[t], seg[t * sw])
+                    for t in range(uc):
+                        stat[ub + t] = max(stat[ub + t], mf[seg + t * usw])
         b += cnt
         r += cnt
 
@@ -329,33 +332,37 @@ def _direct_stat(xi, c, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, hm,
                                   has_one, nm, hm, stat, b)
             r = end
             continue
-        for h in range(h0, i1 * sh + (kh - 1) * dh + 1):
-            dst = hm[(h - h0) * ow:(h - h0 + 1) * ow]
-            row = plane[h]
-            for k in range(ow):
-                dst[k] = init
+        pf = plane.reshape(-1)
+        wpl = plane.shape[1]
+        uow = _U(ow)
+        usw = _U(sw)
+        for h in range(h0, i1 * sh + (kh - 1) * dh + 1):  # flat uint64 indices, no views per row
+            d = _U((h - h0) * ow)
+            for k in range(uow):
+                hm[d + k] = init
             for e in range(kw):
-                seg = row[e * dw:e * dw + (ow - 1) * sw + 1]
+                seg = _U(h * wpl + e * dw)
                 if nm == S.NM_ABS_MAX and sw == 1:
-                    for k in range(ow):
-                        dst[k] = max(dst[k], seg[k] & _I31)
+                    for k in range(uow):
+                        hm[d + k] = max(hm[d + k], pf[seg + k] & _I31)
                 elif nm == S.NM_ABS_MAX:
-                    for k in range(ow):
-                        dst[k] = max(dst[k], seg[k * sw] & _I31)
+                    for k in range(uow):
+                        hm[d + k] = max(hm[d + k], pf[seg + k * usw] & _I31)
                 else:
-                    for k in range(ow):
-                        v = seg[k * sw]
-                        dst[k] = max(dst[k], v ^ ((v >> _S31) & _I31))
+                    for k in range(uow):
+                        v = pf[seg + k * usw]
+                        hm[d + k] = max(hm[d + k], v ^ ((v >> _S31) & _I31))
         for i in range(i0, i1 + 1):
             klo = q0 - i0 * ow if i == i0 else 0
             khi = (end - n * p_) - i * ow if i == i1 else ow
-            st = stat[b:b + khi - klo]
-            for k in range(khi - klo):
-                st[k] = one if has_one else init
+            ub = _U(b)
+            m = _U(khi - klo)
+            for k in range(m):
+                stat[ub + k] = one if has_one else init
             for a in range(kh):
-                src = hm[(i * sh + a * dh - h0) * ow + klo:(i * sh + a * dh - h0) * ow + khi]
-                for k in range(khi - klo):
-                    st[k] = max(st[k], src[k])
+                src = _U((i * sh + a * dh - h0) * ow + klo)
+                for k in range(m):
+                    stat[ub + k] = max(stat[ub + k], hm[src + k])
             b += khi - klo
         r = end
 
@@ -620,40 +627,40 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
         return
     bb = 0
     r = r0
-    while r < r1:
+    usw = _U(sw)
+    while r < r1:  # flat uint64 indices: no array views per run and input (reference counts)
         n, i, k0, cnt = _run_at(r, r1, p_, ow)
         at = n * img + i * sh * wp + k0 * sw
-        s = sv[bb:bb + cnt]
-        yc = yr[bb:bb + cnt]
-        pc = pr[bb:bb + cnt] if sq else pr
+        ub = _U(bb)
+        uc = _U(cnt)
         for j in range(nk):
             o = offs[j]
             wj = w[j]
             awj = aw[j] if sq else _F0
             if o < 0:
-                for t in range(cnt):
-                    v = S.dac(_F1, s[t], res, bound)
-                    yc[t] += wj * v
+                for t in range(uc):
+                    v = S.dac(_F1, sv[ub + t], res, bound)
+                    yr[ub + t] += wj * v
                     if sq:
-                        pc[t] += awj * (v * v)
+                        pr[ub + t] += awj * (v * v)
                 continue
-            src = xf[at + o:at + o + (cnt - 1) * sw + 1]
+            src = _U(at + o)
             if sw == 1 and sq:
-                for t in range(cnt):
-                    v = S.dac(src[t], s[t], res, bound)
-                    yc[t] += wj * v
-                    pc[t] += awj * (v * v)
+                for t in range(uc):
+                    v = S.dac(xf[src + t], sv[ub + t], res, bound)
+                    yr[ub + t] += wj * v
+                    pr[ub + t] += awj * (v * v)
             elif sw == 1:
-                for t in range(cnt):
-                    yc[t] += wj * S.dac(src[t], s[t], res, bound)
+                for t in range(uc):
+                    yr[ub + t] += wj * S.dac(xf[src + t], sv[ub + t], res, bound)
             elif sq:
-                for t in range(cnt):
-                    v = S.dac(src[t * sw], s[t], res, bound)
-                    yc[t] += wj * v
-                    pc[t] += awj * (v * v)
+                for t in range(uc):
+                    v = S.dac(xf[src + t * usw], sv[ub + t], res, bound)
+                    yr[ub + t] += wj * v
+                    pr[ub + t] += awj * (v * v)
             else:
-                for t in range(cnt):
-                    yc[t] += wj * S.dac(src[t * sw], s[t], res, bound)
+                for t in range(uc):
+                    yr[ub + t] += wj * S.dac(xf[src + t * usw], sv[ub + t], res, bound)
         bb += cnt
         r += cnt
 
