@@ -244,7 +244,7 @@ class FusedConv:
                     awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias,
                     (np.float32(-np.inf if epilogue is None else epilogue[0]),
                      np.float32(np.inf if epilogue is None else epilogue[1]),
-                     _NO_RESIDUAL if residual is None else residual.reshape(out.shape)), out,
+                     _NO_RESIDUAL if residual is None else np.ascontiguousarray(residual).reshape(out.shape)), out,
                     np.int64(first), np.int64(rows), np.int64(chunks),
                     all(len(m.tiles) == m.n_out_chunks for m in self.matrices), cycles, self.matrices[0].inl)
             with Blas.single_threaded():  # each chunk calls sgemm on its own thread

@@ -1019,14 +1019,16 @@ def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
     wide_vectors()
     for t in range(q):
         f[t] = out_scale / scale[t]
-    fq = f[:q]
-    for i in range(nout):
-        yr = y[i, :q]
-        ar = acc[out0 + i, :q]
+    yf = y.reshape(-1)
+    af = acc.reshape(-1)
+    ly, la = _U(y.shape[1]), _U(acc.shape[1])
+    for i in range(nout):  # flat uint64 indices: no views per output (reference counts)
+        ys = _U(i) * ly
+        as_ = _U(out0 + i) * la
         m = ms[i]
         p = post[i]
-        for t in range(q):
-            ar[t] += ((yr[t] * fq[t]) * m) * p
+        for t in range(_U(q)):
+            af[as_ + t] += ((yf[ys + t] * f[t]) * m) * p
 
 
 @njit(inline="always", error_model="numpy")
@@ -1048,32 +1050,37 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, h
     the number of NaN or infinite values the tile computed (before the residual)."""
     wide_vectors()
     p_ = out.shape[2]
+    oc = out.shape[1]
     has_res = res.shape[0] > 0
     for t in range(q):
         f[t] = out_scale / scale[t]
+    of = out.reshape(-1)
+    rf = res.reshape(-1)
+    yf = y.reshape(-1)
+    ld = _U(y.shape[1])
     bad = 0
     b = 0
     r = r0
-    while b < q:
+    while b < q:  # flat uint64 indices: no views per run and output (reference counts)
         n, p0, cnt = _image_run(r, p_, q - b)
-        fq = f[b:b + cnt]
+        ub = _U(b)
+        uc = _U(cnt)
         for i in range(nout):
-            dst = out[n, out0 + i, p0:p0 + cnt]
-            yr = y[i, b:b + cnt]
+            d = _U((n * oc + out0 + i) * p_ + p0)
+            ys = _U(i) * ld + ub
             m = ms[i]
             pst = post[i]
             bb = bias[out0 + i]
             if has_res:
-                rr = res[n, out0 + i, p0:p0 + cnt]
-                for t in range(cnt):
-                    v = ((yr[t] * fq[t]) * m) * pst + bb
+                for t in range(uc):
+                    v = ((yf[ys + t] * f[ub + t]) * m) * pst + bb
                     bad += not np.isfinite(v)
-                    dst[t] = min(max(v + rr[t], lo), hi)
+                    of[d + t] = min(max(v + rf[d + t], lo), hi)
                 continue
-            for t in range(cnt):
-                v = ((yr[t] * fq[t]) * m) * pst + bb
+            for t in range(uc):
+                v = ((yf[ys + t] * f[ub + t]) * m) * pst + bb
                 bad += not np.isfinite(v)
-                dst[t] = min(max(v, lo), hi)
+                of[d + t] = min(max(v, lo), hi)
         b += cnt
         r += cnt
     return bad
@@ -1087,26 +1094,31 @@ def _layout(acc, q, bias, out, r0, lo, hi, res):
     wide_vectors()
     oc, p_ = out.shape[1], out.shape[2]
     has_res = res.shape[0] > 0
+    of = out.reshape(-1)
+    rf = res.reshape(-1)
+    af = acc.reshape(-1)
+    ld = _U(acc.shape[1])
     bad = 0
     b = 0
     r = r0
-    while b < q:
+    while b < q:  # flat uint64 indices: no views per run and output (reference counts)
         n, p0, cnt = _image_run(r, p_, q - b)
+        ub = _U(b)
+        uc = _U(cnt)
         for o in range(oc):
-            dst = out[n, o, p0:p0 + cnt]
-            src = acc[o, b:b + cnt]
+            d = _U((n * oc + o) * p_ + p0)
+            sa = _U(o) * ld + ub
             bb = bias[o]
             if has_res:
-                rr = res[n, o, p0:p0 + cnt]
-                for t in range(cnt):
-                    v = src[t] + bb
+                for t in range(uc):
+                    v = af[sa + t] + bb
                     bad += not np.isfinite(v)
-                    dst[t] = min(max(v + rr[t], lo), hi)
+                    of[d + t] = min(max(v + rf[d + t], lo), hi)
                 continue
-            for t in range(cnt):
-                v = src[t] + bb
+            for t in range(uc):
+                v = af[sa + t] + bb
                 bad += not np.isfinite(v)
-                dst[t] = min(max(v, lo), hi)
+                of[d + t] = min(max(v, lo), hi)
         b += cnt
         r += cnt
     return bad
