@@ -104,6 +104,9 @@ GEOMETRIES = {
     "1x1": dict(c=6, oc=7, kernel=[1, 1]),
     "grouped": dict(c=6, oc=4, kernel=[3, 3], group=2, pads=[1, 1, 1, 1]),
     "depthwise x2": dict(c=5, oc=10, kernel=[3, 3], group=5, pads=[1, 1, 1, 1], strides=[2, 2]),
+    "depthwise": dict(c=5, oc=5, kernel=[3, 3], group=5, pads=[1, 1, 1, 1]),  # one-output tiles, one pass
+    "depthwise, stride 2, no bias": dict(c=4, oc=4, kernel=[3, 3], group=4, pads=[1, 1, 1, 1], strides=[2, 2],
+                                         bias=False),
     "1-D": dict(c=3, oc=4, kernel=[5], pads=[2, 1], strides=[2]),
     "no bias": dict(c=4, oc=3, kernel=[2, 2], bias=False),
 }
