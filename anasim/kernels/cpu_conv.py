@@ -403,13 +403,13 @@ def _direct_stat_flat(plane, i0, i1, k_first, k_last, ow, kh, kw, dh, dw, has_on
         src = hmf[a * dh * wp:a * dh * wp + n_out]
         for j in range(n_out):
             vf[j] = max(vf[j], src[j])
-    for i in range(i0, i1 + 1):
+    for i in range(i0, i1 + 1):  # flat uint64 indices: no views per row (reference counts)
         klo = k_first if i == i0 else 0
         khi = k_last if i == i1 else ow
-        src = vf[(i - i0) * wp + klo:(i - i0) * wp + khi]
-        dst = stat[b:b + khi - klo]
-        for k in range(khi - klo):
-            dst[k] = src[k]
+        d = _U((i - i0) * wp + klo)
+        ub = _U(b)
+        for k in range(_U(khi - klo)):
+            stat[ub + k] = vf[d + k]
         b += khi - klo
     return b
 
@@ -497,13 +497,14 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound, w, aw, sq, flat, yr, pr):
+def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound, w, aw, sq, flat, yr, pr, b0):
     """:func:`_dac_dot` with unit strides for output rows i0..i1 of one image (from column
     ``k_first`` of row i0 to ``k_last`` of row i1; ``at``: offset of row i0's origin in
-    ``xf``): the pixels' scales spread at the plane's pitch ``wp``, then every input one
-    contiguous loop over whole rows (the positions past a row's last output column are
-    computed and dropped), then the outputs copied back in block order. The same float32
-    operations in the same order per pixel."""
+    ``xf``): the pixels' scales (``sv`` from ``b0``) spread at the plane's pitch ``wp``,
+    then every input one contiguous loop over whole rows (the positions past a row's last
+    output column are computed and dropped), then the outputs copied back in block order
+    (to ``yr``, ``pr`` from ``b0``). The same float32 operations in the same order per
+    pixel."""
     wide_vectors()
     n_out = (i1 - i0 + 1) * wp
     s = flat[0, :n_out]
@@ -513,14 +514,14 @@ def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound,
         s[j] = _F0
         ya[j] = _F0
         pa[j] = _F0
-    b = 0
-    for i in range(i0, i1 + 1):
+    b = b0
+    for i in range(i0, i1 + 1):  # flat uint64 indices: no views per row (reference counts)
         klo = k_first if i == i0 else 0
         khi = k_last if i == i1 else ow
-        dst = s[(i - i0) * wp + klo:(i - i0) * wp + khi]
-        src = sv[b:b + khi - klo]
-        for k in range(khi - klo):
-            dst[k] = src[k]
+        d = _U((i - i0) * wp + klo)
+        ub = _U(b)
+        for k in range(_U(khi - klo)):
+            s[d + k] = sv[ub + k]
         b += khi - klo
     for j in range(offs.size):
         o = offs[j]
@@ -547,19 +548,17 @@ def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound,
         else:
             for t in range(m):
                 ya[t] += wj * S.dac(src[t], s[t], res, bound)
-    b = 0
+    b = b0
     for i in range(i0, i1 + 1):
         klo = k_first if i == i0 else 0
         khi = k_last if i == i1 else ow
-        src = ya[(i - i0) * wp + klo:(i - i0) * wp + khi]
-        dst = yr[b:b + khi - klo]
-        for k in range(khi - klo):
-            dst[k] = src[k]
+        d = _U((i - i0) * wp + klo)
+        ub = _U(b)
+        for k in range(_U(khi - klo)):
+            yr[ub + k] = ya[d + k]
         if sq:
-            src = pa[(i - i0) * wp + klo:(i - i0) * wp + khi]
-            dst = pr[b:b + khi - klo]
-            for k in range(khi - klo):
-                dst[k] = src[k]
+            for k in range(_U(khi - klo)):
+                pr[ub + k] = pa[d + k]
         b += khi - klo
 
 
@@ -592,8 +591,7 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
             i0 = q0 // ow
             i1 = (end - 1 - n * p_) // ow
             _dac_dot_flat(xf, n * img + i0 * wp, wp, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow, ow, offs,
-                          sv[bb:bb + end - r], res, bound, w, aw, sq, flat, yr[bb:bb + end - r],
-                          pr[bb:bb + end - r] if sq else pr)
+                          sv, res, bound, w, aw, sq, flat, yr, pr, bb)
             bb += end - r
             r = end
         return
