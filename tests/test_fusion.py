@@ -348,3 +348,43 @@ def test_run_context_profile_times_the_nodes_as_they_run():
     graph.run({"x": x}, context=RunContext(profile=prof))
     assert prof[("op", "ConvEpilogue")][1] == 2  # added to, not replaced
     np.testing.assert_array_equal(out, graph.run({"x": x})["y"])
+
+
+def test_thin_first_layer_convolutions_are_the_ordered_sums_bit_for_bit():
+    """3×3 stride-1 convolutions with 1-4 input channels (a network's first layer) run as
+    direct sums: exactly bias + Σ over (channel, row, column) of w·x in float32, with the
+    residual and activation; every padding of 0 or 1 per side, planes from 1×1 to 40×40;
+    and through the dispatch (conv) for the shapes it applies to."""
+    from anasim.ops import conv as C
+    from anasim.ops import thin
+
+    rng = np.random.default_rng(17)
+    cases = 0
+    while cases < 60:
+        c, oc = int(rng.integers(1, 5)), int(rng.integers(1, 20))
+        pads = [int(v) for v in rng.integers(0, 2, 4)]
+        h, wd = int(rng.integers(1, 41)), int(rng.integers(1, 41))
+        x = rng.standard_normal((int(rng.integers(1, 4)), c, h, wd)).astype(np.float32)
+        w = rng.standard_normal((oc, c, 3, 3)).astype(np.float32)
+        b = rng.standard_normal(oc).astype(np.float32)
+        try:
+            geom = conv_geometry(x.shape, w.shape, pads=pads)
+        except ValueError:
+            continue
+        if min(geom.out_shape) < 1:
+            continue
+        assert thin.thin_applies(geom, np.float32)
+        shape = (x.shape[0], oc) + tuple(geom.out_shape)
+        r = rng.standard_normal(shape).astype(np.float32)
+        xp = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+        ref = np.zeros(shape, np.float32) + b.reshape(1, oc, 1, 1)
+        for ci in range(c):
+            for a in range(3):
+                for e in range(3):
+                    ref = ref + w[:, ci, a, e].reshape(1, oc, 1, 1) * xp[:, ci:ci + 1, a:a + shape[2], e:e + shape[3]]
+        y = C.conv(x, w, b, geom, Epilogue(r, "Relu"))
+        np.testing.assert_array_equal(y, np.maximum(ref + r, np.float32(0)))
+        cases += 1
+    g5 = conv_geometry((1, 5, 8, 8), (4, 5, 3, 3), pads=[1, 1, 1, 1])
+    g2 = conv_geometry((1, 2, 8, 8), (4, 2, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2])
+    assert not thin.thin_applies(g5, np.float32) and not thin.thin_applies(g2, np.float32)

@@ -2,7 +2,8 @@
 
 :func:`conv` is the ideal (float) ``Conv``; it does not go through
 :func:`~anasim.ops.im2col.im2col`: depthwise 1-D/2-D convolutions use a direct kernel
-(:mod:`anasim.ops.depthwise`), float32 ones with enough output pixels per sample sums of
+(:mod:`anasim.ops.depthwise`), float32 3×3 stride-1 ones with 1–4 input channels direct sums
+(:mod:`anasim.ops.thin`), float32 ones with enough output pixels per sample sums of
 shifted products (:mod:`anasim.ops.shifted`, no im2col matrix), 3×3 stride-1 ones with
 at least 32 channels Winograd F(4×4, 3×3) (:mod:`anasim.ops.winograd_f4`), and with 16–31
 channels on small maps Winograd F(2×2, 3×3) (:mod:`anasim.ops.winograd`), other 1-D/2-D ones a
@@ -33,6 +34,7 @@ from .shifted import conv2d_shifted, shifted_applies
 from .im2col import (_add_bias_inplace, _col2im_kernel, _im2col_t, cols_to_output, im2col, im2col_rows,
                      padded_input, rows_to_nchw)
 from .winograd import _conv2d_winograd, _winograd_applies
+from .thin import conv2d_thin, thin_applies
 from .winograd_f4 import conv2d_winograd_f4, f4_applies
 
 __all__ = ["conv", "conv_transpose", "warmup"]
@@ -64,6 +66,8 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry,
         b = _bias_or_zeros(b, geom.out_channels, dtype)
     if g > 1 and g == geom.in_channels and geom.n_spatial <= 2:  # depthwise: direct kernel
         return _conv2d_depthwise(np.ascontiguousarray(x), w, b, geom, epilogue).reshape(out_shape)
+    if thin_applies(geom, dtype):  # 1-4 input channels: too thin for sgemm
+        return conv2d_thin(x, w, b, geom, epilogue)
     if f4_applies(geom, dtype):
         return conv2d_winograd_f4(x, w, b, geom, epilogue)
     if shifted_applies(geom, dtype):
@@ -217,6 +221,8 @@ def warmup(dtype=np.float32) -> None:
     x32 = rng.standard_normal((2, 32, 4, 4)).astype(dtype)  # Winograd F(4×4, 3×3)
     w32 = rng.standard_normal((4, 32, 3, 3)).astype(dtype)
     conv(x32, w32, None, conv_geometry(x32.shape, w32.shape, pads=[1, 1, 1, 1]))
+    x3 = x32[:, :3]  # a first layer: direct sums (anasim.ops.thin)
+    conv(x3, w32[:, :3], None, conv_geometry(x3.shape, (4, 3, 3, 3), pads=[1, 1, 1, 1]))
     x = rng.standard_normal((2, 16, 6, 6)).astype(dtype)
     for w_shape, kw in [((4, 16, 3, 3), dict(pads=[1, 1, 1, 1])),            # Winograd
                         ((4, 16, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),  # im2col + GEMM
