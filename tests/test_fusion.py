@@ -352,9 +352,10 @@ def test_run_context_profile_times_the_nodes_as_they_run():
 
 def test_thin_first_layer_convolutions_are_the_ordered_sums_bit_for_bit():
     """3×3 stride-1 convolutions with 1-4 input channels (a network's first layer) run as
-    direct sums: exactly bias + Σ over (channel, row, column) of w·x in float32, with the
-    residual and activation; every padding of 0 or 1 per side, planes from 1×1 to 40×40;
-    and through the dispatch (conv) for the shapes it applies to."""
+    direct sums: exactly the fused multiply-adds from 0 over (channel, row, column), then the
+    bias, the residual and the activation (the reference: each fma as one rounding of the
+    extended-precision w·x + acc, exact but for a double rounding of odds ~2^-40); every
+    padding of 0 or 1 per side, planes from 1×1 to 40×40; through the dispatch (conv)."""
     from anasim.ops import conv as C
     from anasim.ops import thin
 
@@ -377,11 +378,15 @@ def test_thin_first_layer_convolutions_are_the_ordered_sums_bit_for_bit():
         shape = (x.shape[0], oc) + tuple(geom.out_shape)
         r = rng.standard_normal(shape).astype(np.float32)
         xp = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
-        ref = np.zeros(shape, np.float32) + b.reshape(1, oc, 1, 1)
+        ld = np.longdouble
+        acc = np.zeros(shape, np.float32)
         for ci in range(c):
             for a in range(3):
                 for e in range(3):
-                    ref = ref + w[:, ci, a, e].reshape(1, oc, 1, 1) * xp[:, ci:ci + 1, a:a + shape[2], e:e + shape[3]]
+                    wx = (w[:, ci, a, e].reshape(1, oc, 1, 1).astype(ld)
+                          * xp[:, ci:ci + 1, a:a + shape[2], e:e + shape[3]].astype(ld))
+                    acc = (acc.astype(ld) + wx).astype(np.float32)
+        ref = acc + b.reshape(1, oc, 1, 1)
         y = C.conv(x, w, b, geom, Epilogue(r, "Relu"))
         np.testing.assert_array_equal(y, np.maximum(ref + r, np.float32(0)))
         cases += 1

@@ -1,14 +1,18 @@
 """3×3 stride-1 convolutions with few input channels (a network's first layer): direct sums.
 
 With 1–4 input channels a convolution's im2col product has K = 9–36, too thin for sgemm
-(ResNet-20's 3 → 16 first layer: 2.3 ms per batch of 128 on 2 threads against
+(ResNet-20's 3 → 16 first layer: 2.5 ms per batch of 128 on 2 threads against
 onnxruntime's 0.8 in the network, most of it spent building and transposing the im2col
 matrix). :func:`conv2d_thin` instead pads each sample's planes once into a small scratch,
-then for every output channel sums bias + the nine taps of each input channel, the taps
-written out so that the loop over the plane's (padded-pitch) positions vectorises with the
-sum in a register, and writes the plane with the epilogue. Sums in (channel, row, column)
-order after the bias: the numbers differ from the im2col product's only by float32
-rounding (sgemm sums in its own order).
+then for every output channel sums the nine taps of each input channel, the taps written
+out so that the loop over the plane's (padded-pitch) positions vectorises with the sum in
+a register, and writes the plane with the bias and the epilogue. The sums are fused
+multiply-adds from 0 in (channel, row, column) order, then the bias: the order and the
+rounding of OpenBLAS's sgemm kernel on the im2col product with the bias as its last row,
+so the numbers are those of the im2col path (equal on the real first layers; the one
+difference is where OpenBLAS splits a tiny product differently), which keeps quantized
+models' parity with onnxruntime where it was (``tests/test_quantized.py``; bias-first
+separate multiply-adds lost 1-2 % of its exactly equal outputs).
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ def thin_applies(geom: ConvGeometry, dtype) -> bool:
             and max(tuple(geom.pads_begin) + tuple(geom.pads_end)) <= 1)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath={"contract"})
 def _thin3x3_kernel(xf, dims, w, b, s0, s1, xq, acc, of, rf, has_res, kind, lo, hi):
     """Samples s0..s1 of a 3×3 stride-1 convolution: ``xf``, ``of``, ``rf`` the flat input,
     output and residual; ``dims`` = (C, H, W, OC, OH, OW, ph, pw, hq, wq); ``xq`` the
     scratch of the C zero-padded planes (hq rows of pitch wq, zeros outside the data kept
     from the first call), ``acc`` (OH·wq) one output plane at the padded pitch (columns
-    OW..wq of each row are computed and dropped). Flat uint64 indices, no array views."""
+    OW..wq of each row are computed and dropped). ``contract``: each ``v + w·x`` is one
+    fused multiply-add (the only fast-math flag; no reassociation). Flat uint64 indices,
+    no array views."""
     wide_vectors()
     c_, h_, w_, oc, oh, ow, ph, pw, hq, wq = (dims[0], dims[1], dims[2], dims[3], dims[4], dims[5],
                                              dims[6], dims[7], dims[8], dims[9])
@@ -61,9 +67,8 @@ def _thin3x3_kernel(xf, dims, w, b, s0, s1, xq, acc, of, rf, has_res, kind, lo, 
                 for j in range(_U(w_)):
                     xq[d + j] = xf[sr + j]
         for o in range(oc):
-            bo = b[o]
             for q in range(n_acc):
-                acc[q] = bo
+                acc[q] = np.float32(0.0)
             for c in range(c_):
                 k = (o * c_ + c) * 9
                 w0, w1, w2, w3, w4 = w[k], w[k + 1], w[k + 2], w[k + 3], w[k + 4]
@@ -86,7 +91,7 @@ def _thin3x3_kernel(xf, dims, w, b, s0, s1, xq, acc, of, rf, has_res, kind, lo, 
                 d = _U(ob + i * ow)
                 a = _U(i * wq)
                 for j in range(_U(ow)):
-                    v = acc[a + j]
+                    v = acc[a + j] + b[o]
                     if has_res:
                         v = v + rf[d + j]
                     of[d + j] = activation(v, kind, lo, hi)
