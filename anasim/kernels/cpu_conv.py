@@ -286,7 +286,7 @@ def _map_stat(maps, idx, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, st
     hp, wp = maps.shape[2], maps.shape[3]
     mf = maps.reshape(-1)
     usw = _U(sw)
-    while r < r1:  # flat uint64 indices: no array views per run and tap (reference counts)
+    while r < r1:  # flat uint64 indices (ops.im2col's Numba note)
         n, i, k0, cnt = _run_at(r, r1, p_, ow)
         ub = _U(b)
         uc = _U(cnt)
@@ -403,7 +403,7 @@ def _direct_stat_flat(plane, i0, i1, k_first, k_last, ow, kh, kw, dh, dw, has_on
         src = hmf[a * dh * wp:a * dh * wp + n_out]
         for j in range(n_out):
             vf[j] = max(vf[j], src[j])
-    for i in range(i0, i1 + 1):  # flat uint64 indices: no views per row (reference counts)
+    for i in range(i0, i1 + 1):  # flat uint64 indices (ops.im2col's Numba note)
         klo = k_first if i == i0 else 0
         khi = k_last if i == i1 else ow
         d = _U((i - i0) * wp + klo)
@@ -463,13 +463,12 @@ def _map_stat_px(maps, idx, pix, pimg, q, kh, kw, dh, dw, wp, has_one, nm, bt, s
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
     """:func:`_gather` with the DAC (:func:`.stages.dac`, scale ``sv`` per pixel) applied
-    on the way: one pass from the padded input to the tile's prepared inputs. Flat uint64
-    indices, no array views inside the loops over runs and inputs: a view there costs two
-    reference-count calls per (run, input), as much as the run's conversions on rows of
-    8 to 32 pixels."""
+    on the way: one pass from the padded input to the tile's prepared inputs (flat uint64
+    indices: :mod:`anasim.ops.im2col`'s Numba note)."""
     nk = offs.size
     ld = _U(xt.shape[1])
     xtf = xt.reshape(-1)
+    usw = _U(sw)
     b = 0
     r = r0
     while r < r1:
@@ -489,7 +488,6 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
                     xtf[d + t] = S.dac(xf[src + t], sv[ub + t], res, bound)
             else:
                 src = _U(base + o)
-                usw = _U(sw)
                 for t in range(uc):
                     xtf[d + t] = S.dac(xf[src + t * usw], sv[ub + t], res, bound)
         b += cnt
@@ -515,7 +513,7 @@ def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound,
         ya[j] = _F0
         pa[j] = _F0
     b = b0
-    for i in range(i0, i1 + 1):  # flat uint64 indices: no views per row (reference counts)
+    for i in range(i0, i1 + 1):  # flat uint64 indices (ops.im2col's Numba note)
         klo = k_first if i == i0 else 0
         khi = k_last if i == i1 else ow
         d = _U((i - i0) * wp + klo)
@@ -626,7 +624,7 @@ def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, s
     bb = 0
     r = r0
     usw = _U(sw)
-    while r < r1:  # flat uint64 indices: no array views per run and input (reference counts)
+    while r < r1:  # flat uint64 indices (ops.im2col's Numba note)
         n, i, k0, cnt = _run_at(r, r1, p_, ow)
         at = n * img + i * sh * wp + k0 * sw
         ub = _U(bb)
@@ -1020,7 +1018,7 @@ def _accumulate(y, nout, q, scale, out_scale, ms, post, acc, out0, f):
     yf = y.reshape(-1)
     af = acc.reshape(-1)
     ly, la = _U(y.shape[1]), _U(acc.shape[1])
-    for i in range(nout):  # flat uint64 indices: no views per output (reference counts)
+    for i in range(nout):  # flat uint64 indices (ops.im2col's Numba note)
         ys = _U(i) * ly
         as_ = _U(out0 + i) * la
         m = ms[i]
@@ -1059,7 +1057,7 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, h
     bad = 0
     b = 0
     r = r0
-    while b < q:  # flat uint64 indices: no views per run and output (reference counts)
+    while b < q:  # flat uint64 indices (ops.im2col's Numba note)
         n, p0, cnt = _image_run(r, p_, q - b)
         ub = _U(b)
         uc = _U(cnt)
@@ -1099,7 +1097,7 @@ def _layout(acc, q, bias, out, r0, lo, hi, res):
     bad = 0
     b = 0
     r = r0
-    while b < q:  # flat uint64 indices: no views per run and output (reference counts)
+    while b < q:  # flat uint64 indices (ops.im2col's Numba note)
         n, p0, cnt = _image_run(r, p_, q - b)
         ub = _U(b)
         uc = _U(cnt)

@@ -25,6 +25,8 @@ from ..threads import run_chunks
 from .conv_geometry import ConvGeometry, _bias_or_zeros
 from .epilogue import Epilogue, activation, epilogue_codes
 
+_U = np.uint64  # unsigned flat indices (the Numba note of anasim.ops.im2col)
+
 
 @njit(nogil=True, cache=True)
 def _depthwise_kernel(xp, w, b, acc, out, s, c_, mult, oh, ow, owp, hp, wp, kh, kw, sh, sw, dh, dw):
@@ -82,7 +84,7 @@ def _depthwise_cl_kernel(xf, dims, wt, b, s0, s1, xt, yt, of, rf, kh, kw, sh, sw
     the flat input, output and residual; ``dims`` = (C, H, W, OH, OW, Hp, Wp). The same
     sums in the same order (bias, then the taps in (row, column) order) as
     :func:`_depthwise_kernel`; for small planes, whose per-plane loops are too short to
-    vectorise. Flat uint64 indices, no array views in the loops; the input transposed in
+    vectorise. Flat uint64 indices (no views in the loops); the input transposed in
     blocks of 16 channels (writes at the channel pitch instead ran 2.8x slower on 192
     channels of 16×16, cache-set conflicts), the output plane by plane (one thread, per
     sample: 576 channels of 8×8 83 → 52 µs, 192 of 16×16 stride 2 45 → 33 µs, 960 of
@@ -151,19 +153,15 @@ def _col_hi(cp, sw, pw, wq, w_):
     return min(wq, (w_ - 1 - cp + pw) // sw + 1) if w_ - 1 - cp + pw >= 0 else 0
 
 
-_U = np.uint64
-
-
 @njit(inline="always")
 def _split_phases(xf, xb, h_, w_, xq, sh, sw, ph, pw, hq, wq, pl):
     """The stride phases of one zero-padded input plane: ``xq[(rp·sw + cp)·pl + i·wq + j] =
     xf[xb + r·w_ + c]`` for every data position (r, c), with ``r + ph = i·sh + rp`` and
     ``c + pw = j·sw + cp`` (only data positions are written: the padding stays as zeroed).
 
-    Flat indices in uint64, no array views: a view made inside these branchy row loops
-    costs Numba two reference-count calls, and a signed index a wrap-around test that
-    stops vectorisation (measured on MobileNetV2's 144-channel 32×32 stride-2 layer, one
-    thread: 53 → 8 ms per batch for the split)."""
+    Flat uint64 indices, no array views in these branchy row loops (the Numba note of
+    :mod:`anasim.ops.im2col`; MobileNetV2's 144-channel 32×32 stride-2 layer, one thread:
+    53 → 8 ms per batch for the split)."""
     for r in range(h_):
         i = (r + ph) // sh
         if i >= hq:
