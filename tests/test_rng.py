@@ -112,6 +112,27 @@ def test_vectorised_cpu_blocks_equal_numpy_reference(m, transposed):
             np.testing.assert_array_equal(out.T if transposed else out, ref)
 
 
+@pytest.mark.parametrize("shift", [0, 3])
+def test_quantile_of_words_equals_scalar_reference_at_the_tail_boundaries(shift):
+    """:func:`anasim.kernels.cpu._words_to_values` (central function vectorised, tail
+    candidates gathered per group of eight, each tail taken at min(p, 1 - p) with selects)
+    gives the scalar quantile's bits for every word within 3000 of either tail boundary and
+    at the extremes, in groups of eight and in the remainder (``shift``)."""
+    from anasim.kernels.cpu import _words_to_values
+
+    lo = int(rng._P_LOW * 2.0**32)
+    hi = 2**32 - lo
+    words = np.concatenate([np.arange(lo - 3000, lo + 3000), np.arange(hi - 3000, hi + 3000),
+                            [0, 1, 2, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]])
+    words = np.random.default_rng(shift).permutation(words)[shift:].astype(np.uint32)
+    m = words.size
+    assert m % 8 != 0 or shift == 0
+    out = np.full(m, np.nan, np.float32)
+    _words_to_values(words, m, True, out, np.empty(m, np.uint64))
+    want = np.array([np.float32(rng._normal_from_word(np.uint64(w))) for w in words], np.float32)
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
 def test_draw_depends_only_on_its_coordinates():
     key = rng.stream_key(0, 0, 0, "inp_noise")
     a = rng.normals_numpy(np.arange(10)[:, None], np.arange(9)[None], key)
