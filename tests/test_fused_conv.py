@@ -370,11 +370,12 @@ def test_residual_add_folded_into_the_layer_gives_the_same_numbers(swap, mapping
     dict(c=3, oc=3, kernel=[5], group=3, pads=[2, 1], strides=[2]),                       # 1-D
 ])
 def test_one_channel_tiles_equal_the_generic_route_bit_for_bit(case, nm, monkeypatch):
-    """Depthwise tiles (one input channel each) take their noise-management statistic
-    separably from the input itself and do DAC, MVM and the PCM read-noise product in one
-    pass; the generic route (gather, then the statistic of the gathered inputs, then the
-    product) gives the same numbers bit for bit, with and without an analog bias, through
-    bound-management re-runs."""
+    """Depthwise tiles (one input channel each) take their noise-management statistic from
+    the input itself and do DAC, MVM and the PCM read-noise product in one pass, flat over
+    the unit-stride (phase-split, channel-major) layout; the generic route (gather, then
+    the statistic of the gathered inputs, then the product), in that layout and in the
+    (N, C, Hp, Wp) one, gives the same numbers bit for bit, with and without an analog
+    bias, through bound-management re-runs."""
     from anasim.analog.fused import FusedConv
 
     g = _conv_model(**case)
@@ -398,4 +399,7 @@ def test_one_channel_tiles_equal_the_generic_route_bit_for_bit(case, nm, monkeyp
 
             mp.setattr(FusedConv, "_tile_modes", generic)
             ref = anasim.analog(g, cfg, seed=5)(x)
+            mp.setattr(FusedConv, "phased", lambda self, geom, tiles, ranges: False)  # (N, C, Hp, Wp)
+            ref_nchw = anasim.analog(g, cfg, seed=5)(x)
         np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(got, ref_nchw)

@@ -51,13 +51,23 @@ def fused_available(matrices) -> bool:
 _SCRATCH = threading.local()
 
 
-def _padded(x: np.ndarray, geom, ranges: np.ndarray, nm: int):
-    """The input zero-padded as (N, C, Hp, Wp) (1-D: a unit row axis), the channel maps of
-    ``ranges`` (:func:`~anasim.kernels.cpu_conv.channel_maps`) and the 2-D kernel
-    parameters (kh, kw, sh, sw, dh, dw, ow). Without padding, ``x`` itself; else written
-    in parallel into a buffer this thread reuses from layer to layer (fresh pages for
-    every layer's padded copy cost more than the copy), the maps of each image taken
-    from its padded planes on the way when there are images enough for the threads."""
+def _buffer(size: int) -> np.ndarray:
+    """A float32 buffer of ``size`` this thread reuses from layer to layer (fresh pages for
+    every layer's padded copy cost more than the copy)."""
+    buf = getattr(_SCRATCH, "pad", None)
+    if buf is None or buf.size < size:
+        buf = _SCRATCH.pad = np.empty(size, np.float32)
+    return buf[:size]
+
+
+def _padded(x: np.ndarray, geom, ranges: np.ndarray, nm: int, phased: bool):
+    """The input zero-padded, the channel maps of ``ranges``
+    (:func:`~anasim.kernels.cpu_conv.channel_maps`), the 2-D kernel parameters (kh, kw, sh,
+    sw, dh, dw, ow; strides 1 when phased) and the layout (row pitch, image stride, channel
+    stride, phase-plane stride, phased). ``phased``: the unit-stride layout of :func:`~anasim.kernels.cpu_conv.pad_phases`
+    (no maps); else (N, C, Hp, Wp) (1-D: a unit row axis): without padding ``x`` itself,
+    else written in parallel into a reused buffer, the maps of each image taken from its
+    padded planes on the way when there are images enough for the threads."""
     n, c = x.shape[:2]
     pad = 2 - geom.n_spatial
     if geom.n_spatial == 1:
@@ -69,23 +79,26 @@ def _padded(x: np.ndarray, geom, ranges: np.ndarray, nm: int):
     wp = max(w + pw, (ow - 1) * sw + (kw - 1) * dw + 1)
     params = (kh, kw, sh, sw, dh, dw, ow)
     maps = np.empty((len(ranges), n, hp, wp), np.int32)
+    if phased:
+        hs, ws = -(-hp // sh), -(-wp // sw)
+        xp = _buffer(c * sh * sw * n * hs * ws)
+        cpu_conv.pad_phases(np.ascontiguousarray(x), *(np.int64(v) for v in (ph, pw, sh, sw, hs, ws)), xp)
+        params = (kh, kw, 1, 1, dh, dw, ow)
+        return xp, maps, params, (ws, hs * ws, sh * sw * n * hs * ws, n * hs * ws, True)
+    layout = (wp, c * hp * wp, hp * wp, 0, False)
     if (hp, wp) == (h, w) and not (ph or pw):
         xp = np.ascontiguousarray(x)
         if len(ranges):
             cpu_conv.channel_maps(xp, ranges, nm, maps)
-        return xp, maps, params
-    size = n * c * hp * wp
-    buf = getattr(_SCRATCH, "pad", None)
-    if buf is None or buf.size < size:
-        buf = _SCRATCH.pad = np.empty(size, np.float32)
-    xp = buf[:size].reshape(n, c, hp, wp)
+        return xp.reshape(-1), maps, params, layout
+    xp = _buffer(n * c * hp * wp).reshape(n, c, hp, wp)
     if len(ranges) and n >= num_threads():
         cpu_conv.pad_and_maps(x, np.int64(ph), np.int64(pw), xp, ranges, nm, maps)
     else:
         cpu_conv.pad_input(x, np.int64(ph), np.int64(pw), xp)
         if len(ranges):
             cpu_conv.channel_maps(xp, ranges, nm, maps)
-    return xp, maps, params
+    return xp.reshape(-1), maps, params, layout
 
 
 class FusedConv:
@@ -151,12 +164,18 @@ class FusedConv:
         self._cache = (state, packed)
         return packed
 
-    def _column_offsets(self, geom, hp: int, wp: int) -> np.ndarray:
-        """Offset in a padded image of every tile column's input (-1: an analog bias's constant 1)."""
-        key = (hp, wp, geom)
+    def _column_offsets(self, geom, layout) -> np.ndarray:
+        """Offset from a pixel's receptive-field origin of every tile column's input (-1: an
+        analog bias's constant 1) in the ``layout`` of :func:`_padded`: tap (a, e) of channel
+        c at c·channel + ((a·dh) % sh · sw + (e·dw) % sw)·phase + (a·dh) // sh · wp + (e·dw) // sw
+        (unit strides in the (N, C, Hp, Wp) layout: phase 0)."""
+        key = (layout, geom)
         if key not in self._offsets:
-            kh, kw = (1,) * (2 - geom.n_spatial) + tuple(geom.kernel)
-            dh, dw = (1,) * (2 - geom.n_spatial) + tuple(geom.dilations)
+            wp, _, channel, phase, phased = layout
+            pad = 2 - geom.n_spatial
+            kh, kw = (1,) * pad + tuple(geom.kernel)
+            dh, dw = (1,) * pad + tuple(geom.dilations)
+            sh, sw = ((1,) * pad + tuple(geom.strides)) if phased else (1, 1)
             cg, kk = geom.channels_per_group, kh * kw
             parts = []
             for g, m in enumerate(self.matrices):
@@ -164,7 +183,8 @@ class FusedConv:
                     col = np.arange(t.in_start, t.in_stop, dtype=np.int64)
                     c, tap = np.divmod(col, kk)
                     a, e = np.divmod(tap, kw)
-                    off = ((g * cg + c) * hp + a * dh) * wp + e * dw
+                    (ra, qa), (re, qe) = np.divmod(a * dh, sh), np.divmod(e * dw, sw)
+                    off = (g * cg + c) * channel + (qa * sw + qe) * phase + ra * wp + re
                     off[col >= cg * kk] = -1
                     parts.append(off)
             self._offsets = {key: np.concatenate(parts)}
@@ -197,8 +217,20 @@ class FusedConv:
                         mode = cpu_conv.MAP_GENERIC
                     tiles[k, 8] = mode
                     k += 1
+            direct = tiles[:, 8] == cpu_conv.MAP_DIRECT
+            if ranges and direct.any():  # maps mean the (N, C, Hp, Wp) layout: one-channel maps too
+                for k in np.flatnonzero(direct):
+                    c = int(tiles[k, 9])
+                    tiles[k, 8] = ranges.setdefault((c, c + 1), len(ranges))
             self._modes[kk] = (tiles, np.array(sorted(ranges, key=ranges.get), np.int64).reshape(-1, 2))
         return self._modes[kk]
+
+    def phased(self, geom, tiles, ranges) -> bool:
+        """Whether the layer's input takes the unit-stride layout of
+        :func:`~anasim.kernels.cpu_conv.pad_phases`: when no tile reads a channel map and
+        the layer is grouped or has one-channel tiles (depthwise convolutions: each tile's
+        taps then run contiguously over all images of a block, at any stride)."""
+        return not len(ranges) and (geom.group > 1 or bool((tiles[:, 8] == cpu_conv.MAP_DIRECT).any()))
 
     def block_rows(self, total: int, workers: int) -> int:
         """Pixels per block: the working set in cache, and enough blocks for the workers."""
@@ -230,17 +262,21 @@ class FusedConv:
         if total:
             t0 = time.perf_counter()
             tiles, ranges = self._tile_modes(geom)
-            xp, maps, (kh, kw, sh, sw, dh, dw, ow) = _padded(x, geom, ranges, self.params.nm_type)
+            phased = self.phased(geom, tiles, ranges)
+            xp, maps, params, layout = _padded(x, geom, ranges, self.params.nm_type, phased)
             wflat, awflat, vecs, nlf, keys = self._pack(repetition)
-            offs = self._column_offsets(geom, xp.shape[2], xp.shape[3])
+            offs = self._column_offsets(geom, layout)
             workers = max(1, num_threads())
             rows = self.block_rows(total, workers)
+            wp, img = layout[:2]
+            span = cpu_conv.span_of_blocks(np.int64(total), np.int64(rows), np.int64(geom.n_pixels),
+                                           np.int64(params[6]), np.int64(wp), np.int64(img)) if phased else 0
             chunks = _CHUNKS_PER_THREAD * workers
             cycles = _NO_PROFILE
             if profile is not None:
                 profile[(name, "host")] = profile.get((name, "host"), 0.0) + time.perf_counter() - t0
                 cycles = profile.setdefault(name, np.zeros((chunks, len(cpu_conv.STAGES)), np.int64))
-            args = (xp, tuple(np.int64(v) for v in (kh, kw, sh, sw, dh, dw, ow)), tiles, offs, maps, wflat,
+            args = (xp, tuple(np.int64(v) for v in params + (wp, img, span)), tiles, offs, maps, wflat,
                     awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias,
                     (np.float32(-np.inf if epilogue is None else epilogue[0]),
                      np.float32(np.inf if epilogue is None else epilogue[1]),

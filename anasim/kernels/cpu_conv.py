@@ -36,8 +36,9 @@ under about 10⁶ multiply-adds) may round the last bit differently.
 
 Layer description (built by :mod:`anasim.analog.fused`): ``tiles`` (T, 10) int64 rows
 ``(in0, n_in, out0, n_out, w_off, v_off, o_off, new_input, mode, channel)``, in processing order (group,
-input chunk, output chunk); ``offs`` the flat offsets, inside one padded image, of each
-tile column's input (-1: the constant 1 of an analog bias); ``wflat``/``awflat`` the tiles'
+input chunk, output chunk); ``offs`` the flat offsets, from a pixel's receptive-field
+origin in the padded input, of each tile column's input (-1: the constant 1 of an analog
+bias); ``wflat``/``awflat`` the tiles'
 weights and |weights| (row-major, at ``w_off``); ``vecs`` (6, Σ n_out) rows mapping scale,
 post scale, non-linearity, output-noise std, ADC offset and ADC gain (at ``v_off``; the
 last two read only when ``pp.adc_on``, with the INL table ``inl`` of
@@ -45,9 +46,15 @@ last two read only when ``pp.adc_on``, with the INL table ``inl`` of
 the Philox keys (inp_noise, out_noise, w_noise, inp_sto_round, out_sto_round); ``mode``
 the index of the tile's channel map (``maps``, made by :func:`channel_maps` for the channel
 ranges the tiles cover), :data:`MAP_DIRECT` when the tile's inputs are one channel
-(``channel``; depthwise: the input itself is the map, its statistic taken separably by
-:func:`_direct_stat`), :data:`MAP_NONE` when the statistic
-is not needed (noise management none or constant) or :data:`MAP_GENERIC`.
+(``channel``; depthwise: the input itself is the map, :func:`_tap_stat`), :data:`MAP_NONE`
+when the statistic is not needed (noise management none or constant) or :data:`MAP_GENERIC`.
+
+Two layouts of the padded input: (N, C, Hp, Wp), whenever a tile reads a channel map; and
+for grouped and depthwise layers without maps the unit-stride layout of :func:`pad_phases`
+(channel-major, split by stride phase), in which every input of a one-channel tile is one
+contiguous run over all the images of a block: its statistic (:func:`_tap_stat`) and its
+DAC and MVM (:func:`_dac_dot`) are a few long vectorised loops per block, at any stride
+and image size (MobileNetV2's 4×4 to 32×32 depthwise layers, strides 1 and 2).
 """
 
 from __future__ import annotations
@@ -65,8 +72,8 @@ from .simd import wide_vectors
 
 _U = np.uint64
 
-__all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "pad_and_maps", "available", "STAGES",
-           "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
+__all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "pad_and_maps", "pad_phases",
+           "span_of_blocks", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
 _ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
@@ -244,6 +251,51 @@ def pad_and_maps(x, ph, pw, xp, ranges, nm, maps):
             _channel_map(xp, a, ranges[m, 0], ranges[m, 1], nm, maps[m, a])
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def pad_phases(x, ph, pw, sh, sw, hs, ws, xp):
+    """The unit-stride layout of one-channel tiles: x (N, C, H, W) zero-padded at (ph, pw)
+    and split by stride phase into ``xp``, flat (C, sh·sw, N, hs, ws): phase (u, v) of
+    channel c and image n holds the padded input's rows u, u + sh, … and columns v,
+    v + sw, … (zeros past the input). Tap (a, e) of output pixel (i, k) is then element
+    ((a·dh) // sh, (e·dw) // sw) past (i, k) of phase ((a·dh) % sh, (e·dw) % sw): every tap
+    of a block of pixels is one contiguous run, and one channel's planes of consecutive
+    images are consecutive. Parallel over channels (flat uint64 indices: ops.im2col's
+    Numba note)."""
+    wide_vectors()
+    n, c, h, w = x.shape
+    s = sh * sw
+    plane = hs * ws
+    xf = x.reshape(-1)
+    for ci in prange(c):
+        for f in range(s):
+            u0 = f // sw
+            v0 = f - u0 * sw
+            v_lo = min(ws, max(0, -((v0 - pw) // sw)))  # the plane's columns that hold input
+            v_hi = min(ws, max(v_lo, -((v0 - pw - w) // sw)))
+            for a in range(n):
+                d = ((ci * s + f) * n + a) * plane
+                for i in range(hs):
+                    row = _U(d + i * ws)
+                    y = i * sh + u0 - ph
+                    if y < 0 or y >= h:
+                        for j in range(_U(ws)):
+                            xp[row + j] = _F0
+                        continue
+                    for j in range(_U(v_lo)):
+                        xp[row + j] = _F0
+                    src = _U(((a * c + ci) * h + y) * w + v_lo * sw + v0 - pw)  # column v_lo's input
+                    dst = row + _U(v_lo)
+                    usw = _U(sw)
+                    if sw == 1:
+                        for j in range(_U(v_hi - v_lo)):
+                            xp[dst + j] = xf[src + j]
+                    else:
+                        for j in range(_U(v_hi - v_lo)):
+                            xp[dst + j] = xf[src + j * usw]
+                    for j in range(_U(v_hi), _U(ws)):
+                        xp[row + j] = _F0
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _channel_map(xp, n, c_lo, c_hi, nm, out):
     """out[h, w] = the noise-management key (see :func:`_block_stat`) of max over channels
@@ -279,7 +331,7 @@ def channel_maps(xp, ranges, nm, maps):
 def _map_stat(maps, idx, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, stat):
     """stat[t] = max of channel map ``idx`` of ``maps`` (n_maps, N, Hp, Wp) over the
     receptive field of pixel r0 + t (and the key of 1.0 when the tile has an analog bias's
-    constant input). One-channel tiles take :func:`_direct_stat`."""
+    constant input)."""
     b = 0
     r = r0
     one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
@@ -306,112 +358,108 @@ def _map_stat(maps, idx, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, st
         r += cnt
 
 
+@njit(inline="always", error_model="numpy")
+def _origin(r, p_, ow, wp, img):
+    """Flat offset, in a unit-stride layout (:func:`pad_phases`: images ``img`` apart, rows
+    ``wp``), of the receptive-field origin of pixel r (P = ``p_`` pixels per image)."""
+    n = r // p_
+    q = r - n * p_
+    i = q // ow
+    return n * img + i * wp + (q - i * ow)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
-def _direct_stat(xi, c, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, hm, stat):
-    """:func:`_map_stat` of a one-channel tile (the padded input's channel ``c`` is its own
-    map, ``xi`` its float32 bits (N, C, Hp, Wp)), separably: for each image the block
-    touches, the max over the kernel's columns of every padded row its output rows read
-    (``hm``: scratch (Hp, ow)), then the max of those over the kernel's rows for each
-    pixel -- contiguous loops, each row maximum shared by the output rows that read it.
-    The same maxima of integer keys (exact, in any order) as :func:`_map_stat`."""
-    wide_vectors()
-    one = np.int32(0x3F800000)  # 1.0f: its abs_max key and its max key
-    init = np.int32(0) if nm == S.NM_ABS_MAX else _IMIN
+def span_of_blocks(total, rows, p_, ow, wp, img):
+    """The longest flat span (:func:`_origin` of a block's last pixel minus its first's,
+    plus 1) of the blocks of ``rows`` pixels: the scratch the flat loops of one-channel
+    tiles need."""
+    m = 0
+    for r0 in range(0, total, rows):
+        r1 = min(total, r0 + rows)
+        m = max(m, _origin(r1 - 1, p_, ow, wp, img) - _origin(r0, p_, ow, wp, img) + 1)
+    return m
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _move(v, img, wp, p_, ow, r0, r1, out, spread):
+    """Between a flat span of the unit-stride layout and block order: out[t] = v[origin of
+    pixel r0 + t - origin of pixel r0] (or, ``spread``, out[that] = v[t]), output row by
+    output row, the next row's origin stepped to without a division (four per row cost
+    more than the copies of rows of 4 pixels). Flat uint64 indices: ops.im2col's Numba note."""
+    n = r0 // p_
+    q = r0 - n * p_
+    i = q // ow
+    k0 = q - i * ow
+    oh = p_ // ow
+    at = n * img + i * wp + k0
     b = 0
-    r = r0
-    while r < r1:
-        n = r // p_
-        q0 = r - n * p_
-        end = min(r1, (n + 1) * p_)
-        i0 = q0 // ow
-        i1 = (end - 1 - n * p_) // ow
-        h0 = i0 * sh
-        plane = xi[n, c]
-        if sh == 1 and sw == 1:  # flat over whole rows: long loops (the extra columns are dropped)
-            b = _direct_stat_flat(plane, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow, ow, kh, kw, dh, dw,
-                                  has_one, nm, hm, stat, b)
-            r = end
-            continue
-        pf = plane.reshape(-1)
-        wpl = plane.shape[1]
-        uow = _U(ow)
-        usw = _U(sw)
-        for h in range(h0, i1 * sh + (kh - 1) * dh + 1):  # flat uint64 indices, no views per row
-            d = _U((h - h0) * ow)
-            for k in range(uow):
-                hm[d + k] = init
-            for e in range(kw):
-                seg = _U(h * wpl + e * dw)
-                if nm == S.NM_ABS_MAX and sw == 1:
-                    for k in range(uow):
-                        hm[d + k] = max(hm[d + k], pf[seg + k] & _I31)
-                elif nm == S.NM_ABS_MAX:
-                    for k in range(uow):
-                        hm[d + k] = max(hm[d + k], pf[seg + k * usw] & _I31)
-                else:
-                    for k in range(uow):
-                        v = pf[seg + k * usw]
-                        hm[d + k] = max(hm[d + k], v ^ ((v >> _S31) & _I31))
-        for i in range(i0, i1 + 1):
-            klo = q0 - i0 * ow if i == i0 else 0
-            khi = (end - n * p_) - i * ow if i == i1 else ow
-            ub = _U(b)
-            m = _U(khi - klo)
-            for k in range(m):
-                stat[ub + k] = one if has_one else init
-            for a in range(kh):
-                src = _U((i * sh + a * dh - h0) * ow + klo)
-                for k in range(m):
-                    stat[ub + k] = max(stat[ub + k], hm[src + k])
-            b += khi - klo
-        r = end
+    total = r1 - r0
+    while b < total:
+        cnt = min(ow - k0, total - b)
+        d = _U(n * img + i * wp + k0 - at)
+        ub = _U(b)
+        if spread:
+            for t in range(_U(cnt)):
+                out[d + t] = v[ub + t]
+        else:
+            for t in range(_U(cnt)):
+                out[ub + t] = v[d + t]
+        b += cnt
+        k0 = 0
+        i += 1
+        if i == oh:
+            i = 0
+            n += 1
+
+
+@njit(inline="always", error_model="numpy")
+def _inputs(offs, k):
+    """The inputs of a one-channel tile from column k taken in one loop: up to three
+    consecutive inputs from x, or an analog bias's constant alone (offset -1). Returns the
+    next column, their count c and three offsets (the last repeated when c < 3)."""
+    o0 = offs[k]
+    c = 1
+    if o0 >= 0 and k + 1 < offs.size and offs[k + 1] >= 0:
+        c = 3 if k + 2 < offs.size and offs[k + 2] >= 0 else 2
+    o1 = offs[k + 1] if c >= 2 else o0
+    o2 = offs[k + 2] if c == 3 else o1
+    return k + c, c, o0, o1, o2
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _direct_stat_flat(plane, i0, i1, k_first, k_last, ow, kh, kw, dh, dw, has_one, nm, hm, stat, b):
-    """:func:`_direct_stat` for unit strides, output rows i0..i1 of one image plane (from
-    column ``k_first`` of row i0 to ``k_last`` of row i1): the column maximum over the
-    plane's rows taken flat (one loop per tap over all rows; positions past a row's last
-    output column are computed and dropped), then the row maximum the same way into the
-    second half of ``hm``, then the pixels copied out in block order from ``stat[b]``;
-    returns the next free position of ``stat``."""
+def _tap_stat(xi, img, wp, p_, ow, offs, has_one, nm, r0, r1, hm, stat):
+    """stat[t] = the noise-management key (see :func:`_block_stat`) of the max over the
+    inputs of pixel r0 + t of a one-channel tile (its own channel is its map), in the
+    unit-stride layout of :func:`pad_phases` (``xi``: its float32 bits): every input one
+    contiguous loop over the block's flat span of the padded planes (the positions in it
+    that are no pixel's origin -- row ends, padding rows, the image boundaries -- are
+    computed and dropped), then the pixels taken out in block order. Maxima of integer
+    keys: exact in any order, the numbers of :func:`_block_stat` on the gathered inputs."""
     wide_vectors()
-    wp = plane.shape[1]
-    pf = plane.reshape(-1)
-    n_out = (i1 - i0 + 1) * wp  # flat positions of the output rows, at the plane's pitch
-    n_in = n_out + (kh - 1) * dh * wp  # ... and of the rows they read
-    base = i0 * wp
-    hmf = hm[:n_in]
-    vf = hm[n_in:n_in + n_out]
+    at = _origin(r0, p_, ow, wp, img)
+    m = _origin(r1 - 1, p_, ow, wp, img) - at + 1
+    v = hm[:m]
     init = np.int32(0) if nm == S.NM_ABS_MAX else _IMIN
-    for j in range(n_in):
-        hmf[j] = init
-    for e in range(kw):
-        m = min(n_in, pf.size - base - e * dw)  # the last row's extra positions may run off the plane
-        seg = pf[base + e * dw:base + e * dw + m]
+    first = np.int32(0x3F800000) if has_one else init  # 1.0f: its abs_max key and its max key
+    for j in range(m):
+        v[j] = first
+    k = 0
+    while k < offs.size:  # three inputs per loop (one pass per input vectorised 7x slower)
+        k, c, o0, o1, o2 = _inputs(offs, k)
+        if o0 < 0:
+            continue
+        s0 = xi[at + o0:at + o0 + m]  # the last pixel's inputs end the span: inside the input
+        s1 = xi[at + o1:at + o1 + m]  # (fewer than three left: the last repeated, a max is the same)
+        s2 = xi[at + o2:at + o2 + m]
         if nm == S.NM_ABS_MAX:
             for j in range(m):
-                hmf[j] = max(hmf[j], seg[j] & _I31)
+                v[j] = max(max(v[j], s0[j] & _I31), max(s1[j] & _I31, s2[j] & _I31))
         else:
             for j in range(m):
-                v = seg[j]
-                hmf[j] = max(hmf[j], v ^ ((v >> _S31) & _I31))
-    one = np.int32(0x3F800000)
-    for j in range(n_out):
-        vf[j] = one if has_one else init
-    for a in range(kh):
-        src = hmf[a * dh * wp:a * dh * wp + n_out]
-        for j in range(n_out):
-            vf[j] = max(vf[j], src[j])
-    for i in range(i0, i1 + 1):  # flat uint64 indices (ops.im2col's Numba note)
-        klo = k_first if i == i0 else 0
-        khi = k_last if i == i1 else ow
-        d = _U((i - i0) * wp + klo)
-        ub = _U(b)
-        for k in range(_U(khi - klo)):
-            stat[ub + k] = vf[d + k]
-        b += khi - klo
-    return b
+                a, b, d = s0[j], s1[j], s2[j]
+                v[j] = max(max(v[j], a ^ ((a >> _S31) & _I31)),
+                           max(b ^ ((b >> _S31) & _I31), d ^ ((d >> _S31) & _I31)))
+    _move(v, img, wp, p_, ow, r0, r1, stat, False)
 
 
 SMALL_DOT = 64
@@ -495,170 +543,69 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _dac_dot_flat(xf, at, wp, i0, i1, k_first, k_last, ow, offs, sv, res, bound, w, aw, sq, flat, yr, pr, b0):
-    """:func:`_dac_dot` with unit strides for output rows i0..i1 of one image (from column
-    ``k_first`` of row i0 to ``k_last`` of row i1; ``at``: offset of row i0's origin in
-    ``xf``): the pixels' scales (``sv`` from ``b0``) spread at the plane's pitch ``wp``,
-    then every input one contiguous loop over whole rows (the positions past a row's last
-    output column are computed and dropped), then the outputs copied back in block order
-    (to ``yr``, ``pr`` from ``b0``). The same float32 operations in the same order per
-    pixel."""
-    wide_vectors()
-    n_out = (i1 - i0 + 1) * wp
-    s = flat[0, :n_out]
-    ya = flat[1, :n_out]
-    pa = flat[2, :n_out]
-    for j in range(n_out):
-        s[j] = _F0
-        ya[j] = _F0
-        pa[j] = _F0
-    b = b0
-    for i in range(i0, i1 + 1):  # flat uint64 indices (ops.im2col's Numba note)
-        klo = k_first if i == i0 else 0
-        khi = k_last if i == i1 else ow
-        d = _U((i - i0) * wp + klo)
-        ub = _U(b)
-        for k in range(_U(khi - klo)):
-            s[d + k] = sv[ub + k]
-        b += khi - klo
-    for j in range(offs.size):
-        o = offs[j]
-        wj = w[j]
-        if o < 0:
-            if sq:
-                awj = aw[j]
-                for t in range(n_out):
-                    v = S.dac(_F1, s[t], res, bound)
-                    ya[t] += wj * v
-                    pa[t] += awj * (v * v)
-            else:
-                for t in range(n_out):
-                    ya[t] += wj * S.dac(_F1, s[t], res, bound)
-            continue
-        m = min(n_out, xf.size - (at + o))  # the last row's dropped positions may run off the input
-        src = xf[at + o:at + o + m]
-        if sq:
-            awj = aw[j]
-            for t in range(m):
-                v = S.dac(src[t], s[t], res, bound)
-                ya[t] += wj * v
-                pa[t] += awj * (v * v)
-        else:
-            for t in range(m):
-                ya[t] += wj * S.dac(src[t], s[t], res, bound)
-    b = b0
-    for i in range(i0, i1 + 1):
-        klo = k_first if i == i0 else 0
-        khi = k_last if i == i1 else ow
-        d = _U((i - i0) * wp + klo)
-        ub = _U(b)
-        for k in range(_U(khi - klo)):
-            yr[ub + k] = ya[d + k]
-        if sq:
-            for k in range(_U(khi - klo)):
-                pr[ub + k] = pa[d + k]
-        b += khi - klo
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _dac_dot(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, w, aw, sq, short, pix, pimg,
-             base, flat, y, pw):
+def _dac_dot(xf, img, wp, p_, ow, offs, r0, r1, sv, res, bound, w, aw, sq, flat, y, pw):
     """A one-output tile in one pass: y[0, t] = Σ_j w[j] · x̃_j and (``sq``, PCM read noise)
     pw[0, t] = Σ_j |w[j]| · x̃_j² with x̃_j = :func:`.stages.dac` of the tile's input j of
     pixel r0 + t, without writing x̃: the numbers of :func:`_gather_dac`, :func:`_after_dac`
-    and :func:`_gemm` (the same float32 operations, sums in input order from 0). Pixels
-    one output row at a time, or (``short`` rows) with unit strides image by image over
-    whole rows (:func:`_dac_dot_flat`, scratch ``flat``), else all of the block per input
-    through their offsets ``base`` (scratch, from ``pix``/``pimg`` of :func:`_pixel_origins`)."""
-    nk = offs.size
-    q = r1 - r0
-    yr = y[0, :q]
-    pr = pw[0, :q] if sq else pw[0, :0]
-    for t in range(q):
-        yr[t] = _F0
-    if sq:
-        for t in range(q):
-            pr[t] = _F0
-    if short and sh == 1 and sw == 1:  # image by image, flat over whole rows (contiguous loads)
-        bb = 0
-        r = r0
-        while r < r1:
-            n = r // p_
-            q0 = r - n * p_
-            end = min(r1, (n + 1) * p_)
-            i0 = q0 // ow
-            i1 = (end - 1 - n * p_) // ow
-            _dac_dot_flat(xf, n * img + i0 * wp, wp, i0, i1, q0 - i0 * ow, end - n * p_ - i1 * ow, ow, offs,
-                          sv, res, bound, w, aw, sq, flat, yr, pr, bb)
-            bb += end - r
-            r = end
-        return
-    if short:
-        b = base[:q]
-        for t in range(q):
-            b[t] = pimg[t] * img + pix[t]
-        s = sv[:q]
-        for j in range(nk):
-            o = offs[j]
-            wj = w[j]
-            if o < 0:
-                if sq:
-                    awj = aw[j]
-                    for t in range(q):
-                        v = S.dac(_F1, s[t], res, bound)
-                        yr[t] += wj * v
-                        pr[t] += awj * (v * v)
-                else:
-                    for t in range(q):
-                        yr[t] += wj * S.dac(_F1, s[t], res, bound)
-            elif sq:
-                awj = aw[j]
-                for t in range(q):
-                    v = S.dac(xf[np.uint64(b[t] + o)], s[t], res, bound)
-                    yr[t] += wj * v
-                    pr[t] += awj * (v * v)
+    and :func:`_gemm` (the same float32 operations, sums in input order from 0). In the
+    unit-stride layout of :func:`pad_phases`, flat over the block's span like
+    :func:`_tap_stat`: the pixels' DAC scales spread to it (zeros between), every input one
+    contiguous loop (scratch ``flat``: scales, sums, squares), the sums taken out in block
+    order."""
+    wide_vectors()
+    at = _origin(r0, p_, ow, wp, img)
+    m = _origin(r1 - 1, p_, ow, wp, img) - at + 1
+    s = flat[0, :m]
+    ya = flat[1, :m]
+    pa = flat[2, :m]
+    for j in range(m):
+        s[j] = _F0
+        ya[j] = _F0
+        pa[j] = _F0
+    _move(sv, img, wp, p_, ow, r0, r1, s, True)
+    j = 0
+    while j < offs.size:  # three inputs per loop where they are (one pass per input: 25 % slower)
+        j, c, o0, o1, o2 = _inputs(offs, j)
+        k0, k1, k2 = j - c, j - c + min(c - 1, 1), j - 1  # their columns
+        w0, w1, w2 = w[k0], w[k1], w[k2]
+        q0, q1, q2 = (aw[k0], aw[k1], aw[k2]) if sq else (_F0, _F0, _F0)
+        if c == 3:
+            x0 = xf[at + o0:at + o0 + m]
+            x1 = xf[at + o1:at + o1 + m]
+            x2 = xf[at + o2:at + o2 + m]
+            if sq:
+                for t in range(m):
+                    st = s[t]
+                    v0, v1, v2 = S.dac(x0[t], st, res, bound), S.dac(x1[t], st, res, bound), S.dac(x2[t], st, res, bound)
+                    ya[t] = ((ya[t] + w0 * v0) + w1 * v1) + w2 * v2
+                    pa[t] = ((pa[t] + q0 * (v0 * v0)) + q1 * (v1 * v1)) + q2 * (v2 * v2)
             else:
-                for t in range(q):
-                    yr[t] += wj * S.dac(xf[np.uint64(b[t] + o)], s[t], res, bound)
-        return
-    bb = 0
-    r = r0
-    usw = _U(sw)
-    while r < r1:  # flat uint64 indices (ops.im2col's Numba note)
-        n, i, k0, cnt = _run_at(r, r1, p_, ow)
-        at = n * img + i * sh * wp + k0 * sw
-        ub = _U(bb)
-        uc = _U(cnt)
-        for j in range(nk):
-            o = offs[j]
-            wj = w[j]
-            awj = aw[j] if sq else _F0
+                for t in range(m):
+                    st = s[t]
+                    ya[t] = ((ya[t] + w0 * S.dac(x0[t], st, res, bound)) + w1 * S.dac(x1[t], st, res, bound)) \
+                        + w2 * S.dac(x2[t], st, res, bound)
+            continue
+        for i in range(c):  # one at a time
+            o = o0 if i == 0 else o1
+            wi, qi = (w0, q0) if i == 0 else (w1, q1)
             if o < 0:
-                for t in range(uc):
-                    v = S.dac(_F1, sv[ub + t], res, bound)
-                    yr[ub + t] += wj * v
-                    if sq:
-                        pr[ub + t] += awj * (v * v)
+                for t in range(m):
+                    v = S.dac(_F1, s[t], res, bound)
+                    ya[t] += wi * v
+                    pa[t] += qi * (v * v)  # (sq False: 0 + 0)
                 continue
-            src = _U(at + o)
-            if sw == 1 and sq:
-                for t in range(uc):
-                    v = S.dac(xf[src + t], sv[ub + t], res, bound)
-                    yr[ub + t] += wj * v
-                    pr[ub + t] += awj * (v * v)
-            elif sw == 1:
-                for t in range(uc):
-                    yr[ub + t] += wj * S.dac(xf[src + t], sv[ub + t], res, bound)
-            elif sq:
-                for t in range(uc):
-                    v = S.dac(xf[src + t * usw], sv[ub + t], res, bound)
-                    yr[ub + t] += wj * v
-                    pr[ub + t] += awj * (v * v)
+            src = xf[at + o:at + o + m]
+            if sq:
+                for t in range(m):
+                    v = S.dac(src[t], s[t], res, bound)
+                    ya[t] += wi * v
+                    pa[t] += qi * (v * v)
             else:
-                for t in range(uc):
-                    yr[ub + t] += wj * S.dac(xf[src + t * usw], sv[ub + t], res, bound)
-        bb += cnt
-        r += cnt
+                for t in range(m):
+                    ya[t] += wi * S.dac(src[t], s[t], res, bound)
+    _move(ya, img, wp, p_, ow, r0, r1, y[0], False)
+    if sq:
+        _move(pa, img, wp, p_, ow, r0, r1, pw[0], False)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -1123,11 +1070,15 @@ def _layout(acc, q, bias, out, r0, lo, hi, res):
 @njit(nogil=True, cache=True, error_model="numpy")
 def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
                 noise_on, bias, epilogue, out, first, rows, workers, single, prof, inl):
-    """Chunk ``wk`` of the analog convolution of the padded input ``xp`` (N, C, Hp, Wp) into
+    """Chunk ``wk`` of the analog convolution of the padded input ``xp`` (flat) into
     ``out`` (N, OC, P): blocks wk, wk + workers, … (call it for every wk in range(workers),
     on any threads; it runs without the GIL).
 
-    ``geom`` = (kh, kw, sh, sw, dh, dw, ow): kernel, strides, dilations, output width;
+    ``geom`` = (kh, kw, sh, sw, dh, dw, ow, wp, img, span): kernel, strides, dilations,
+    output width, and the layout of ``xp``: its row pitch ``wp`` and image stride ``img``
+    ((N, C, Hp, Wp): Wp and C·Hp·Wp), and ``span`` > 0 when ``xp`` has the unit-stride
+    layout of :func:`pad_phases` (strides 1 then; ``img`` = hs·ws; every tile reads one
+    channel or none reads a map; ``span``: :func:`span_of_blocks`, the flat loops' scratch);
     ``epilogue`` = (lo, hi, res): the residual ``res`` (N, OC, P) is added to the outputs
     (a following Add folded into the layer; an empty array: none), then they are clipped to
     [lo, hi] (a following Relu or Clip; (-inf, inf): none);
@@ -1140,13 +1091,11 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
     tile description. Returns the number of NaN or infinite outputs it wrote.
     """
     wide_vectors()
-    kh, kw, sh, sw, dh, dw, ow = geom
+    kh, kw, sh, sw, dh, dw, ow, wp, img, span = geom
     lo, hi, res = epilogue
-    wp = xp.shape[3]
     xi = xp.view(np.int32)
     n, oc, p_ = out.shape
-    img = xp.shape[1] * xp.shape[2] * xp.shape[3]
-    xf = xp.reshape(-1)
+    xf = xp
     total = n * p_
     n_blocks = (total + rows - 1) // rows
     n_tiles = tiles.shape[0]
@@ -1164,12 +1113,12 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
         scale = np.empty(rows, np.float32)
         f = np.empty(rows, np.float32)
         rid = np.empty(rows, np.int64)
-        short = ow < SHORT_RUNS
+        short = ow < SHORT_RUNS and span == 0  # (maps only in the (N, C, Hp, Wp) layout)
         pix = np.empty(rows if short else 0, np.int64)
         pimg = np.empty(rows if short else 0, np.int64)
         bt = np.empty(rows if short else 0, np.int64)
-        hm = np.empty(2 * xp.shape[2] * max(xp.shape[3], ow), np.int32)  # maxima of one-channel tiles
-        flat = np.empty((3, xp.shape[2] * xp.shape[3] if short else 0), np.float32)  # their flat rows
+        hm = np.empty(span, np.int32)  # one-channel tiles: maxima over the block's flat span
+        flat = np.empty((3, span), np.float32)  # ... their scales, sums and squares
         one_pass = (pp.inp_noise <= _F0 and not pp.inp_sto_round and pp.ir_drop <= _F0
                     and pp.wn_type != S.WN_ADDITIVE)
         for blk in range(wk, n_blocks, workers):
@@ -1208,9 +1157,8 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                     if short and mode >= 0:
                         _map_stat_px(maps, mode, pix, pimg, q, kh, kw, dh, dw, wp, has_one, pp.nm_type,
                                      bt, stat)
-                    elif mode == MAP_DIRECT:  # a one-channel tile: the separable maximum
-                        _direct_stat(xi, tiles[ti, 9], p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
-                                     r0, r1, hm, stat)
+                    elif mode == MAP_DIRECT:  # a one-channel tile: its input is its map
+                        _tap_stat(xi, img, wp, p_, ow, toffs, has_one, pp.nm_type, r0, r1, hm, stat)
                     elif mode >= 0:
                         _map_stat(maps, mode, p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
                                   r0, r1, stat)
@@ -1218,10 +1166,10 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                         _key_to_float(pp.nm_type, stat, q)
                     nskip = _input_scales(q, pp, _F1, rowf, rowi)
                     t0 = _tick(prof, wk, 0, t0)
-                    if one_pass and nout == 1 and mode == MAP_DIRECT and (ti + 1 == n_tiles or tiles[ti + 1, 7]):
+                    if one_pass and nout == 1 and span and (ti + 1 == n_tiles or tiles[ti + 1, 7]):
                         # a depthwise channel: DAC, MVM and the PCM read-noise product in one pass
-                        _dac_dot(xf, img, wp, p_, ow, sh, sw, toffs, r0, r1, rowf[1], pp.inp_step, pp.inp_bound,
-                                 w, aw, pp.wn_type == S.WN_PCM_READ, short, pix, pimg, bt, flat, y, pw)
+                        _dac_dot(xf, img, wp, p_, ow, toffs, r0, r1, rowf[1], pp.inp_step, pp.inp_bound,
+                                 w, aw, pp.wn_type == S.WN_PCM_READ, flat, y, pw)
                         t0 = _tick(prof, wk, 3, t0)
                         nfail = _finalize(y, 1, q, pp, nl_on, nl_vec, nlf[ti], noise_on, noise_vec, _F0, cur, irm,
                                           pw, rid, 0, key, zb, ws, tmp, rowf, rowi, prof, wk, adc_off, adc_gain,

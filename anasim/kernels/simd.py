@@ -11,7 +11,7 @@ are the same bit for bit.
 
 The tile kernels call it (:mod:`~anasim.kernels.cpu`, :mod:`~anasim.kernels.cpu_conv`),
 except those whose loops run along one output row of a convolution (``_gather``,
-``_gather_dac``, ``_dac_dot``, ``_map_stat``): rows of 4 to 32 pixels are too short for
+``_gather_dac``, ``_map_stat``): rows of 4 to 32 pixels are too short for
 16 float32 lanes, and those loops ran slower. Measured on a 2-core AVX-512 Xeon (LLVM
 names it rocketlake), alternating processes: Philox blocks 2.40 -> 1.68 ns, analog
 ``aihwkit`` MobileNetV2 -10 %, ResNet-20 -7 %, ResNet-18 unchanged (with the row kernels
