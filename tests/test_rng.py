@@ -101,7 +101,7 @@ def test_vectorised_cpu_blocks_equal_numpy_reference(m, transposed):
     rows = np.concatenate([[0, 2**32 - 1, 2**32, 2**40 + 123], g.integers(0, 2**62, 300)]).astype(np.int64)
     r0, r1 = 2, 2 + m
     key = rng.stream_key(7, 1, 2, "out_noise", 3)
-    ws = np.empty((5, m), np.uint64)
+    ws = np.empty((6, m), np.uint64)
     tmp = np.empty(m, np.float64)
     for n, rnd in ((1, 0), (6, 2), (9, 0)):
         want = rng.normals_numpy(rows[r0:r1, None], np.arange(n)[None], key, rnd)
@@ -115,7 +115,7 @@ def test_vectorised_cpu_blocks_equal_numpy_reference(m, transposed):
 @pytest.mark.parametrize("shift", [0, 3])
 def test_quantile_of_words_equals_scalar_reference_at_the_tail_boundaries(shift):
     """:func:`anasim.kernels.cpu._words_to_values` (central function vectorised, tail
-    candidates gathered per group of eight, each tail taken at min(p, 1 - p) with selects)
+    words gathered per group of eight, the lower tail at 2 w + 1 and the upper at the mirror)
     gives the scalar quantile's bits for every word within 3000 of either tail boundary and
     at the extremes, in groups of eight and in the remainder (``shift``)."""
     from anasim.kernels.cpu import _words_to_values
@@ -128,7 +128,7 @@ def test_quantile_of_words_equals_scalar_reference_at_the_tail_boundaries(shift)
     m = words.size
     assert m % 8 != 0 or shift == 0
     out = np.full(m, np.nan, np.float32)
-    _words_to_values(words, m, True, out, np.empty(m, np.uint64))
+    _words_to_values(words, m, True, out, np.empty(m, np.int32), np.empty(m, np.uint32), np.empty(m, np.float32))
     want = np.array([np.float32(rng._normal_from_word(np.uint64(w))) for w in words], np.float32)
     np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
 

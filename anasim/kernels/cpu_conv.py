@@ -624,7 +624,7 @@ def _buffers(nk, nout, q, pp, noise_rows):
     irm = np.empty((nout if want_ir else 0, q), np.float32)
     pw = np.empty((nout if want_sq else 0, q), np.float32)
     zb = np.empty((nout if noise_rows else 0, q), np.float32)
-    ws = np.empty((5, q), np.uint64)
+    ws = np.empty((6, q), np.uint64)
     tmp = np.empty(q, np.float64)
     rowf = np.empty((5, q), np.float32)  # scale, applied scale, xnorm, out factor, input stat
     rowi = np.empty((4, q), np.int32)  # skip, fail, hi, lo

@@ -29,9 +29,10 @@ Bit-exactness with the CPU kernels
   ``sqrt.rn``), and :func:`_rint` is ``rintf`` (``cvt.rni``: round half to even,
   bit-identical to ``np.rint`` on float32). ``tests/test_cuda_kernels.py`` checks the
   PTX for ``fma.rn.f32``.
-* The one libm function, ``log`` in the 4.85 % normal tails, is libdevice's on the
-  device and glibc's on the CPU; both are within 1 ulp of float64, so a tail normal
-  could differ by one float32 ulp with probability ~1e-8 (none seen).
+* No libm function: the logarithm of the 4.85 % normal tails is anasim's own
+  (``rng._log_odd``, IEEE +, -, ×, / only), transcribed here with mul.rn products, so
+  the device and the CPU compute the same bits (libdevice's and glibc's ``log``
+  differ in the last float64 bit now and then).
 * Reductions: the noise-management max is order-free (atomic max of the same integer
   keys as the CPU kernel); ‖x̃‖₂ is summed by one thread per row in element order,
   float32 squares into a float64 sum, exactly as the CPU kernel does (its
@@ -71,7 +72,8 @@ from .cpu import NM_ABS_MAX, NM_CONSTANT, NM_MAX, NM_NONE, WN_ADDITIVE, WN_NONE,
 from .stages import adc_transfer, input_cycle
 from .rng import (
     _A0, _A1, _A2, _A3, _A4, _A5, _B0, _B1, _B2, _B3, _B4, _C0, _C1, _C2, _C3, _C4, _C5,
-    _D0, _D1, _D2, _D3, _MASK32, _P_LOW, _S32, _TWO_M32, philox4x32_10, uniform4,
+    _D0, _D1, _D2, _D3, _LG1, _LG2, _LG3, _LG4, _LG5, _LG6, _LG7, _LN2_HI, _LN2_LO, _MASK32,
+    _P_LOW, _S32, _SQRT2, _TWO_M32, philox4x32_10, uniform4,
 )
 
 __all__ = [
@@ -185,9 +187,42 @@ def _min2(a, b):
 
 
 @cuda.jit(device=True)
-def _tail_rn(p):
+def _log_odd_rn(x):
+    """``rng._log_odd`` (ln(x 2**-33), x an odd integer in a float64) with mul.rn products."""
+    m = x
+    e = -33.0
+    b = m >= 65536.0
+    m = _dmul(m, 1.52587890625e-05) if b else m  # 2**-16
+    e = e + 16.0 if b else e
+    b = m >= 256.0
+    m = _dmul(m, 0.00390625) if b else m  # 2**-8
+    e = e + 8.0 if b else e
+    b = m >= 16.0
+    m = _dmul(m, 0.0625) if b else m
+    e = e + 4.0 if b else e
+    b = m >= 4.0
+    m = _dmul(m, 0.25) if b else m
+    e = e + 2.0 if b else e
+    b = m >= 2.0
+    m = _dmul(m, 0.5) if b else m
+    e = e + 1.0 if b else e
+    b = m > _SQRT2
+    m = _dmul(m, 0.5) if b else m
+    k = e + 1.0 if b else e
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = _dmul(s, s)
+    w = _dmul(z, z)
+    r = (_dmul(z, _LG1 + _dmul(w, _LG3 + _dmul(w, _LG5 + _dmul(w, _LG7))))
+         + _dmul(w, _LG2 + _dmul(w, _LG4 + _dmul(w, _LG6))))
+    hfsq = _dmul(_dmul(0.5, f), f)
+    return _dmul(k, _LN2_HI) - ((hfsq - (_dmul(s, hfsq + r) + _dmul(k, _LN2_LO))) - f)
+
+
+@cuda.jit(device=True)
+def _tail_rn(x):
     """``rng._tail`` with mul.rn products (the float64 operations of the CPU, in order)."""
-    q = math.sqrt(_dmul(-2.0, math.log(p)))
+    q = math.sqrt(_dmul(-2.0, _log_odd_rn(x)))
     num = _dmul(_dmul(_dmul(_dmul(_dmul(_C0, q) + _C1, q) + _C2, q) + _C3, q) + _C4, q) + _C5
     den = _dmul(_dmul(_dmul(_dmul(_D0, q) + _D1, q) + _D2, q) + _D3, q) + 1.0
     return num / den
@@ -198,9 +233,9 @@ def _normal_rn(w):
     """``rng._normal_from_word``: standard normal Φ⁻¹((w + 0.5) 2**-32) (float64)."""
     p = _dmul(float(w) + 0.5, _TWO_M32)
     if p < _P_LOW:
-        return _tail_rn(p)
+        return _tail_rn(_dmul(2.0, float(w)) + 1.0)
     if p > 1.0 - _P_LOW:
-        return -_tail_rn(1.0 - p)
+        return -_tail_rn(_dmul(2.0, 4294967295.0 - float(w)) + 1.0)
     q = p - 0.5
     r = _dmul(q, q)
     num = _dmul(_dmul(_dmul(_dmul(_dmul(_dmul(_A0, r) + _A1, r) + _A2, r) + _A3, r) + _A4, r) + _A5, q)

@@ -12,8 +12,13 @@ A word w becomes a uniform ``(w >> 8) 2**-24`` in [0, 1) or a standard normal
 ``Φ⁻¹((w + 0.5) 2**-32)``: the inverse normal CDF by Acklam's rational approximation
 (relative error < 1.15e-9, |z| <= 6.36). One normal per word, no pairing as in
 Box–Muller, and no transcendental function in 95 % of the draws: about twice as fast as
-Box–Muller here, and exactly reproducible wherever IEEE float64 +, ×, / are (log and
-sqrt only in the 5 % tails).
+Box–Muller here. The logarithm of the 5 % tails is anasim's own (:func:`_log_odd`: an
+exponent found by integer steps and fdlibm's ``log`` polynomial), so every normal is
+IEEE float64 +, -, ×, / and sqrt only: the same bits on every machine and compiler that
+keeps them unfused, and a loop over tails vectorises (no libm call). Over all 2**32
+words its float32 normals equal those made with the C library's ``log`` (glibc 2.3x,
+checked exhaustively, ``bench/normal_tails.py``), so the numbers did not change when it
+replaced that ``log``.
 
 ``row_id`` is the global index of one input vector (sample index x output positions,
 given by the caller), ``element`` the index of the input or output line inside the
@@ -173,9 +178,75 @@ _D0, _D1, _D2, _D3 = 7.784695709041462e-03, 3.224671290700398e-01, 2.44513413714
 _P_LOW = 0.02425
 
 
+def _tail_words() -> int:
+    """The number K of words in each tail: word w is in the lower tail (p < P_LOW) iff
+    w < K and in the upper tail (p > 1 - P_LOW) iff w >= 2**32 - K. Found with the
+    float64 tests of :func:`_normal_from_word` themselves."""
+    k = int(_P_LOW * 2.0**32)
+    while (k + 0.5) * _TWO_M32 < _P_LOW:
+        k += 1
+    while k > 0 and (k - 1 + 0.5) * _TWO_M32 >= _P_LOW:
+        k -= 1
+    top = 2**32 - k  # the symmetric upper boundary (1 - p is exact)
+    assert (top + 0.5) * _TWO_M32 > 1.0 - _P_LOW >= (top - 1 + 0.5) * _TWO_M32
+    return k
+
+
+TAIL_WORDS = _tail_words()
+"""Words per tail of the normal quantile (104 152 957 of 2**32 on each side)."""
+
+# fdlibm's e_log.c (Sun Microsystems, 1993): ln 2 split so that k ln2_hi is exact, and
+# the minimax polynomial of log(1 + f) in s = f / (2 + f).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LG1, _LG2, _LG3 = 6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01
+_LG4, _LG5 = 2.222219843214978396e-01, 1.818357216161805012e-01
+_LG6, _LG7 = 1.531383769920937332e-01, 1.479819860511658591e-01
+_SQRT2 = 1.4142135623730951
 @register_jitable
-def _tail(p):
-    q = math.sqrt(-2.0 * math.log(p))
+def _log_odd(x):
+    """ln(x 2**-33) (float64) for an odd integer 1 <= x < 2**32 held in a float64: the
+    logarithm of a tail probability, p = x 2**-33 with x = 2 w + 1.
+
+    x = 2**e m with m in [sqrt(2)/2, sqrt(2)): e by five halving steps (each a select on
+    an exact power-of-two scaling, so a loop over tails vectorises); then fdlibm's
+    ``log(2**k (1 + f)) = k ln2_hi - ((f²/2 - (s (f²/2 + R(s²)) + k ln2_lo)) - f)``,
+    s = f / (2 + f), k = e - 33. Within 1 ulp of ln; only IEEE +, -, ×, /.
+    """
+    m = x
+    e = -33.0
+    b = m >= 65536.0
+    m = m * 1.52587890625e-05 if b else m  # 2**-16
+    e = e + 16.0 if b else e
+    b = m >= 256.0
+    m = m * 0.00390625 if b else m  # 2**-8
+    e = e + 8.0 if b else e
+    b = m >= 16.0
+    m = m * 0.0625 if b else m
+    e = e + 4.0 if b else e
+    b = m >= 4.0
+    m = m * 0.25 if b else m
+    e = e + 2.0 if b else e
+    b = m >= 2.0
+    m = m * 0.5 if b else m
+    e = e + 1.0 if b else e
+    b = m > _SQRT2
+    m = m * 0.5 if b else m
+    k = e + 1.0 if b else e
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+    hfsq = 0.5 * f * f
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
+
+
+@register_jitable
+def _tail(x):
+    """Acklam's lower-tail quantile at p = x 2**-33 < P_LOW (x an odd integer in a
+    float64; negative)."""
+    q = math.sqrt(-2.0 * _log_odd(x))
     return (((((_C0 * q + _C1) * q + _C2) * q + _C3) * q + _C4) * q + _C5) / (
         (((_D0 * q + _D1) * q + _D2) * q + _D3) * q + 1.0
     )
@@ -186,13 +257,14 @@ def _normal_from_word(w):
     """Standard normal (float64) from one uint32 word: Φ⁻¹((w + 0.5) 2**-32).
 
     p is never 0 or 1, so the result is finite: |z| <= 6.3613. 1 - p is exact in
-    float64 (p has at most 33 significant bits), so the two tails are symmetric.
+    float64 (p has at most 33 significant bits), so the two tails are symmetric: the
+    upper tail's is minus the lower tail's at 1 - p = (2 (2**32 - 1 - w) + 1) 2**-33.
     """
     p = (float(w) + 0.5) * _TWO_M32
     if p < _P_LOW:
-        return _tail(p)
+        return _tail(2.0 * float(w) + 1.0)
     if p > 1.0 - _P_LOW:
-        return -_tail(1.0 - p)
+        return -_tail(2.0 * (4294967295.0 - float(w)) + 1.0)
     q = p - 0.5
     r = q * q
     return ((((((_A0 * r + _A1) * r + _A2) * r + _A3) * r + _A4) * r + _A5) * q) / (
