@@ -9,8 +9,9 @@ Three groups, so that the suite checks the GPU code on machines without a GPU:
   one Python thread per CUDA thread.
 * :func:`test_ptx_has_no_contracted_fma` compiles the kernels to PTX with NVVM (no GPU
   needed) in a child process and checks that no float32 product was fused into an FMA
-  (numba.cuda passes ``-fma=1`` to NVVM whatever ``fastmath`` says) and that every
-  float64 FMA belongs to libdevice's ``log`` (the normal tails).
+  (numba.cuda passes ``-fma=1`` to NVVM whatever ``fastmath`` says) and that no float64
+  one was either: the normal tails use anasim's own logarithm (``_log_odd_rn``, products
+  through ``mul.rn``), not libdevice's ``log``, whose polynomial NVVM fuses.
 * ``test_gpu_*`` need a real GPU (``numba.cuda.is_available()`` without the simulator):
   larger sizes, bit-exactness on dyadic data, and a throughput print.
 
@@ -110,17 +111,20 @@ _PTX_SCRIPT = textwrap.dedent(r'''
     def k_contract(out, w):
         out[0] = out[1] * out[2] + out[3]
     probe = "void(float64[::1], uint64[::1])"
+    # controls: NVVM does fuse a plain a*b+c and libdevice's log, so a count of 0 below means
+    # the products really were kept apart, not that this check cannot see an FMA
     n_log = ptx(k_log, probe).count("fma.rn.f64")
+    contracted = "fma.rn.f64" in ptx(k_contract, probe)
     n_norm = ptx(k_normal, probe).count("fma.rn.f64")
-    print("log_fma", n_log, "normal_fma", n_norm)
-    assert n_log > 0 and n_norm == 2 * n_log, "the quantile's own arithmetic was fused"
-    print("control_contracted", "fma.rn.f64" in ptx(k_contract, probe))
+    print("libdevice_log_fma", n_log, "control_contracted", contracted, "normal_fma", n_norm)
+    assert n_log > 0 and contracted, "the FMA probe no longer sees NVVM's contraction"
+    assert n_norm == 0, "the normal transform (anasim's own log and quantile) was fused"
     for name, sig in sigs.items():
         p = ptx(getattr(K, name).py_func, sig)
         f32, f64 = p.count("fma.rn.f32") + p.count("fma.rn.ftz.f32"), p.count("fma.rn.f64")
         print(name, "fma.f32", f32, "fma.f64", f64, "mul.rn.f32", p.count("mul.rn.f32"))
         assert f32 == 0, name + ": a float32 product was contracted into an FMA"
-        assert f64 % n_log == 0, name + ": a float64 FMA outside libdevice log"
+        assert f64 == 0, name + ": a float64 product was contracted into an FMA"
     assert "cvt.rni.f32.f32" in ptx(K._prepare_kernel.py_func, sigs["_prepare_kernel"])
     others = {  # data movement and the fallback matmul: must compile
         "_matmul_nt_kernel": f"void({F2}, int64, {F2}, {F2})",
@@ -430,13 +434,10 @@ def test_gpu_kernels_equal_cpu_at_size():
               sto_key=(5, 6))
     a = cpu.prepare_input(x, 4, 512, rows, **kw)
     b = G.prepare_input(x, 4, 512, rows, **kw)
+    # the normal draws are the CPU's bits (anasim's own log, no libm) and the norms are summed
+    # in element order as on the CPU: every value is identical
     for key in a:
-        if a[key].dtype != np.float32:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-            continue
-        # libdevice's and glibc's float64 log may differ by 1 ulp in the normal tails
-        np.testing.assert_array_max_ulp(a[key], b[key], maxulp=1)
-        assert np.mean(a[key] != b[key]) < 1e-6, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     y = (rng.standard_normal((m, n)) * 4).astype(np.float32)
     ya, yb = y.copy(), y.copy()
     fkw = dict(res=24 / 510, bound=12.0, bm=True, noise_vec=np.full(n, 0.06, np.float32), wn_type=1,

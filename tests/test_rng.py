@@ -115,9 +115,9 @@ def test_vectorised_cpu_blocks_equal_numpy_reference(m, transposed):
 @pytest.mark.parametrize("shift", [0, 3])
 def test_quantile_of_words_equals_scalar_reference_at_the_tail_boundaries(shift):
     """:func:`anasim.kernels.cpu._words_to_values` (central function vectorised, tail
-    words gathered per group of eight, the lower tail at 2 w + 1 and the upper at the mirror)
-    gives the scalar quantile's bits for every word within 3000 of either tail boundary and
-    at the extremes, in groups of eight and in the remainder (``shift``)."""
+    words gathered from a 64-word bit mask, the lower tail at 2 w + 1 and the upper at the
+    mirror) gives the scalar quantile's bits for every word within 3000 of either tail
+    boundary and at the extremes, in full 64-word groups and in the remainder (``shift``)."""
     from anasim.kernels.cpu import _words_to_values
 
     lo = int(rng._P_LOW * 2.0**32)
@@ -214,3 +214,51 @@ def test_normal_transform_is_an_accurate_inverse_cdf():
         assert abs(z - ref) <= 2e-8 * max(1.0, abs(ref)), (int(w), z, ref)
         assert z == -rng._normal_from_word(np.uint64(2**32 - 1 - int(w)))
     assert abs(rng._normal_from_word(np.uint64(0))) < 6.4
+
+
+@njit(cache=False, error_model="numpy")
+def _libm_tail_normal(w):
+    """The lower-tail normal of word w with the C library's log (the quantile before anasim
+    had its own logarithm)."""
+    q = math.sqrt(-2.0 * math.log((float(w) + 0.5) * rng._TWO_M32))
+    return (((((rng._C0 * q + rng._C1) * q + rng._C2) * q + rng._C3) * q + rng._C4) * q + rng._C5) / (
+        (((rng._D0 * q + rng._D1) * q + rng._D2) * q + rng._D3) * q + 1.0)
+
+
+@njit(cache=False, error_model="numpy")
+def _tail_sample(words):
+    n = words.size
+    mine = np.empty(n, np.float64)
+    libm = np.empty(n, np.float64)
+    log_mine = np.empty(n, np.float64)
+    log_libm = np.empty(n, np.float64)
+    for i in range(n):
+        w = words[i]
+        mine[i] = rng._normal_from_word(np.uint64(w))
+        libm[i] = _libm_tail_normal(w)
+        log_mine[i] = rng._log_odd(2.0 * float(w) + 1.0)
+        log_libm[i] = math.log((float(w) + 0.5) * rng._TWO_M32)
+    return mine, libm, log_mine, log_libm
+
+
+def test_own_logarithm_keeps_the_tail_normals_of_the_c_library_log():
+    """The normal tails use anasim's IEEE-only logarithm (``rng._log_odd``): within 1 ulp of
+    the C library's ``log`` (float64), and the float32 normals are the ones the C library's
+    log gives (both tails: every 997th tail word, the first and last 2000, both kernels).
+    ``bench/normal_tails.py`` checks all 208 305 914 tail words the same way."""
+    from anasim.kernels.cpu import _words_to_values
+
+    k = rng.TAIL_WORDS
+    words = np.unique(np.concatenate([np.arange(0, k, 997), np.arange(2000), np.arange(k - 2000, k)]))
+    mine, libm, log_mine, log_libm = _tail_sample(words.astype(np.uint64))
+    assert words.size > 100_000 and (mine < -1.97).all()
+    np.testing.assert_array_max_ulp(log_mine, log_libm, maxulp=1)
+    np.testing.assert_array_equal(mine.astype(np.float32), libm.astype(np.float32))
+    # the vectorised kernel, lower tail and the mirrored upper tail interleaved
+    both = np.stack([words, 2**32 - 1 - words], axis=1).ravel().astype(np.uint32)
+    m = both.size
+    out = np.full(m, np.nan, np.float32)
+    _words_to_values(both, m, True, out, np.empty(m, np.int32), np.empty(m, np.uint32), np.empty(m, np.float32))
+    want = libm.astype(np.float32)
+    np.testing.assert_array_equal(out[0::2], want)
+    np.testing.assert_array_equal(out[1::2], -want)
