@@ -403,3 +403,24 @@ def test_one_channel_tiles_equal_the_generic_route_bit_for_bit(case, nm, monkeyp
             ref_nchw = anasim.analog(g, cfg, seed=5)(x)
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(got, ref_nchw)
+
+
+@pytest.mark.parametrize("h,w,ph,pw,sh,sw,hs,ws", [
+    (4, 4, 1, 1, 1, 1, 6, 6),  # narrow planes: zeroed whole, rows copied in
+    (8, 7, 1, 2, 2, 2, 5, 6),
+    (5, 9, 0, 3, 3, 2, 2, 8),  # planes cut before the input ends (rows past every tap)
+    (20, 33, 2, 1, 1, 1, 24, 35),  # wide rows: margins zeroed around the copy
+    (17, 40, 1, 1, 2, 2, 10, 21),
+])
+def test_pad_phases_equals_numpy_reference(h, w, ph, pw, sh, sw, hs, ws):
+    """:func:`cpu_conv.pad_phases` against slicing: phase (u, v) of channel c and image a is
+    rows u, u + sh, … and columns v, v + sw, … of the zero-padded input, cut to hs × ws."""
+    n, c = 3, 5
+    x = np.random.default_rng(h * w).standard_normal((n, c, h, w)).astype(np.float32) + 2.0
+    big = np.zeros((n, c, hs * sh + h + ph, ws * sw + w + pw), np.float32)
+    big[:, :, ph:ph + h, pw:pw + w] = x
+    want = np.stack([big[:, :, u::sh, v::sw][:, :, :hs, :ws] for u in range(sh) for v in range(sw)])
+    want = want.transpose(2, 0, 1, 3, 4)  # (C, sh·sw, N, hs, ws)
+    xp = np.full(c * sh * sw * n * hs * ws, np.nan, np.float32)
+    cpu_conv.pad_phases(x, *(np.int64(v) for v in (ph, pw, sh, sw, hs, ws)), xp)
+    np.testing.assert_array_equal(xp.reshape(want.shape), want)
