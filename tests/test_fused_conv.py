@@ -368,6 +368,8 @@ def test_residual_add_folded_into_the_layer_gives_the_same_numbers(swap, mapping
     dict(c=4, oc=4, kernel=[3, 3], group=4, pads=[2, 2, 2, 2], dilations=[2, 2], width=8),
     dict(c=3, oc=3, kernel=[2, 3], group=3, pads=[0, 1, 1, 0], strides=[1, 2], width=9),
     dict(c=3, oc=3, kernel=[5], group=3, pads=[2, 1], strides=[2]),                       # 1-D
+    dict(c=3, oc=3, kernel=[5, 5], group=3, pads=[2, 2, 2, 2], width=12),                  # 5x5: separable statistic
+    dict(c=3, oc=3, kernel=[5, 5], group=3, pads=[2, 2, 2, 2], strides=[2, 2], dilations=[1, 2], width=16),
 ])
 def test_one_channel_tiles_equal_the_generic_route_bit_for_bit(case, nm, monkeypatch):
     """Depthwise tiles (one input channel each) take their noise-management statistic from
@@ -375,7 +377,8 @@ def test_one_channel_tiles_equal_the_generic_route_bit_for_bit(case, nm, monkeyp
     the unit-stride (phase-split, channel-major) layout; the generic route (gather, then
     the statistic of the gathered inputs, then the product), in that layout and in the
     (N, C, Hp, Wp) one, gives the same numbers bit for bit, with and without an analog
-    bias, through bound-management re-runs."""
+    bias, through bound-management re-runs. 2-D kernels take the statistic separably (row
+    maxima, then over rows), 1-D ones tap by tap."""
     from anasim.analog.fused import FusedConv
 
     g = _conv_model(**case)

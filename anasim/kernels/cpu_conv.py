@@ -437,15 +437,45 @@ def _inputs(offs, k):
     return k + c, c, o0, o1, o2
 
 
+@njit(inline="always", error_model="numpy")
+def _key(a, nm):
+    """The noise-management key of an input's float32 bits ``a`` (see :func:`_block_stat`)."""
+    if nm == S.NM_ABS_MAX:
+        return a & _I31
+    return a ^ ((a >> _S31) & _I31)
+
+
+@njit(inline="always", error_model="numpy")
+def _tap_grid(offs, kh, kw):
+    """Whether a one-channel tile's inputs are all kh·kw taps of its channel (an analog
+    bias's constant after them), each at F(a) + G(e): tap (a, e) at the offset of row a's
+    first tap plus that of tap e past row 0's first, and kh >= 2 (the separable statistic
+    pays). True of every :data:`MAP_DIRECT` tile of a 2-D kernel in the layout of
+    :func:`pad_phases`; checked, not assumed."""
+    n_in = offs.size - (1 if offs[offs.size - 1] < 0 else 0)
+    if kh < 2 or n_in != kh * kw:
+        return False
+    for a in range(kh):
+        for e in range(kw):
+            if offs[a * kw + e] != offs[a * kw] + offs[e] - offs[0]:
+                return False
+    return True
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
-def _tap_stat(xi, img, wp, p_, ow, offs, has_one, nm, r0, r1, hm, stat):
+def _tap_stat(xi, img, wp, p_, ow, offs, kh, kw, has_one, nm, r0, r1, hm, hh, stat):
     """stat[t] = the noise-management key (see :func:`_block_stat`) of the max over the
     inputs of pixel r0 + t of a one-channel tile (its own channel is its map), in the
     unit-stride layout of :func:`pad_phases` (``xi``: its float32 bits): every input one
     contiguous loop over the block's flat span of the padded planes (the positions in it
     that are no pixel's origin -- row ends, padding rows, the image boundaries -- are
     computed and dropped), then the pixels taken out in block order. Maxima of integer
-    keys: exact in any order, the numbers of :func:`_block_stat` on the gathered inputs."""
+    keys: exact in any order, the numbers of :func:`_block_stat` on the gathered inputs.
+
+    A full kernel (:func:`_tap_grid`) is taken separably: the max over a kernel row's
+    taps first (``hh``: scratch of kh times the span), for each distinct run of the
+    rows' flat positions once (stride 1: the kh rows share one run, ``wp`` apart), then
+    the max over the kh rows -- 2 kh loads per position instead of kh·kw."""
     wide_vectors()
     at = _origin(r0, p_, ow, wp, img)
     m = _origin(r1 - 1, p_, ow, wp, img) - at + 1
@@ -454,23 +484,76 @@ def _tap_stat(xi, img, wp, p_, ow, offs, has_one, nm, r0, r1, hm, stat):
     first = np.int32(0x3F800000) if has_one else init  # 1.0f: its abs_max key and its max key
     for j in range(m):
         v[j] = first
-    k = 0
-    while k < offs.size:  # three inputs per loop (one pass per input vectorised 7x slower)
-        k, c, o0, o1, o2 = _inputs(offs, k)
-        if o0 < 0:
-            continue
-        s0 = xi[at + o0:at + o0 + m]  # the last pixel's inputs end the span: inside the input
-        s1 = xi[at + o1:at + o1 + m]  # (fewer than three left: the last repeated, a max is the same)
-        s2 = xi[at + o2:at + o2 + m]
-        if nm == S.NM_ABS_MAX:
+    if _tap_grid(offs, kh, kw):
+        _tap_stat_grid(xi, at, m, offs, kh, kw, nm, v, hh)
+    else:
+        k = 0
+        while k < offs.size:  # three inputs per loop (one pass per input vectorised 7x slower)
+            k, c, o0, o1, o2 = _inputs(offs, k)
+            if o0 < 0:
+                continue
+            s0 = xi[at + o0:at + o0 + m]  # the last pixel's inputs end the span: inside the input
+            s1 = xi[at + o1:at + o1 + m]  # (fewer than three left: the last repeated, a max is the same)
+            s2 = xi[at + o2:at + o2 + m]
             for j in range(m):
-                v[j] = max(max(v[j], s0[j] & _I31), max(s1[j] & _I31, s2[j] & _I31))
-        else:
-            for j in range(m):
-                a, b, d = s0[j], s1[j], s2[j]
-                v[j] = max(max(v[j], a ^ ((a >> _S31) & _I31)),
-                           max(b ^ ((b >> _S31) & _I31), d ^ ((d >> _S31) & _I31)))
+                v[j] = max(max(v[j], _key(s0[j], nm)), max(_key(s1[j], nm), _key(s2[j], nm)))
     _move(v, img, wp, p_, ow, r0, r1, stat, False)
+
+
+@njit(inline="always", error_model="numpy")
+def _tap_stat_grid(xi, at, m, offs, kh, kw, nm, v, hh):
+    """:func:`_tap_stat`'s separable maxima into ``v`` (m positions from ``at``) for taps
+    on a grid (:func:`_tap_grid`). The rows' offsets F(a) are taken in increasing order
+    and joined into runs where their spans [F(a), F(a) + m) overlap; the row maxima
+    h[i] = max_e key(x[at + i + G(e)]) are made once per run position, three taps per loop,
+    then v = max over rows of h at F(a) + j, three rows per loop."""
+    order = np.empty(kh, np.int64)  # rows by increasing F (insertion sort of a few)
+    for a in range(kh):
+        b = a
+        while b > 0 and offs[order[b - 1] * kw] > offs[a * kw]:
+            order[b] = order[b - 1]
+            b -= 1
+        order[b] = a
+    hoff = np.empty(kh, np.int64)  # row a's maxima start at hh[hoff[a]]
+    used = 0
+    b = 0
+    while b < kh:  # one run of overlapping rows
+        f0 = offs[order[b] * kw]
+        e_ = b + 1
+        while e_ < kh and offs[order[e_] * kw] < offs[order[e_ - 1] * kw] + m:
+            e_ += 1
+        n_run = offs[order[e_ - 1] * kw] - f0 + m
+        h = hh[used:used + n_run]
+        base = at + f0 - offs[0]  # + G(e) = offs[e]: the first tap of row 0 removed once
+        e = 0
+        while e < kw:
+            c = min(3, kw - e)
+            g0 = base + offs[e]
+            g1 = base + offs[e + min(1, c - 1)]
+            g2 = base + offs[e + c - 1]
+            s0 = xi[g0:g0 + n_run]
+            s1 = xi[g1:g1 + n_run]
+            s2 = xi[g2:g2 + n_run]
+            if e == 0:
+                for i in range(n_run):
+                    h[i] = max(_key(s0[i], nm), max(_key(s1[i], nm), _key(s2[i], nm)))
+            else:
+                for i in range(n_run):
+                    h[i] = max(h[i], max(_key(s0[i], nm), max(_key(s1[i], nm), _key(s2[i], nm))))
+            e += c
+        for k in range(b, e_):
+            hoff[order[k]] = used + offs[order[k] * kw] - f0
+        used += n_run
+        b = e_
+    a = 0
+    while a < kh:
+        c = min(3, kh - a)
+        h0 = hh[hoff[a]:hoff[a] + m]
+        h1 = hh[hoff[a + min(1, c - 1)]:hoff[a + min(1, c - 1)] + m]
+        h2 = hh[hoff[a + c - 1]:hoff[a + c - 1] + m]
+        for j in range(m):
+            v[j] = max(max(v[j], h0[j]), max(h1[j], h2[j]))
+        a += c
 
 
 SMALL_DOT = 64
@@ -1129,6 +1212,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
         pimg = np.empty(rows if short else 0, np.int64)
         bt = np.empty(rows if short else 0, np.int64)
         hm = np.empty(span, np.int32)  # one-channel tiles: maxima over the block's flat span
+        hh = np.empty(kh * span, np.int32)  # ... and a kernel row's maxima (separable)
         flat = np.empty((3, span), np.float32)  # ... their scales, sums and squares
         one_pass = (pp.inp_noise <= _F0 and not pp.inp_sto_round and pp.ir_drop <= _F0
                     and pp.wn_type != S.WN_ADDITIVE)
@@ -1169,7 +1253,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                         _map_stat_px(maps, mode, pix, pimg, q, kh, kw, dh, dw, wp, has_one, pp.nm_type,
                                      bt, stat)
                     elif mode == MAP_DIRECT:  # a one-channel tile: its input is its map
-                        _tap_stat(xi, img, wp, p_, ow, toffs, has_one, pp.nm_type, r0, r1, hm, stat)
+                        _tap_stat(xi, img, wp, p_, ow, toffs, kh, kw, has_one, pp.nm_type, r0, r1, hm, hh, stat)
                     elif mode >= 0:
                         _map_stat(maps, mode, p_, ow, sh, sw, kh, kw, dh, dw, has_one, pp.nm_type,
                                   r0, r1, stat)
