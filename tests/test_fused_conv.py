@@ -196,6 +196,30 @@ def test_fused_after_programming_and_drift():
     assert not np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[1], outs[2])
 
 
+def test_fused_repacks_when_a_tile_changes_after_a_run():
+    """The packed weights and scales are cached between runs; any assignment to a tile
+    (through the matrix's setters or directly) is seen by the next run, and a pickled
+    simulator does not reuse another process's pack."""
+    import pickle
+
+    g = _conv_model(c=4, oc=8, kernel=[3, 3], pads=[1, 1, 1, 1])
+    x = np.random.default_rng(9).standard_normal((2, 4, 9, 8)).astype(np.float32)
+    sim = anasim.analog(g, AIHWKIT_LIKE, seed=1)
+    layer = sim.layers[0]
+    first = sim(x)
+    matrix = layer.matrices[0]
+    tile = matrix.tiles[0]
+    matrix.set_tile_weights([t.weight * 0.5 for t in matrix.tiles])
+    halved = sim(x)
+    assert not np.array_equal(first, halved)
+    _assert_same(halved, _reference(layer, x), layer, x)
+    tile.post_scale = tile.post_scale * 2.0  # a direct assignment
+    scaled = sim(x)
+    assert not np.array_equal(halved, scaled)
+    _assert_same(scaled, _reference(layer, x), layer, x)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(sim))(x), scaled)
+
+
 def test_fused_results_do_not_depend_on_batch_or_threads(request):
     if rerun_with_two_threads(request):  # this process's pool has a single thread
         return

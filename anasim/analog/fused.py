@@ -18,7 +18,7 @@ import numpy as np
 from ..kernels import cpu_conv
 from ..kernels import stages as S
 from ..threads import Blas, num_threads
-from .tile import AnalogMatrix
+from .tile import AnalogMatrix, tile_state
 
 __all__ = ["FusedConv", "fused_available"]
 
@@ -129,15 +129,15 @@ class FusedConv:
         self._modes = {}
         self._cache = None  # (state, packed), replaced in one assignment: runs may overlap
         self._offsets = {}
+        self._rows = {}  # block_rows per (pixels, workers)
 
     def _pack(self, repetition: int):
         """Flat weights, |weights|, vectors, non-linearity factors and keys (cached per state)."""
-        tiles = [t for m in self.matrices for t in m.tiles]
-        state = (repetition, [(t.weight, t.post_scale, t.mapping_scale, t.adc_gain, t.adc_offset) for t in tiles])
+        state = (repetition, tile_state())  # read before the tiles: a change meanwhile repacks
         cache = self._cache
-        if cache is not None and cache[0][0] == repetition and all(
-                all(u is v for u, v in zip(a, b)) for a, b in zip(cache[0][1], state[1])):
+        if cache is not None and cache[0] == state:
             return cache[1]
+        tiles = [t for m in self.matrices for t in m.tiles]
         wflat = np.concatenate([t.weight.reshape(-1) for t in tiles]).astype(np.float32, copy=False)
         awflat = np.abs(wflat) if self.need_abs else np.zeros(0, np.float32)
         n = sum(t.n_out for t in tiles)
@@ -234,14 +234,17 @@ class FusedConv:
 
     def block_rows(self, total: int, workers: int) -> int:
         """Pixels per block: the working set in cache, and enough blocks for the workers."""
-        nk = int(self.tiles[:, 1].max())
-        no = int(self.tiles[:, 3].max())
-        extra = 2 if self.params.ir_drop > 0 else (1 if self.params.wn_type == S.WN_PCM_READ else 0)
-        per_pixel = 4 * (nk * (1 + extra) + no * (2 + extra) + len(self.bias))
-        rows = int(min(_MAX_BLOCK, max(_MIN_BLOCK, _BLOCK_BYTES // per_pixel)))
-        n_blocks = -(-total // rows)
-        n_blocks = -(-n_blocks // workers) * workers if n_blocks >= workers else n_blocks
-        return max(1, -(-total // n_blocks))
+        key = (total, workers)
+        if key not in self._rows:
+            nk = int(self.tiles[:, 1].max())
+            no = int(self.tiles[:, 3].max())
+            extra = 2 if self.params.ir_drop > 0 else (1 if self.params.wn_type == S.WN_PCM_READ else 0)
+            per_pixel = 4 * (nk * (1 + extra) + no * (2 + extra) + len(self.bias))
+            rows = int(min(_MAX_BLOCK, max(_MIN_BLOCK, _BLOCK_BYTES // per_pixel)))
+            n_blocks = -(-total // rows)
+            n_blocks = -(-n_blocks // workers) * workers if n_blocks >= workers else n_blocks
+            self._rows[key] = max(1, -(-total // n_blocks))
+        return self._rows[key]
 
     def run(self, x: np.ndarray, geom, first: int, repetition: int, profile: dict | None = None,
             name: str = "", epilogue: tuple | None = None,

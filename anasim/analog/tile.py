@@ -42,6 +42,8 @@ steps 2-6 run once per input cycle on that cycle's drives (its own random stream
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -282,6 +284,20 @@ class Periphery:
         return bool(self.inp_step > 0 and np.float32(red) > np.float32(self.max_bm_res / self.inp_step))
 
 
+_TICKETS = itertools.count(1)
+_TILE_STATE = [0]
+_PROCESS = os.urandom(8)  # what was packed in another process (and pickled) never matches
+
+
+def tile_state() -> tuple:
+    """A value that changes whenever an attribute of any :class:`PhysicalTile` is assigned
+    (new weights after programming or drift, new scales, ADC vectors, ...): what was
+    packed from tiles is still theirs while it is unchanged. Each assignment takes a new
+    ticket (``next`` on a counter is atomic), so a value once replaced never comes back;
+    the process's random token keeps apart the counts of processes that did not fork."""
+    return _PROCESS, _TILE_STATE[0]
+
+
 @dataclass
 class PhysicalTile:
     """One crossbar tile: a chunk of the (ω-scaled) weight matrix and its digital scales.
@@ -315,6 +331,11 @@ class PhysicalTile:
     adc_gain: np.ndarray | None = None
     """(n_out,) float32 ADC gain per column (None: no ADC mismatch/INL)."""
     _abs: np.ndarray | None = field(default=None, repr=False)
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, value)
+        if name != "_abs":
+            _TILE_STATE[0] = next(_TICKETS)  # after the assignment: see tile_state
 
     @property
     def n_in(self) -> int:
