@@ -922,18 +922,20 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
             nl = nl_vec[i]
             for t in range(q):
                 yr[t] = S.nonlinearity(yr[t], nl, nlf)
+    res, bound = pp.out_step, pp.out_bound
+    sto = res > _F0 and pp.out_sto_round
+    one_pass = noise_on and not pp.adc_on and not sto  # noise, ADC rounding, bound test, clip in one loop
     if noise_on:
         t0 = _now(prof)
         _random_cols(rid, q, nout, rnd, key[2], key[3], True, ws, tmp, zb)
         _tick(prof, wk, 5, t0)
-        for i in range(nout):
-            yr = y[i, :q]
-            zr = zb[i, :q]
-            sd = noise_vec[i]
-            for t in range(q):
-                yr[t] = yr[t] + sd * zr[t]
-    res, bound = pp.out_step, pp.out_bound
-    sto = res > _F0 and pp.out_sto_round
+        if not one_pass:
+            for i in range(nout):
+                yr = y[i, :q]
+                zr = zb[i, :q]
+                sd = noise_vec[i]
+                for t in range(q):
+                    yr[t] = yr[t] + sd * zr[t]
     if sto:
         t0 = _now(prof)
         _random_cols(rid, q, nout, rnd, key[8], key[9], False, ws, tmp, zb)
@@ -945,6 +947,23 @@ def _finalize(y, nout, q, pp, nl_on, nl_vec, nlf, noise_on, noise_vec, a_scale, 
         lo[t] = 0
     n_inl = inl.shape[1]
     for i in range(nout):
+        if one_pass:  # the loops below, fused (the same operations in the same order)
+            yr = y[i, :q]
+            zr = zb[i, :q]
+            sd = noise_vec[i]
+            if res > _F0:
+                for t in range(q):
+                    v = np.rint((yr[t] + sd * zr[t]) / res) * res
+                    hi[t] += v > bound
+                    lo[t] += v < -bound
+                    yr[t] = min(max(v, -bound), bound)
+            else:
+                for t in range(q):
+                    v = yr[t] + sd * zr[t]
+                    hi[t] += v > bound
+                    lo[t] += v < -bound
+                    yr[t] = min(max(v, -bound), bound)
+            continue
         yr = y[i, :q]
         if pp.adc_on:  # the column's ADC offset, INL curve and gain (skipped pixels are zeroed below)
             off = adc_off[i]
