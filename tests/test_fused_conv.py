@@ -451,3 +451,49 @@ def test_pad_phases_equals_numpy_reference(h, w, ph, pw, sh, sw, hs, ws):
     xp = np.full(c * sh * sw * n * hs * ws, np.nan, np.float32)
     cpu_conv.pad_phases(x, *(np.int64(v) for v in (ph, pw, sh, sw, hs, ws)), xp)
     np.testing.assert_array_equal(xp.reshape(want.shape), want)
+
+
+def _expand_depthwise_model(extra_output: bool):
+    """x (N, 4, 9, 8) -> Conv 1x1 (8) -> Clip(0, 6) -> depthwise Conv 3x3 (pads 1) -> y."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((8, 4, 1, 1)) * 0.5).astype(np.float32)
+    w2 = (rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["e"], name="expand"),
+             helper.make_node("Clip", ["e", "lo", "hi"], ["a"], name="clip"),
+             helper.make_node("Conv", ["a", "w2"], ["y"], name="dw", group=8, pads=[1, 1, 1, 1])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_output:
+        outs.append(helper.make_tensor_value_info("a", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "ed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 9, 8])], outs,
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                           numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")])
+    return anasim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+@pytest.mark.parametrize("extra_output", [False, True])
+def test_expand_output_written_in_the_depthwise_planes(extra_output, monkeypatch):
+    """A fused convolution whose output only a depthwise layer reads writes it straight into
+    that layer's zero-padded planes (no padding pass), with the numbers of the plain route;
+    an output others read as well stays plain. Runs repeat with the reused buffers."""
+    from anasim.analog import fused
+
+    x = np.random.default_rng(4).standard_normal((5, 4, 9, 8)).astype(np.float32)
+    sim = anasim.analog(_expand_depthwise_model(extra_output), AIHWKIT_LIKE, seed=2)
+    planned = {la.name: la.next_depthwise for la in sim.layers}
+    assert (planned["expand"] is not None) != extra_output
+    calls = []
+    orig = cpu_conv.pad_phases
+    monkeypatch.setattr(cpu_conv, "pad_phases", lambda *a: (calls.append(1), orig(*a))[1])
+    def run():
+        out = sim.run({"x": x})
+        return [np.array(out[k]) for k in sorted(out)]
+
+    got = [run() for _ in range(3)]
+    assert len(calls) == (3 if extra_output else 0)
+    for la in sim.layers:
+        la.next_depthwise = None
+    ref = run()
+    for g in got:
+        for a, b in zip(g, ref):
+            np.testing.assert_array_equal(a, b)
+    assert fused._OUT_POOL  # outputs are handed out from the pool

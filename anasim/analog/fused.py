@@ -10,8 +10,10 @@ from an (N, C, *in_shape) input.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from ..kernels import stages as S
 from ..threads import Blas, num_threads
 from .tile import AnalogMatrix, tile_state
 
-__all__ = ["FusedConv", "fused_available"]
+__all__ = ["FusedConv", "fused_available", "unit_planes", "planes_input"]
 
 _BLOCK_BYTES = 4 << 20
 """Working set of one block of pixels (gathered inputs, by-products, outputs, accumulator).
@@ -60,6 +62,86 @@ def _buffer(size: int) -> np.ndarray:
     return buf[:size]
 
 
+def unit_planes(geom) -> tuple | None:
+    """(ph, pw, hs, ws): where a 2-D convolution of unit strides reads its input in the
+    layout of :func:`~anasim.kernels.cpu_conv.pad_phases` -- the interior's offset and
+    the padded planes' size, as :func:`_padded` makes them; None for other strides or 1-D."""
+    if geom.n_spatial != 2 or tuple(geom.strides) != (1, 1):
+        return None
+    (kh, kw), (dh, dw) = tuple(geom.kernel), tuple(geom.dilations)
+    (ph, pw), (oh, ow) = tuple(geom.pads_begin), tuple(geom.out_shape)
+    h, w = geom.in_shape
+    return ph, pw, max(h + ph, (oh - 1) + (kh - 1) * dh + 1), max(w + pw, (ow - 1) + (kw - 1) * dw + 1)
+
+
+_PLANES: dict = {}
+"""id(buffer) -> (weak reference, (N, C, H, W), (ph, pw, hs, ws)): outputs written in the
+padded planes of :func:`~anasim.kernels.cpu_conv.pad_phases` by :meth:`FusedConv.run`."""
+
+
+_OUT_POOL: list = []  # [buffer, key], least recently handed out first
+_OUT_POOL_LOCK = threading.Lock()
+_OUT_POOL_BYTES = 512 << 20
+"""The output buffers :func:`_out_buffer` keeps for reuse (busy ones included), at most."""
+
+
+def _out_buffer(size: int, margins: tuple | None = None) -> np.ndarray:
+    """A float32 output buffer of ``size``: one of the pool's that no one references any
+    more (its last reader has let go: CPython's reference count shows only the pool's), else
+    a new one. Fresh pages for every large output cost the page faults of first touch --
+    more than the pass that fills them (MobileNetV2 aihwkit: -2.4 % with its depthwise
+    inputs' planes reused). ``margins``: (planes, hs, ws, ph, pw, h, w) -- the buffer holds
+    zero-padded planes (:func:`~anasim.kernels.cpu_conv.zero_margins`), zeroed when new and
+    handed out again only for the same planes (their margins are never written)."""
+    key = (size, margins)
+    with _OUT_POOL_LOCK:
+        for k, entry in enumerate(_OUT_POOL):
+            if entry[1] == key and sys.getrefcount(entry[0]) == 2:  # the entry's and the call's
+                _OUT_POOL.append(_OUT_POOL.pop(k))
+                return entry[0]
+        buf = np.empty(size, np.float32)
+        _OUT_POOL.append([buf, key])
+        total = sum(e[0].nbytes for e in _OUT_POOL)
+        while total > _OUT_POOL_BYTES and len(_OUT_POOL) > 1:  # the oldest leave (busy ones live on)
+            total -= _OUT_POOL.pop(0)[0].nbytes
+    if margins is not None:
+        cpu_conv.zero_margins(buf, *(np.int64(v) for v in margins))
+    return buf
+
+
+def _planes_view(buf: np.ndarray, n: int, c: int, h: int, w: int, planes: tuple) -> np.ndarray:
+    """The (N, C, H, W) view of the interior of the planes ``buf`` (C, N, hs, ws), recorded
+    so that :func:`_planes_of` finds the planes again; an ordinary array to everyone else."""
+    ph, pw, hs, ws = planes
+    view = buf.reshape(c, n, hs, ws)[:, :, ph:ph + h, pw:pw + w].transpose(1, 0, 2, 3)
+    key = id(buf)
+    _PLANES[key] = (weakref.ref(buf, lambda _r, k=key: _PLANES.pop(k, None)), (n, c, h, w), planes)
+    return view
+
+
+def planes_input(x: np.ndarray) -> bool:
+    """Whether ``x`` is a view that :meth:`FusedConv.run` made of padded planes (a fused
+    convolution takes it as it is)."""
+    return isinstance(x.base, np.ndarray) and id(x.base) in _PLANES
+
+
+def _planes_of(x: np.ndarray, planes: tuple) -> np.ndarray | None:
+    """The flat padded planes behind ``x`` when ``x`` is the whole interior view that
+    :func:`_planes_view` made with these ``planes`` (margins zero: only the interior is
+    ever written through a view); else None."""
+    base = x.base
+    entry = _PLANES.get(id(base)) if isinstance(base, np.ndarray) else None
+    if entry is None or entry[0]() is not base or entry[2] != planes or entry[1] != x.shape:
+        return None
+    n, c, h, w = x.shape
+    ph, pw, hs, ws = planes
+    item = x.itemsize
+    if (x.dtype != np.float32 or x.strides != (hs * ws * item, n * hs * ws * item, ws * item, item)
+            or x.ctypes.data != base.ctypes.data + (ph * ws + pw) * item):
+        return None
+    return base.reshape(-1)
+
+
 def _padded(x: np.ndarray, geom, ranges: np.ndarray, nm: int, phased: bool):
     """The input zero-padded, the channel maps of ``ranges``
     (:func:`~anasim.kernels.cpu_conv.channel_maps`), the 2-D kernel parameters (kh, kw, sh,
@@ -81,8 +163,10 @@ def _padded(x: np.ndarray, geom, ranges: np.ndarray, nm: int, phased: bool):
     maps = np.empty((len(ranges), n, hp, wp), np.int32)
     if phased:
         hs, ws = -(-hp // sh), -(-wp // sw)
-        xp = _buffer(c * sh * sw * n * hs * ws)
-        cpu_conv.pad_phases(np.ascontiguousarray(x), *(np.int64(v) for v in (ph, pw, sh, sw, hs, ws)), xp)
+        xp = _planes_of(x, (ph, pw, hs, ws)) if (sh, sw) == (1, 1) and geom.n_spatial == 2 else None
+        if xp is None:  # (else the producing layer wrote it so)
+            xp = _buffer(c * sh * sw * n * hs * ws)
+            cpu_conv.pad_phases(np.ascontiguousarray(x), *(np.int64(v) for v in (ph, pw, sh, sw, hs, ws)), xp)
         params = (kh, kw, 1, 1, dh, dw, ow)
         return xp, maps, params, (ws, hs * ws, sh * sw * n * hs * ws, n * hs * ws, True)
     layout = (wp, c * hp * wp, hp * wp, 0, False)
@@ -248,7 +332,7 @@ class FusedConv:
 
     def run(self, x: np.ndarray, geom, first: int, repetition: int, profile: dict | None = None,
             name: str = "", epilogue: tuple | None = None,
-            residual: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+            residual: np.ndarray | None = None, planes: tuple | None = None) -> tuple[np.ndarray, int]:
         """The layer's output (N, OC, *out_shape) for the float32 input ``x`` and the number
         of its values that are NaN or infinite; ``first`` is the global row id of the
         batch's first pixel. ``profile``: where to add the kernel's cycles per worker and
@@ -257,13 +341,26 @@ class FusedConv:
         output's shape added to the outputs on the way out (an Add folded into the layer;
         float32, C-contiguous); ``epilogue``: (lo, hi), then clip them to [lo, hi] (a Relu
         or Clip folded into the layer). The count of NaN or infinite values is of the
-        layer's own outputs, before the residual."""
+        layer's own outputs, before the residual. ``planes``: (ph, pw, hs, ws) of the
+        depthwise layer that alone reads the output (:func:`unit_planes`): the outputs are
+        written straight into its zero-padded planes and their (N, OC, H, W) view returned,
+        which that layer then reads without padding it (any other reader sees an ordinary
+        strided array)."""
+        t0 = time.perf_counter()
         n, oc = x.shape[0], geom.out_channels
-        out = np.empty((n, oc, geom.n_pixels), np.float32)
+        p_, ow = geom.n_pixels, (geom.out_shape[-1] if geom.n_spatial else 1)
+        if planes is not None and geom.n_spatial == 2:
+            ph, pw, hs, ws = planes
+            oh = geom.out_shape[0]
+            out = _out_buffer(oc * n * hs * ws, (oc * n, hs, ws, ph, pw, oh, ow))
+            olay = (n, oc, p_, ow, hs * ws, n * hs * ws, ws, ph * ws + pw)
+        else:
+            planes = None
+            out = _out_buffer(n * oc * p_)
+            olay = (n, oc, p_, ow, oc * p_, p_, ow, 0)
         total = n * geom.n_pixels
         bad = 0
         if total:
-            t0 = time.perf_counter()
             tiles, ranges = self._tile_modes(geom)
             phased = self.phased(geom, tiles, ranges)
             xp, maps, params, layout = _padded(x, geom, ranges, self.params.nm_type, phased)
@@ -283,9 +380,12 @@ class FusedConv:
                     awflat, vecs, nlf, keys, self.params, self.nl_on, self.noise_on, self.bias,
                     (np.float32(-np.inf if epilogue is None else epilogue[0]),
                      np.float32(np.inf if epilogue is None else epilogue[1]),
-                     _NO_RESIDUAL if residual is None else np.ascontiguousarray(residual).reshape(out.shape)), out,
+                     _NO_RESIDUAL if residual is None else np.ascontiguousarray(residual).reshape(n, oc, p_)), out,
+                    tuple(np.int64(v) for v in olay),
                     np.int64(first), np.int64(rows), np.int64(chunks),
                     all(len(m.tiles) == m.n_out_chunks for m in self.matrices), cycles, self.matrices[0].inl)
             with Blas.single_threaded():  # each chunk calls sgemm on its own thread
                 bad = int(cpu_conv.analog_conv_parallel(*args))
+        if planes is not None:
+            return _planes_view(out, n, oc, geom.out_shape[0], ow, planes), int(bad)
         return out.reshape((n, oc) + geom.out_shape), int(bad)

@@ -44,7 +44,7 @@ from ..ops.conv_geometry import conv_geometry
 from ..ops.im2col import cols_to_output, im2col, im2col_rows, padded_input, rows_to_nchw
 from ..threads import num_threads, run_chunks
 from .calibration import LayerCalibration, apply_affine
-from .fused import FusedConv, fused_available
+from .fused import FusedConv, fused_available, planes_input, unit_planes
 from .tile import SERIAL, AnalogMatrix, Periphery
 
 _BLOCK_BYTES = 4 << 20
@@ -53,6 +53,13 @@ A few MB: smaller blocks fit L2 better but pay the per-block Python work more of
 (measured on 2 MB-L2 cores: 4 MB best, 1 MB about 30 % slower). Blocks run on the worker
 threads of :func:`~anasim.threads.run_chunks`."""
 _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 256, 32768
+
+
+def _geometry(x_shape, weight_shape, attrs):
+    """The convolution geometry of an input shape under a Conv node's attributes."""
+    a = attrs
+    return conv_geometry(tuple(x_shape), weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
+                         a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
 
 
 @dataclass
@@ -84,6 +91,12 @@ class AnalogLayer:
     epilogue -- the ``Add`` that followed it in the graph, folded into the layer by the
     simulator (see ``simulator.fold_activations``); the executor passes it after the
     node's own inputs (:attr:`extra_inputs`). '': none."""
+    next_depthwise: tuple | None = None
+    """(weight shape, attributes) of the depthwise convolution that alone reads this layer's
+    output (after a folded residual and activation), set by the simulator (see
+    ``simulator.plan_depthwise_inputs``): the fused kernel then writes the output straight
+    into the zero-padded planes that layer reads (its input padding pass saved); None: the
+    plain (N, C, H, W) output. Only where the output goes: the numbers are the same."""
     calibration: LayerCalibration = field(default_factory=LayerCalibration, repr=False)
     """What calibration set for this layer (:mod:`.calibration`); set it with
     :meth:`set_calibration`."""
@@ -210,7 +223,8 @@ class AnalogLayer:
         if self.op_type == "Conv":
             fuse = affine is None and (residual is None or (
                 isinstance(residual, np.ndarray) and residual.dtype == np.float32 and residual.flags.c_contiguous))
-            y = self._conv(context, inputs[0], epilogue if fuse else None, residual if fuse else None)
+            y = self._conv(context, inputs[0], epilogue if fuse else None, residual if fuse else None,
+                           fuse or (residual is None and epilogue is None and affine is None))
             if isinstance(y, tuple):
                 y, bad = y
         elif self.op_type == "Gemm":
@@ -235,19 +249,23 @@ class AnalogLayer:
         return y
 
     def _conv(self, ctx: RunContext, x: np.ndarray, epilogue: tuple | None = None,
-              residual: np.ndarray | None = None):
+              residual: np.ndarray | None = None, final: bool = False):
         """The convolution's output; on the fused kernel (output, count of NaN/infinite
         outputs) -- the kernel counts them on the way, so :meth:`__call__` need not -- with
         ``residual`` added and ``epilogue`` applied (both or neither: a residual of another
-        shape is left to the caller)."""
-        a = self.attrs
-        geom = conv_geometry(x.shape, self.weight_shape, a.get("auto_pad", "NOTSET"), a.get("dilations"),
-                             a.get("group", 1), a.get("kernel_shape"), a.get("pads"), a.get("strides"))
+        shape is left to the caller). ``final``: the output is the node's as it is (then
+        written in the planes of :attr:`next_depthwise`)."""
+        geom = _geometry(x.shape, self.weight_shape, self.attrs)
         if geom.n_spatial <= 2 and self._fused is not None and (
                 residual is None or residual.shape == (x.shape[0], geom.out_channels) + tuple(geom.out_shape)):
-            return self._fused.run(np.ascontiguousarray(x, dtype=np.float32), geom,
-                                   ctx.sample_offset * geom.n_pixels, ctx.repetition,
-                                   ctx.profile, self.name, epilogue, residual)
+            planes = None
+            if final and self.next_depthwise is not None:
+                planes = unit_planes(_geometry((x.shape[0], geom.out_channels) + tuple(geom.out_shape),
+                                               *self.next_depthwise))
+            if x.dtype != np.float32 or not (x.flags.c_contiguous or planes_input(x)):
+                x = np.ascontiguousarray(x, dtype=np.float32)
+            return self._fused.run(x, geom, ctx.sample_offset * geom.n_pixels, ctx.repetition,
+                                   ctx.profile, self.name, epilogue, residual, planes)
         if geom.group == 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:
             return self._conv_blocked(ctx, np.ascontiguousarray(x, dtype=np.float32), geom)
         if geom.group > 1 and geom.n_spatial <= 2 and type(self.matrices[0]) is AnalogMatrix:

@@ -108,6 +108,7 @@ class AnalogSimulator:
         overrides = {layer.name: layer for layer in self.layers}
         if device == "cpu":  # Relu/Clip after a fused convolution: applied by its kernel
             overrides.update(fold_activations(graph.ir, self.layers))
+            plan_depthwise_inputs(graph.ir, self.layers)
         # bound on the CPU first, then placed once: the analog nodes' weights are not uploaded
         self._overrides = overrides  # the analog layers (and folded activations) in the graph
         self._executor = graph.with_overrides(overrides).to(device)
@@ -625,3 +626,39 @@ def fold_activations(ir, layers) -> dict:
     return folded
 
 
+
+
+def plan_depthwise_inputs(ir, layers) -> None:
+    """Let each fused analog convolution whose output (after its folded residual and
+    activation, :func:`fold_activations`) is read only by a fused depthwise convolution of
+    unit strides write that output straight into the zero-padded planes the depthwise
+    layer reads (:attr:`AnalogLayer.next_depthwise`): the depthwise layer's padding pass
+    over its input is saved (MobileNet-style blocks: expand 1×1 → depthwise 3×3). Only the
+    output's layout changes (the depthwise layer checks the planes are what it would have
+    made, else pads as before); any other reader sees an ordinary strided array."""
+    consumers = ir.consumers()
+    graph_outputs = {o.name for o in ir.outputs}
+    by_name = {n.name: n for n in ir.nodes}
+    analog = {layer.name: layer for layer in layers}
+    for layer in layers:
+        node = by_name.get(layer.name)
+        layer.next_depthwise = None
+        if node is None or layer.op_type != "Conv" or layer._fused is None or not node.outputs:
+            continue
+        out = node.outputs[0]
+        while True:  # past the folded Add and activation
+            user = sole_consumer(out, consumers, graph_outputs)
+            folded = user is not None and user.op_type in ("Add", "Relu", "Clip") and (
+                (user.op_type == "Add" and layer.residual and layer.residual in user.inputs)
+                or (user.op_type != "Add" and layer.epilogue is not None and user.inputs[0] == out))
+            if not folded:
+                break
+            out = user.outputs[0]
+        nxt = analog.get(user.name) if user is not None else None
+        if nxt is None or nxt.op_type != "Conv" or nxt._fused is None or user.inputs[0] != out:
+            continue
+        w = nxt.weight_shape
+        group = int(nxt.attrs.get("group", 1))
+        strides = tuple(nxt.attrs.get("strides", (1,) * (len(w) - 2)))
+        if len(w) == 4 and w[1] == 1 and group == w[0] and group > 1 and all(v == 1 for v in strides):
+            layer.next_depthwise = (w, dict(nxt.attrs))

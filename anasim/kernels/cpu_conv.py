@@ -73,7 +73,7 @@ from .simd import wide_vectors
 _U = np.uint64
 
 __all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "pad_and_maps", "pad_phases",
-           "span_of_blocks", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
+           "span_of_blocks", "zero_margins", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
 _ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
@@ -305,6 +305,26 @@ def pad_phases(x, ph, pw, sh, sw, hs, ws, xp):
                     else:
                         for j in range(cnt):
                             xp[dst + j] = xf[src + j * usw]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def zero_margins(xp, planes, hs, ws, ph, pw, h, w):
+    """Zero the margins of ``planes`` planes of hs × ws (flat ``xp``) around an h × w
+    interior at (ph, pw): the padding of :func:`pad_phases` at unit stride, for outputs
+    written straight into that layout (:func:`analog_conv`'s ``olay``)."""
+    plane = hs * ws
+    for k in prange(planes):
+        d = _U(k * plane)
+        for j in range(_U(ph * ws)):
+            xp[d + j] = _F0
+        for j in range(_U((ph + h) * ws), _U(plane)):
+            xp[d + j] = _F0
+        for i in range(ph, ph + h):
+            row = d + _U(i * ws)
+            for j in range(_U(pw)):
+                xp[row + j] = _F0
+            for j in range(_U(pw + w), _U(ws)):
+                xp[row + j] = _F0
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -1096,21 +1116,35 @@ def _image_run(r, p_, left):
     return n, p0, min(p_ - p0, left)
 
 
+@njit(inline="always", error_model="numpy")
+def _out_run(r, left, olay):
+    """The run of outputs from row r (at most ``left``) that are consecutive in the output
+    layout ``olay`` (see :func:`analog_conv`): image n, first pixel p0, length, and the
+    offset of pixel p0 in an output plane of the layout (whole images when its rows are
+    dense, else one output row)."""
+    n_img, oc, p_, ow, sn, sc, rp, base = olay
+    n, p0, cnt = _image_run(r, p_, left)
+    if rp == ow:
+        return n, p0, cnt, base + p0
+    i = p0 // ow
+    k = p0 - i * ow
+    return n, p0, min(cnt, ow - k), base + i * rp + k
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
-def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, hi, res):
+def _store(y, nout, q, scale, out_scale, ms, post, bias, out, olay, out0, r0, f, lo, hi, res):
     """out[n, out0 + i, p] = ((y[i, t] · out_scale/scale[t]) · ms[i]) · post[i] + bias[out0 + i]
     for the rows r = r0 + t = n·P + p: :func:`_accumulate` and :func:`_layout` in one pass,
     for outputs that one tile computes alone (the same numbers: 0 + v is v), then the
     residual ``res[n, out0 + i, p]`` added (a following Add; ``res`` empty: none) and the
-    sum clipped to [lo, hi] (a Relu/Clip after the layer or the Add; ±inf: none). Returns
-    the number of NaN or infinite values the tile computed (before the residual)."""
+    sum clipped to [lo, hi] (a Relu/Clip after the layer or the Add; ±inf: none). ``out``:
+    flat, in the layout ``olay`` (see :func:`analog_conv`). Returns the number of NaN or
+    infinite values the tile computed (before the residual)."""
     wide_vectors()
-    p_ = out.shape[2]
-    oc = out.shape[1]
+    n_img, oc, p_, ow, sn, sc, rp, base = olay
     has_res = res.shape[0] > 0
     for t in range(q):
         f[t] = out_scale / scale[t]
-    of = out.reshape(-1)
     rf = res.reshape(-1)
     yf = y.reshape(-1)
     ld = _U(y.shape[1])
@@ -1118,39 +1152,39 @@ def _store(y, nout, q, scale, out_scale, ms, post, bias, out, out0, r0, f, lo, h
     b = 0
     r = r0
     while b < q:  # flat uint64 indices (ops.im2col's Numba note)
-        n, p0, cnt = _image_run(r, p_, q - b)
+        n, p0, cnt, at = _out_run(r, q - b, olay)
         ub = _U(b)
         uc = _U(cnt)
         for i in range(nout):
-            d = _U((n * oc + out0 + i) * p_ + p0)
+            d = _U(n * sn + (out0 + i) * sc + at)
             ys = _U(i) * ld + ub
             m = ms[i]
             pst = post[i]
             bb = bias[out0 + i]
             if has_res:
+                dr = _U((n * oc + out0 + i) * p_ + p0)
                 for t in range(uc):
                     v = ((yf[ys + t] * f[ub + t]) * m) * pst + bb
                     bad += not np.isfinite(v)
-                    of[d + t] = min(max(v + rf[d + t], lo), hi)
+                    out[d + t] = min(max(v + rf[dr + t], lo), hi)
                 continue
             for t in range(uc):
                 v = ((yf[ys + t] * f[ub + t]) * m) * pst + bb
                 bad += not np.isfinite(v)
-                of[d + t] = min(max(v, lo), hi)
+                out[d + t] = min(max(v, lo), hi)
         b += cnt
         r += cnt
     return bad
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _layout(acc, q, bias, out, r0, lo, hi, res):
+def _layout(acc, q, bias, out, olay, r0, lo, hi, res):
     """out[n, o, p] = acc[o, r - r0] + bias[o] for the rows r = n·P + p in r0..r0+q, plus the
-    residual and clipped to [lo, hi] (see :func:`_store`); returns the number of NaN or
-    infinite values (before the residual)."""
+    residual and clipped to [lo, hi] (see :func:`_store`; ``out`` flat in the layout
+    ``olay``); returns the number of NaN or infinite values (before the residual)."""
     wide_vectors()
-    oc, p_ = out.shape[1], out.shape[2]
+    n_img, oc, p_, ow, sn, sc, rp, base = olay
     has_res = res.shape[0] > 0
-    of = out.reshape(-1)
     rf = res.reshape(-1)
     af = acc.reshape(-1)
     ld = _U(acc.shape[1])
@@ -1158,23 +1192,24 @@ def _layout(acc, q, bias, out, r0, lo, hi, res):
     b = 0
     r = r0
     while b < q:  # flat uint64 indices (ops.im2col's Numba note)
-        n, p0, cnt = _image_run(r, p_, q - b)
+        n, p0, cnt, at = _out_run(r, q - b, olay)
         ub = _U(b)
         uc = _U(cnt)
         for o in range(oc):
-            d = _U((n * oc + o) * p_ + p0)
+            d = _U(n * sn + o * sc + at)
             sa = _U(o) * ld + ub
             bb = bias[o]
             if has_res:
+                dr = _U((n * oc + o) * p_ + p0)
                 for t in range(uc):
                     v = af[sa + t] + bb
                     bad += not np.isfinite(v)
-                    of[d + t] = min(max(v + rf[d + t], lo), hi)
+                    out[d + t] = min(max(v + rf[dr + t], lo), hi)
                 continue
             for t in range(uc):
                 v = af[sa + t] + bb
                 bad += not np.isfinite(v)
-                of[d + t] = min(max(v, lo), hi)
+                out[d + t] = min(max(v, lo), hi)
         b += cnt
         r += cnt
     return bad
@@ -1182,10 +1217,15 @@ def _layout(acc, q, bias, out, r0, lo, hi, res):
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                noise_on, bias, epilogue, out, first, rows, workers, single, prof, inl):
+                noise_on, bias, epilogue, out, olay, first, rows, workers, single, prof, inl):
     """Chunk ``wk`` of the analog convolution of the padded input ``xp`` (flat) into
-    ``out`` (N, OC, P): blocks wk, wk + workers, … (call it for every wk in range(workers),
+    ``out`` (flat): blocks wk, wk + workers, … (call it for every wk in range(workers),
     on any threads; it runs without the GIL).
+
+    ``olay`` = (N, OC, P, ow, sn, sc, rp, base): the output layout -- output (n, o) of
+    pixel p = i·ow + k at ``base + n·sn + o·sc + i·rp + k``: (N, OC, P) is (…, OC·P, P, ow,
+    0); the zero-padded planes a following depthwise layer reads (:func:`pad_phases` at
+    unit stride, (OC, N, hs, ws)) are (…, hs·ws, N·hs·ws, ws, ph·ws + pw).
 
     ``geom`` = (kh, kw, sh, sw, dh, dw, ow, wp, img, span): kernel, strides, dilations,
     output width, and the layout of ``xp``: its row pitch ``wp`` and image stride ``img``
@@ -1207,7 +1247,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
     kh, kw, sh, sw, dh, dw, ow, wp, img, span = geom
     lo, hi, res = epilogue
     xi = xp.view(np.int32)
-    n, oc, p_ = out.shape
+    n, oc, p_ = olay[0], olay[1], olay[2]
     xf = xp
     total = n * p_
     n_blocks = (total + rows - 1) // rows
@@ -1311,21 +1351,21 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
                     t0 = _tick(prof, wk, 6, t0)
                 if single:
                     bad += _store(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
-                                      vecs[1, v_off:v_off + nout], bias, out, out0, r0, f, lo, hi, res)
+                                      vecs[1, v_off:v_off + nout], bias, out, olay, out0, r0, f, lo, hi, res)
                 else:
                     _accumulate(y, nout, q, scale, pp.out_scale, vecs[0, v_off:v_off + nout],
                                 vecs[1, v_off:v_off + nout], acc, out0, f)
                 _tick(prof, wk, 7, t0)
             if not single:
                 t0 = _now(prof)
-                bad += _layout(acc, q, bias, out, r0, lo, hi, res)
+                bad += _layout(acc, q, bias, out, olay, r0, lo, hi, res)
                 _tick(prof, wk, 7, t0)
     return bad
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def analog_conv_parallel(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                         noise_on, bias, epilogue, out, first, rows, chunks, single, prof, inl):
+                         noise_on, bias, epilogue, out, olay, first, rows, chunks, single, prof, inl):
     """:func:`analog_conv` for every chunk, on Numba's threads (``prange``; the body is
     only the call, so that the parallel region compiles quickly). Returns the number of
     NaN or infinite outputs."""
@@ -1333,6 +1373,6 @@ def analog_conv_parallel(xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, 
     counts = np.zeros(chunks, np.int64)
     for c in prange(chunks):
         counts[c] = analog_conv(c, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys, pp, nl_on,
-                                noise_on, bias, epilogue, out, first, rows, chunks, single, prof, inl)
+                                noise_on, bias, epilogue, out, olay, first, rows, chunks, single, prof, inl)
     return counts.sum()
 
