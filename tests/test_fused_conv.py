@@ -234,6 +234,24 @@ def test_fused_results_do_not_depend_on_batch_or_threads(request):
         np.testing.assert_array_equal(sim(x), full)
 
 
+@pytest.mark.parametrize("c, oc", [(16, 16), (64, 8)])
+def test_sgemm_sums_do_not_depend_on_where_a_block_ends(c, oc):
+    """Batches of 7 and of 3 + 4 images of 9 x 8 pixels end their blocks 8 pixels past a
+    multiple of 16 in one and not in the other (OpenBLAS rounds such remainder columns
+    differently), and with 64 x 9 = 576 inputs the 3-image product is under 10⁶
+    multiply-adds (its small-matrix kernel sums the inputs in another order than the blocked
+    path): the fused kernel pads its products so that neither changes a pixel's numbers."""
+    g = _conv_model(c=c, oc=oc, kernel=[3, 3], pads=[1, 1, 1, 1], bias=False)
+    x = np.random.default_rng(4).standard_normal((7, c, 9, 8)).astype(np.float32)
+    sim = anasim.analog(g, {"forward": {"out_noise": 0.0, "inp_res": -1, "out_res": -1, "out_bound": 1e9,
+                                        "noise_management": "none", "bound_management": "none"}}, seed=1)
+    assert sim.layers[0]._fused is not None
+    with numba_threads(1):
+        full = sim(x)
+        parts = np.concatenate([sim(x[:3], sample_offset=0), sim(x[3:], sample_offset=3)])
+    np.testing.assert_array_equal(full, parts)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model, config", [("resnet20_cifar10", "aihwkit"), ("resnet20_cifar10", "full"),
                                            ("resnet18_fmnist", "aihwkit")])

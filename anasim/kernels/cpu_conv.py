@@ -73,7 +73,7 @@ from .simd import wide_vectors
 _U = np.uint64
 
 __all__ = ["analog_conv", "analog_conv_parallel", "channel_maps", "pad_input", "pad_and_maps", "pad_phases",
-           "span_of_blocks", "zero_margins", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
+           "span_of_blocks", "zero_margins", "gemm_width", "GEMM_ALIGN", "available", "STAGES", "cycles_per_second", "MAP_GENERIC", "MAP_NONE", "MAP_DIRECT"]
 
 _sgemm = sgemm_type() if SGEMM_NAME else None
 _ROW_MAJOR, _NO_TRANS = np.int32(101), np.int32(111)
@@ -723,20 +723,21 @@ def _dac_dot(xf, img, wp, p_, ow, offs, r0, r1, sv, res, bound, w, aw, sq, flat,
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _buffers(nk, nout, q, pp, noise_rows):
-    """Scratch of one pass over ``q`` pixels of a tile with ``nk`` inputs, ``nout`` outputs."""
+def _buffers(nk, nout, q, pp, noise_rows, qg):
+    """Scratch of one pass over ``q`` pixels of a tile with ``nk`` inputs, ``nout`` outputs;
+    the operands and products of sgemm ``qg`` >= :func:`gemm_width` columns wide."""
     wide_vectors()
     want_sq = pp.wn_type == S.WN_PCM_READ
     want_ir = pp.ir_drop > _F0
-    xt = np.empty((nk, q), np.float32)
-    xsq = np.empty((nk if want_sq else 0, q), np.float32)
-    xabs = np.empty((nk if want_ir else 0, q), np.float32)
-    xir = np.empty((nk if want_ir else 0, q), np.float32)
+    xt = np.empty((nk, qg), np.float32)
+    xsq = np.empty((nk if want_sq else 0, qg), np.float32)
+    xabs = np.empty((nk if want_ir else 0, qg), np.float32)
+    xir = np.empty((nk if want_ir else 0, qg), np.float32)
     rin = np.empty((nk if (pp.inp_noise > _F0 or pp.inp_sto_round) else 0, q), np.float32)
-    y = np.empty((nout, q), np.float32)
-    cur = np.empty((nout if want_ir else 0, q), np.float32)
-    irm = np.empty((nout if want_ir else 0, q), np.float32)
-    pw = np.empty((nout if want_sq else 0, q), np.float32)
+    y = np.empty((nout, qg), np.float32)
+    cur = np.empty((nout if want_ir else 0, qg), np.float32)
+    irm = np.empty((nout if want_ir else 0, qg), np.float32)
+    pw = np.empty((nout if want_sq else 0, qg), np.float32)
     zb = np.empty((nout if noise_rows else 0, q), np.float32)
     ws = np.empty((6, q), np.uint64)
     tmp = np.empty(q, np.float64)
@@ -883,9 +884,36 @@ def _after_dac(xt, nk, q, pp, rnd, rid, key, nskip, xsq, xabs, xir, rin, ws, tmp
                 ir[t] = v * f
 
 
+GEMM_ALIGN = 16
+"""sgemm is called on a multiple of this many pixels (the columns past the block's are
+zeros): OpenBLAS rounds the last bit of its remainder columns (1 to 8 past a multiple of
+16) differently from its full-width columns, so a pixel's sums would depend on where the
+block ends -- on the batch size and the thread count."""
+
+GEMM_SPLIT_K = 256
+GEMM_SMALL = 1_000_000
+"""Products of tiles with more than ``GEMM_SPLIT_K`` inputs (and more than one output) are
+made at least ``GEMM_SMALL`` multiply-adds wide: below about 10⁶ OpenBLAS takes its
+small-matrix kernel (AVX-512 builds), which sums all inputs in one run where its blocked
+path splits sums of more than about 450 inputs (Zen 4: every product of 452 to 2100 inputs
+under 10⁶ multiply-adds differed in the last bit; none of 1 to 441 inputs)."""
+
+
+@njit(inline="always", error_model="numpy")
+def gemm_width(q, nout, nk):
+    """The number of pixel columns :func:`_gemm` gives sgemm for a block of ``q`` pixels
+    (see :data:`GEMM_ALIGN`, :data:`GEMM_SMALL`); the buffers hold at least this many."""
+    qg = (q + GEMM_ALIGN - 1) // GEMM_ALIGN * GEMM_ALIGN
+    if nk > GEMM_SPLIT_K and nout > 1:
+        need = GEMM_SMALL // (nout * nk) + 1
+        qg = max(qg, (need + GEMM_ALIGN - 1) // GEMM_ALIGN * GEMM_ALIGN)
+    return qg
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gemm(w, nout, nk, x, q, y):
-    """y[0:nout, 0:q] = w (nout × nk, row-major) @ x[0:nk, 0:q] (sgemm, leading dims of the arrays).
+    """y[0:nout, 0:q] = w (nout × nk, row-major) @ x[0:nk, 0:q] (sgemm, leading dims of the
+    arrays), on :func:`gemm_width` columns: those past q of ``x`` are zeroed first.
 
     A one-output tile (a depthwise channel, a one-output group) with at most
     ``SMALL_DOT`` inputs is summed here in input order, vectorised over the pixels: sgemm's
@@ -901,7 +929,12 @@ def _gemm(w, nout, nk, x, q, y):
             for t in range(q):
                 yr[t] += wj * xr[t]
         return
-    _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, nout, q, nk, _F1, w.ctypes, nk, x.ctypes, x.shape[1],
+    qg = gemm_width(q, nout, nk)
+    for j in range(nk):
+        xr = x[j]
+        for t in range(q, qg):
+            xr[t] = _F0
+    _sgemm(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, nout, qg, nk, _F1, w.ctypes, nk, x.ctypes, x.shape[1],
            _F0, y.ctypes, y.shape[1])
 
 
@@ -1061,7 +1094,7 @@ def _rerun(xf, img, wp, p_, ow, sh, sw, offs, w, aw, nout, nk, q, r0, pp, nl_on,
             m += 1
     red = _F1
     rnd = 0
-    bufs = _buffers(nk, nout, m, pp, noise_rows)
+    bufs = _buffers(nk, nout, m, pp, noise_rows, gemm_width(m, nout, nk))
     xt, xsq, xabs, xir, rin, yq, cur, irm, pw, zb, ws, tmp, rowf, rowi2, xn64 = bufs
     rows = np.empty(m, np.int64)
     rid2 = np.empty(m, np.int64)
@@ -1254,13 +1287,15 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
     n_tiles = tiles.shape[0]
     maxnk = 0
     maxno = 0
+    qg = 0
     for ti in range(n_tiles):
         maxnk = max(maxnk, tiles[ti, 1])
         maxno = max(maxno, tiles[ti, 3])
+        qg = max(qg, gemm_width(rows, tiles[ti, 3], tiles[ti, 1]))
     noise_rows = noise_on or pp.wn_type != S.WN_NONE or (pp.out_step > _F0 and pp.out_sto_round)
     bad = 0
     if True:  # the worker's blocks
-        bufs = _buffers(maxnk, maxno, rows, pp, noise_rows)
+        bufs = _buffers(maxnk, maxno, rows, pp, noise_rows, qg)
         xt, xsq, xabs, xir, rin, y, cur, irm, pw, zb, ws, tmp, rowf, rowi, xn64 = bufs
         acc = np.empty((0 if single else oc, rows), np.float32)
         scale = np.empty(rows, np.float32)
