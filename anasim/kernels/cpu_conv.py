@@ -148,24 +148,36 @@ def _random_cols(rid, q, n, rnd, k0, k1, normal, ws, tmp, out):
 
 
 @njit(inline="always", error_model="numpy")
-def _run_at(r, r1, p_, ow):
+def _run_at(r, r1, p_, ow, whole):
     """The run of pixels from row r (< r1) along one output row: image n, output row i,
-    first output column k0 and length (P pixels per image, ``ow`` per output row)."""
+    first output column k0 and length (P pixels per image, ``ow`` per output row); with
+    ``whole`` (:func:`_whole_rows`) to the end of the image."""
     n = r // p_
     q = r - n * p_
     i = q // ow
     k0 = q - i * ow
-    return n, i, k0, min(ow - k0, r1 - r)
+    return n, i, k0, min(p_ - q if whole else ow - k0, r1 - r)
+
+
+@njit(inline="always", error_model="numpy")
+def _whole_rows(sh, sw, wp, ow):
+    """Whether an image's output pixels read their taps at one flat offset from pixel p (+
+    the tap's): unit strides and an input row as wide as an output row (1 x 1 and k x 1
+    kernels without padding along the rows), so a run of pixels may go on across output
+    rows to the end of the image (MobileNetV2's 1 x 1 layers: runs of 16 to 1024 pixels
+    instead of rows of 4 to 32)."""
+    return sh == 1 and sw == 1 and wp == ow
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _gather(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, xt):
     """xt[j, r - r0] = input of tile column j of im2col row r, for rows r0..r1."""
     nk = offs.size
+    whole = _whole_rows(sh, sw, wp, ow)
     b = 0
     r = r0
     while r < r1:
-        n, i, k0, cnt = _run_at(r, r1, p_, ow)
+        n, i, k0, cnt = _run_at(r, r1, p_, ow, whole)
         base = n * img + i * sh * wp + k0 * sw
         for j in range(nk):
             o = offs[j]
@@ -369,8 +381,9 @@ def _map_stat(maps, idx, p_, ow, sh, sw, kh, kw, dh, dw, has_one, nm, r0, r1, st
     hp, wp = maps.shape[2], maps.shape[3]
     mf = maps.reshape(-1)
     usw = _U(sw)
+    whole = _whole_rows(sh, sw, wp, ow)
     while r < r1:  # flat uint64 indices (ops.im2col's Numba note)
-        n, i, k0, cnt = _run_at(r, r1, p_, ow)
+        n, i, k0, cnt = _run_at(r, r1, p_, ow, whole)
         ub = _U(b)
         uc = _U(cnt)
         for t in range(uc):
@@ -584,7 +597,8 @@ SHORT_RUNS = 16
 """With output rows narrower than this the noise-management statistic is taken pixel by
 pixel (:func:`_map_stat_px`): one loop per tap over the whole block instead of one per
 output row and tap, whose set-up costs more than a row of 8 or 4 pixels (MobileNetV2: the
-statistic 26 % faster). The DAC gather stays per row: its loads by pixel were no faster."""
+statistic 26 % faster). The DAC gather stays per row: its loads by pixel were no faster.
+Layers whose runs go on to the end of the image (:func:`_whole_rows`) keep the runs."""
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -631,10 +645,11 @@ def _gather_dac(xf, img, wp, p_, ow, sh, sw, offs, r0, r1, sv, res, bound, xt):
     ld = _U(xt.shape[1])
     xtf = xt.reshape(-1)
     usw = _U(sw)
+    whole = _whole_rows(sh, sw, wp, ow)
     b = 0
     r = r0
     while r < r1:
-        n, i, k0, cnt = _run_at(r, r1, p_, ow)
+        n, i, k0, cnt = _run_at(r, r1, p_, ow, whole)
         base = n * img + i * sh * wp + k0 * sw
         ub = _U(b)
         uc = _U(cnt)
@@ -1301,7 +1316,7 @@ def analog_conv(wk, xp, geom, tiles, offs, maps, wflat, awflat, vecs, nlf, keys,
         scale = np.empty(rows, np.float32)
         f = np.empty(rows, np.float32)
         rid = np.empty(rows, np.int64)
-        short = ow < SHORT_RUNS and span == 0  # (maps only in the (N, C, Hp, Wp) layout)
+        short = ow < SHORT_RUNS and span == 0 and not _whole_rows(sh, sw, wp, ow)  # (maps: (N, C, Hp, Wp) only)
         pix = np.empty(rows if short else 0, np.int64)
         pimg = np.empty(rows if short else 0, np.int64)
         bt = np.empty(rows if short else 0, np.int64)
