@@ -71,6 +71,27 @@ def test_noise_independent_of_batch_size_and_offset():
     assert not np.array_equal(anasim.analog(g, NOISY, seed=4)(x), full)
 
 
+def test_small_batches_sum_like_large_ones():
+    """A 16 x 144 analog Gemm run on 1, 7 or 75 samples at a time gives the rows of one run
+    on 200, bit for bit: OpenBLAS's small-matrix kernels (products under about 10⁶
+    multiply-adds) round the last bit of the sums differently, so the tile's products are
+    made on rows padded to a large product (anasim.kernels.blas.rows_times). Without ADC or
+    DAC rounding, every last-bit difference would show."""
+    rng = np.random.default_rng(5)
+    x_in = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 144])
+    y_out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])
+    w = numpy_helper.from_array((rng.standard_normal((16, 144)) * 0.1).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)], "fc",
+                          [x_in], [y_out], [w])
+    graph = anasim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    sim = anasim.analog(graph, {"forward": {"inp_res": -1, "out_res": -1, "out_noise": 0.04, "out_bound": 1e9,
+                                            "bound_management": "none"}}, seed=2)
+    x = rng.standard_normal((200, 144)).astype(np.float32)
+    full = sim(x)
+    for bs in (1, 7, 75):
+        np.testing.assert_array_equal(sim(x, batch_size=bs), full)
+
+
 @pytest.mark.parametrize("group,digital_bias", [(2, True), (4, False)])
 def test_grouped_conv_path_equals_unblocked_path(group, digital_bias):
     """The grouped path (per-group im2col, groups on worker threads) gives the numbers of

@@ -52,6 +52,7 @@ from ..config.presets import AIHWKIT_FORWARD, AIHWKIT_MAPPING
 from ..config.schema import inl_table
 from ..errors import ConfigError
 from ..kernels import cpu, stages
+from ..kernels.blas import rows_times
 from . import ir_circuit
 from . import slicing as slicing_mod
 from ..kernels.rng import PURPOSE, READOUT, normals_numpy, stream_key
@@ -621,7 +622,7 @@ class AnalogMatrix:
         """is_perfect: plain product per tile, then out_scale and the digital scales."""
         p = self.periphery
         for t in self.tiles:
-            y = x[:, t.in_start:t.in_stop] @ t.weight.T
+            y = rows_times(x[:, t.in_start:t.in_stop], t.weight)
             if p.out_scale != 1:
                 y *= p.out_scale
             y *= t.mapping_scale
@@ -684,7 +685,7 @@ class AnalogMatrix:
         :mod:`anasim.analog.ir_circuit` (serial on worker threads)."""
         p = self.periphery
         if not p.ir_circuit:
-            return xt @ t.weight.T
+            return rows_times(xt, t.weight)
         return ir_circuit.crossbar_mvm(
             xt, t.weight, p.wire_resistance, p.g_max_siemens, tol=p.ir_drop_tol,
             max_iter=p.ir_drop_max_iter, serial=kern is SERIAL,
@@ -698,12 +699,12 @@ class AnalogMatrix:
         if p.ir_drop > 0:
             extra.update(
                 ir_drop=p.ir_drop, a_scale=np.float32(np.float32(t.n_in) / p.ir_drop_g_ratio),
-                cur=prep["xabs"] @ t.abs_weight.T, irm=prep["xir"] @ t.weight.T,
+                cur=rows_times(prep["xabs"], t.abs_weight), irm=rows_times(prep["xir"], t.weight),
             )
         if p.w_noise > 0 and p.wn_type == cpu.WN_ADDITIVE:
             extra.update(wn_type=p.wn_type, w_noise=p.w_noise, xnorm=prep["xnorm"])
         elif p.w_noise > 0 and p.wn_type == cpu.WN_PCM_READ:
-            extra.update(wn_type=p.wn_type, w_noise=p.w_noise, pw=prep["xsq"] @ t.abs_weight.T)
+            extra.update(wn_type=p.wn_type, w_noise=p.w_noise, pw=rows_times(prep["xsq"], t.abs_weight))
         if acc is not None:
             extra.update(acc=acc, col0=t.out_start, scale=scale, out_scale=p.out_scale,
                          ms=t.mapping_scale, post=t.post_scale)
@@ -729,7 +730,7 @@ class AnalogMatrix:
         weight = np.ascontiguousarray(weight, dtype=np.float32)
         p = self.periphery
         if p.perfect:
-            y = x @ weight.T
+            y = rows_times(x, weight)
             return y * p.out_scale if p.out_scale != 1 else y
         ones = np.ones(t.n_out, np.float32)
         view = replace(t, in_start=0, in_stop=t.n_in, out_start=0, out_stop=t.n_out, weight=weight,
