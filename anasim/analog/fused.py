@@ -10,6 +10,7 @@ from an (N, C, *in_shape) input.
 
 from __future__ import annotations
 
+import glob
 import sys
 import threading
 import time
@@ -34,8 +35,6 @@ MobileNetV2 8.71 -> 8.10, ResNet-20 unchanged. The numbers do not depend on it."
 
 def _l2_bytes() -> int:
     """The L2 cache of one core (Linux sysfs), 1 MiB where it cannot be read."""
-    import glob
-
     for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
         try:
             with open(f"{d}/level") as f:
