@@ -66,7 +66,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import stages as S
-from .blas import SGEMM_NAME, sgemm_type
+from .blas import SGEMM_NAME, SMALL_PRODUCT, sgemm_type
 from .cpu import _random_block
 from .simd import wide_vectors
 
@@ -906,7 +906,7 @@ zeros): OpenBLAS rounds the last bit of its remainder columns (1 to 8 past a mul
 block ends -- on the batch size and the thread count."""
 
 GEMM_SPLIT_K = 256
-GEMM_SMALL = 1_000_000
+GEMM_SMALL = SMALL_PRODUCT  # one threshold with the NumPy path's (blas.rows_times)
 """Products of tiles with more than ``GEMM_SPLIT_K`` inputs (and more than one output) are
 made at least ``GEMM_SMALL`` multiply-adds wide: below about 10⁶ OpenBLAS takes its
 small-matrix kernel (AVX-512 builds), which sums all inputs in one run where its blocked
